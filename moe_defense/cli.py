@@ -1,0 +1,83 @@
+"""`moe-defense` command line: parse, dispatch, print. All logic lives in the library."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Sequence
+
+from moe_defense.errors import MoEDefenseError
+
+# The verbs of DESIGN.md that are not built yet say so and exit non-zero instead of pretending.
+PLANNED_VERBS: dict[str, str] = {
+    "demo": "run the whole flow on the built-in organism: attack, harden, re-attack, report",
+    "organism": "build the built-in safety-aligned MoE model organism",
+    "score": "rank routers by safety importance (RoSais)",
+    "attack": "run one attack (router masking, F-SOUR, ...) and write a run directory",
+    "harden": "router-only adversarial fine-tuning from a recipe",
+    "evaluate": "measure refusal / compliance / ASR of a model on a prompt set",
+    "ablate": "run a defense x attack grid from a YAML file",
+    "report": "render report.md / report.html with plots from a run or grid directory",
+}
+
+
+def _inspect(args: argparse.Namespace) -> int:
+    from moe_defense.models import LoadOptions, load_model
+
+    loaded = load_model(args.model, LoadOptions(trust_remote_code=args.trust_remote_code, seed=args.seed))
+    facts = loaded.adapter.facts(loaded.model).to_dict()
+    facts["fingerprint"] = loaded.fingerprint()
+    if args.json:
+        print(json.dumps(facts, indent=2))
+        return 0
+    width = max(len(key) for key in facts)
+    for key, value in facts.items():
+        if isinstance(value, list) and len(value) > 6:
+            value = f"{value[:3]} ... {value[-2:]} ({len(value)} entries)"
+        print(f"{key:<{width}}  {value}")
+    return 0
+
+
+def _planned(verb: str) -> Callable[[argparse.Namespace], int]:
+    def run(args: argparse.Namespace) -> int:
+        print(f"moe-defense {verb}: not built yet in this version ({PLANNED_VERBS[verb]}).", file=sys.stderr)
+        return 2
+
+    return run
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="moe-defense",
+        description="Harden Mixture-of-Experts LLMs against unsafe routes: measure, harden routers, verify adaptively.",
+    )
+    verbs = parser.add_subparsers(dest="verb", metavar="VERB", required=True)
+
+    inspect = verbs.add_parser("inspect", help="print the routing facts of a model (layers, experts, top-k, routers)")
+    inspect.add_argument("model", help="hub id, local path, tiny:<model_type> or organism")
+    inspect.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    inspect.add_argument("--seed", type=int, default=0, help="seed for tiny:<model_type> random init")
+    inspect.add_argument(
+        "--trust-remote-code", action="store_true", help="allow the checkpoint's own Python code (off by default)"
+    )
+    inspect.set_defaults(run=_inspect)
+
+    for verb, summary in PLANNED_VERBS.items():
+        planned = verbs.add_parser(verb, help=f"{summary} [not built yet]")
+        planned.add_argument("rest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+        planned.set_defaults(run=_planned(verb))
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.run(args)
+    except MoEDefenseError as error:
+        print(f"moe-defense {args.verb}: error: {error}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

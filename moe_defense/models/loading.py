@@ -1,0 +1,147 @@
+"""Resolve a model spec (hub id, local path, `tiny:<model_type>`, `organism[:<arch>]`) to a `LoadedModel`."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from moe_defense.errors import ModelLoadError
+from moe_defense.models.adapters import ADAPTERS, RouterAdapter, adapter_for
+from moe_defense.models.tokenizer import byte_level_tokenizer
+from moe_defense.registry import Registry
+
+# Spec prefixes resolved by higher layers (e.g. `organism`), registered where they are implemented
+# so this module never imports upward.
+SPEC_RESOLVERS: Registry[Callable[[str, "LoadOptions"], "LoadedModel"]] = Registry(
+    "model spec prefix", hint="Known forms: a hub id, a local path, tiny:<model_type>, organism[:<arch>]."
+)
+
+
+@dataclass(frozen=True)
+class LoadOptions:
+    """How to load weights; the defaults are safe (no remote code, safetensors only)."""
+
+    dtype: str = "auto"
+    device: str | None = None
+    trust_remote_code: bool = False
+    revision: str | None = None
+    seed: int = 0
+
+
+@dataclass
+class LoadedModel:
+    """A causal LM with its tokenizer, router adapter and the spec it came from."""
+
+    model: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
+    adapter: RouterAdapter
+    spec: str
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def fingerprint(self) -> str:
+        """A cheap identity of config + weights: route artifacts are refused on another model."""
+        return model_fingerprint(self.model)
+
+
+def model_fingerprint(model: torch.nn.Module) -> str:
+    """sha256 over the config and, per tensor, its name, shape, dtype and a strided sample of values.
+
+    Sampling keeps this O(#tensors) on 100B-parameter checkpoints while any training step changes it.
+    """
+    digest = hashlib.sha256()
+    config = getattr(model, "config", None)
+    if config is not None:
+        digest.update(json.dumps(config.to_diff_dict(), sort_keys=True, default=str).encode())
+    for name, tensor in sorted(model.state_dict().items()):
+        flat = tensor.detach().reshape(-1)
+        sample = flat[:: max(1, flat.numel() // 4096)][:4096]
+        digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype}".encode())
+        digest.update(sample.float().cpu().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def _torch_dtype(name: str) -> torch.dtype | str:
+    if name == "auto":
+        return "auto"
+    try:
+        return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
+    except KeyError:
+        raise ModelLoadError(f"dtype {name!r} is not supported (choose: auto, float32, bfloat16, float16).") from None
+
+
+def build_tiny(model_type: str, *, seed: int = 0, **overrides: Any) -> LoadedModel:
+    """A random-init tiny model of `model_type` with a byte-level tokenizer, for tests and dry runs."""
+    adapter_cls = ADAPTERS.get(model_type)
+    tokenizer = byte_level_tokenizer()
+    config = AutoConfig.for_model(
+        model_type,
+        vocab_size=len(tokenizer),
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        **{**adapter_cls.tiny_config(), **overrides},
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.eval()
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    return LoadedModel(model=model, tokenizer=tokenizer, adapter=adapter_for(config), spec=f"tiny:{model_type}")
+
+
+def load_model(spec: str, options: LoadOptions | None = None) -> LoadedModel:
+    """Load any supported model spec; the adapter is checked before any weight is read."""
+    options = options or LoadOptions()
+    if spec.startswith("tiny:"):
+        model_type = spec.removeprefix("tiny:")
+        if model_type not in ADAPTERS:
+            try:
+                config = AutoConfig.for_model(model_type)
+            except ValueError as error:
+                raise ModelLoadError(
+                    f"cannot build {spec!r}: transformers has no model_type {model_type!r} "
+                    f"(supported MoE types: {', '.join(ADAPTERS.names())})."
+                ) from error
+            adapter_for(config)  # raises the dense / unsupported-architecture error
+        loaded = build_tiny(model_type, seed=options.seed)
+        if options.device:
+            loaded.model.to(options.device)
+        return loaded
+    prefix = spec.split(":", 1)[0]
+    if prefix in SPEC_RESOLVERS:
+        return SPEC_RESOLVERS.get(prefix)(spec, options)
+    return load_pretrained(spec, options)
+
+
+def load_pretrained(path_or_id: str, options: LoadOptions) -> LoadedModel:
+    """A hub id or local directory, via `transformers` with safetensors only."""
+    common = {"trust_remote_code": options.trust_remote_code, "revision": options.revision}
+    try:
+        config = AutoConfig.from_pretrained(path_or_id, **common)
+    except (OSError, ValueError) as error:
+        where = "local path" if Path(path_or_id).exists() else "hub id or local path"
+        raise ModelLoadError(
+            f"cannot read a model config from {path_or_id!r} ({where}): {error}. "
+            "Give a hub id, a directory with config.json, tiny:<model_type> or organism."
+        ) from error
+    adapter = adapter_for(config)
+    model = AutoModelForCausalLM.from_pretrained(
+        path_or_id, dtype=_torch_dtype(options.dtype), use_safetensors=True,
+        device_map=options.device, **common,
+    )
+    model.eval()
+    tokenizer = AutoTokenizer.from_pretrained(path_or_id, **common)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "left"
+    return LoadedModel(model=model, tokenizer=tokenizer, adapter=adapter, spec=path_or_id)

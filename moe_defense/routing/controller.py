@@ -1,0 +1,132 @@
+"""One set of hooks per model, shared by every active intervention and recorder.
+
+While any routing context is open, the model carries a forward pre-hook (token coordinates) and a
+forward hook on each router that *replaces* the router's output: it adds the interventions' logit
+edits to the raw logits and re-runs the architecture's own expert choice (the adapter's `select`),
+so edits act before top-k. The hooks are removed when the last context closes, also on error.
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+
+from moe_defense.errors import RoutingError
+from moe_defense.models.adapters import RouterAdapter
+from moe_defense.routing.step import StepInfo, step_from_inputs
+
+if TYPE_CHECKING:
+    from moe_defense.routing.interventions import Intervention
+    from moe_defense.routing.record import RoutingRecorder
+
+
+class RoutingController:
+    """Installs, composes and removes the routing hooks of one model."""
+
+    def __init__(self, model: nn.Module, adapter: RouterAdapter) -> None:
+        self.model = model
+        self.adapter = adapter
+        self.interventions: list[Intervention] = []
+        self.recorders: list[RoutingRecorder] = []
+        self.step: StepInfo | None = None
+        self._handles: list[torch.utils.hooks.RemovableHandle] = []
+
+    @property
+    def active(self) -> bool:
+        return bool(self.interventions or self.recorders)
+
+    def _install(self) -> None:
+        try:
+            self._handles.append(self.model.register_forward_pre_hook(self._on_model_call, with_kwargs=True))
+            for layer, router in self.adapter.routers(self.model).items():
+                self._handles.append(router.register_forward_hook(self._router_hook(layer)))
+        except BaseException:
+            self._uninstall()
+            raise
+
+    def _uninstall(self) -> None:
+        while self._handles:
+            self._handles.pop().remove()
+        self.step = None
+
+    @contextmanager
+    def attach(self, kind: str, item: Any) -> Iterator[None]:
+        """Keep `item` (an intervention or recorder) active for the duration of the block."""
+        bucket = self.interventions if kind == "intervention" else self.recorders
+        if not self.active:
+            self._install()
+        bucket.append(item)
+        try:
+            yield
+        finally:
+            bucket.remove(item)
+            if not self.active:
+                self._uninstall()
+
+    def _on_model_call(self, module: nn.Module, args: tuple, kwargs: dict[str, Any]) -> None:
+        self.step = step_from_inputs(args, kwargs, self.step)
+
+    def _router_hook(self, layer: int):
+        def hook(router: nn.Module, inputs: tuple, output: tuple) -> tuple:
+            if self.step is None:
+                raise RoutingError(
+                    "a router ran outside a forward pass of the model the routing context was opened on; "
+                    "call the model itself (model(...) or model.generate(...))."
+                )
+            return self._route(layer, router, output)
+
+        return hook
+
+    def _route(self, layer: int, router: nn.Module, output: tuple) -> tuple:
+        logits, weights, indices = output
+        step = self.step
+        num_experts = logits.shape[-1]
+        if logits.shape[0] != step.batch_size * step.length:
+            raise RoutingError(
+                f"layer {layer}: router saw {logits.shape[0]} tokens but the forward pass has "
+                f"{step.batch_size}x{step.length}; this model does not route every token of the batch."
+            )
+        delta = None
+        for intervention in self.interventions:
+            edit = intervention.logit_delta(layer, step, logits)
+            if edit is not None:
+                delta = edit if delta is None else delta + edit
+        routed_logits = logits
+        if delta is not None:
+            delta = delta.to(device=logits.device, dtype=logits.dtype).reshape(-1, num_experts)
+            if torch.isnan(delta).any():
+                raise RoutingError(f"layer {layer}: routing edits cancel (+inf and -inf on one expert).")
+            blocked = torch.isneginf(delta)
+            eligible = (~blocked).sum(dim=-1)
+            if (eligible < self.adapter.top_k).any():
+                flat = int(torch.nonzero(eligible < self.adapter.top_k)[0, 0])
+                row, token = divmod(flat, step.length)
+                raise RoutingError(
+                    f"layer {layer}, sequence {row}, token {int(step.token_index[row, token])}: the active "
+                    f"interventions leave {int(eligible[flat])} eligible experts but the router picks "
+                    f"top-{self.adapter.top_k}."
+                )
+            routed_logits = logits + delta.masked_fill(blocked, 0.0)
+            weights, indices = self.adapter.select(
+                router, routed_logits, blocked if blocked.any() else None, weights.dtype
+            )
+            routed_logits = routed_logits.masked_fill(blocked, float("-inf"))
+        for recorder in self.recorders:
+            recorder.record(layer, step, logits, weights, indices)
+        return routed_logits, weights, indices
+
+
+_CONTROLLERS: "weakref.WeakKeyDictionary[nn.Module, RoutingController]" = weakref.WeakKeyDictionary()
+
+
+def controller_for(model: nn.Module, adapter: RouterAdapter) -> RoutingController:
+    """The model's controller (one per model, so nested contexts compose instead of stacking hooks)."""
+    controller = _CONTROLLERS.get(model)
+    if controller is None:
+        controller = _CONTROLLERS[model] = RoutingController(model, adapter)
+    return controller

@@ -1,0 +1,250 @@
+"""Routing interventions: each turns into additive logit edits (-inf blocks an expert) per
+(layer, sequence, real token). Tensors are addressed as (B, T, E) in real-token coordinates; B may be
+1 to apply the same edit to every sequence, or the batch size so candidate routes for one prompt are
+scored in one batched forward."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Mapping
+from typing import Literal
+
+import torch
+
+from moe_defense.errors import RoutingError
+from moe_defense.models.adapters import RouterAdapter
+from moe_defense.routing.step import StepInfo
+
+Scope = Literal["prefill", "all"]
+RouterMaskMode = Literal["random-k", "random-k-per-token", "invert"]
+SCOPES: tuple[str, ...] = ("prefill", "all")
+
+
+def _check_scope(scope: str) -> Scope:
+    if scope not in SCOPES:
+        raise RoutingError(f"scope {scope!r} is not one of {SCOPES} ('prefill' = prompt tokens only).")
+    return scope  # type: ignore[return-value]
+
+
+class Intervention:
+    """Base class: an edit of router logits, bound to one model's adapter before use."""
+
+    def __init__(self, scope: Scope = "prefill", prompt_lengths: torch.Tensor | None = None) -> None:
+        self.scope = _check_scope(scope)
+        # Explicit prompt lengths matter when prompt + answer arrive in one pass (teacher forcing):
+        # then 'prefill' must stop at the prompt, not at the end of the pass.
+        self.prompt_lengths = prompt_lengths
+
+    def bind(self, adapter: RouterAdapter) -> None:
+        """Validate against the model's routing facts; raise RoutingError on any mismatch."""
+
+    def logit_delta(self, layer: int, step: StepInfo, logits: torch.Tensor) -> torch.Tensor | None:
+        """(B, T, E) additive edit for this layer and pass, or None for no edit."""
+        raise NotImplementedError
+
+    def _applies(self, step: StepInfo) -> torch.Tensor:
+        """(B, T) True where this intervention may act."""
+        if self.scope == "all":
+            return step.valid
+        if self.prompt_lengths is None:
+            return step.in_prompt
+        lengths = self.prompt_lengths.to(step.token_index.device)
+        return step.valid & (step.token_index < lengths.reshape(-1, 1))
+
+
+class _TokenTableIntervention(Intervention):
+    """Edits stored as per-layer tables (B or 1, T_edit, E) in real-token coordinates."""
+
+    def __init__(self, tables: Mapping[int, torch.Tensor], scope: Scope, prompt_lengths: torch.Tensor | None):
+        super().__init__(scope, prompt_lengths)
+        self.tables = dict(tables)
+
+    def bind(self, adapter: RouterAdapter) -> None:
+        for layer, table in self.tables.items():
+            adapter.layer_of(layer)
+            if table.dim() != 3 or table.shape[-1] != adapter.num_experts:
+                raise RoutingError(
+                    f"layer {layer}: edit of shape {tuple(table.shape)} must be (batch, tokens, {adapter.num_experts}) "
+                    f"or (tokens, {adapter.num_experts}) for this {adapter.model_type} model."
+                )
+
+    def logit_delta(self, layer: int, step: StepInfo, logits: torch.Tensor) -> torch.Tensor | None:
+        table = self.tables.get(layer)
+        if table is None:
+            return None
+        table = table.to(logits.device)
+        if table.shape[0] not in (1, step.batch_size):
+            raise RoutingError(
+                f"layer {layer}: edit has {table.shape[0]} sequences but the batch has {step.batch_size}."
+            )
+        table = table.expand(step.batch_size, -1, -1)
+        length = table.shape[1]
+        index = step.token_index
+        active = self._applies(step) & (index < length)
+        rows = torch.arange(step.batch_size, device=logits.device).unsqueeze(1)
+        gathered = table[rows, index.clamp(0, length - 1)]
+        return torch.where(active.unsqueeze(-1), gathered, torch.zeros((), dtype=gathered.dtype, device=gathered.device))
+
+
+def _as_batched(name: str, layer: int, tensor: torch.Tensor) -> torch.Tensor:
+    tensor = torch.as_tensor(tensor)
+    if tensor.dim() == 2:
+        tensor = tensor.unsqueeze(0)
+    if tensor.dim() != 3:
+        raise RoutingError(f"{name} for layer {layer} has shape {tuple(tensor.shape)}; expected (batch, tokens, ...) or (tokens, ...).")
+    return tensor
+
+
+class ExpertMask(_TokenTableIntervention):
+    """Block experts per (layer, sequence, token): `masks[layer]` is bool (B, T, E), True = never chosen."""
+
+    def __init__(self, masks: Mapping[int, torch.Tensor], scope: Scope = "prefill", prompt_lengths: torch.Tensor | None = None):
+        tables = {}
+        for layer, mask in masks.items():
+            mask = _as_batched("expert mask", layer, mask)
+            if mask.dtype != torch.bool:
+                raise RoutingError(f"expert mask for layer {layer} must be bool (True = blocked), got {mask.dtype}.")
+            tables[layer] = torch.zeros(mask.shape).masked_fill(mask, float("-inf"))
+        super().__init__(tables, scope, prompt_lengths)
+
+
+class ForcedRoute(_TokenTableIntervention):
+    """Force the top-k set per (layer, sequence, token): `routes[layer]` is long (B, T, k), -1 rows = unforced.
+
+    All experts outside the forced set get -inf, so the architecture's own rule picks exactly the set
+    and mixes it with the router's own weights (as the published F-SOUR attack does).
+    """
+
+    def __init__(self, routes: Mapping[int, torch.Tensor], scope: Scope = "prefill", prompt_lengths: torch.Tensor | None = None):
+        self.routes = {layer: _as_batched("forced route", layer, torch.as_tensor(r)).long() for layer, r in routes.items()}
+        super().__init__({}, scope, prompt_lengths)
+
+    def bind(self, adapter: RouterAdapter) -> None:
+        tables = {}
+        for layer, route in self.routes.items():
+            adapter.layer_of(layer)
+            if route.shape[-1] != adapter.top_k:
+                raise RoutingError(
+                    f"forced route for layer {layer} names {route.shape[-1]} experts per token; "
+                    f"this {adapter.model_type} router picks top-{adapter.top_k}."
+                )
+            forced = (route >= 0).all(dim=-1)
+            unforced = (route < 0).all(dim=-1)
+            if not (forced | unforced).all():
+                raise RoutingError(f"forced route for layer {layer} mixes -1 and expert ids within one token.")
+            if (route >= adapter.num_experts).any():
+                raise RoutingError(
+                    f"forced route for layer {layer} names expert {int(route.max())}; "
+                    f"experts are 0..{adapter.num_experts - 1}."
+                )
+            ordered = route.sort(dim=-1).values
+            if ((ordered[..., 1:] == ordered[..., :-1]) & forced.unsqueeze(-1)).any():
+                raise RoutingError(f"forced route for layer {layer} repeats an expert within one token.")
+            allowed = torch.zeros(*route.shape[:-1], adapter.num_experts, dtype=torch.bool)
+            allowed.scatter_(-1, route.clamp(min=0), True)
+            blocked = ~allowed & forced.unsqueeze(-1)
+            tables[layer] = torch.zeros(blocked.shape).masked_fill(blocked, float("-inf"))
+        self.tables = tables
+        super().bind(adapter)
+
+
+class LogitBias(_TokenTableIntervention):
+    """Add a finite bias to router logits: `biases[layer]` is (E,), (B, E) or (B, T, E)."""
+
+    def __init__(self, biases: Mapping[int, torch.Tensor], scope: Scope = "all", prompt_lengths: torch.Tensor | None = None):
+        self.raw = {layer: torch.as_tensor(b, dtype=torch.float32) for layer, b in biases.items()}
+        for layer, bias in self.raw.items():
+            if not torch.isfinite(bias).all():
+                raise RoutingError(f"logit bias for layer {layer} must be finite; use ExpertMask to block experts.")
+        super().__init__({}, scope, prompt_lengths)
+
+    def bind(self, adapter: RouterAdapter) -> None:
+        for layer, bias in self.raw.items():
+            adapter.layer_of(layer)
+            if bias.shape[-1] != adapter.num_experts or bias.dim() > 3:
+                raise RoutingError(
+                    f"logit bias for layer {layer} has shape {tuple(bias.shape)}; expected (..., {adapter.num_experts})."
+                )
+        super().bind(adapter)
+
+    def logit_delta(self, layer: int, step: StepInfo, logits: torch.Tensor) -> torch.Tensor | None:
+        bias = self.raw.get(layer)
+        if bias is None:
+            return None
+        if bias.dim() == 3:
+            self.tables[layer] = bias
+            return super().logit_delta(layer, step, logits)
+        bias = bias.to(logits.device).reshape(-1, 1, bias.shape[-1])
+        if bias.shape[0] not in (1, step.batch_size):
+            raise RoutingError(f"logit bias for layer {layer} has {bias.shape[0]} rows but the batch has {step.batch_size}.")
+        applies = self._applies(step).unsqueeze(-1)
+        return torch.where(applies, bias.expand(step.batch_size, step.length, -1), torch.zeros((), device=logits.device))
+
+
+class RouterMask(Intervention):
+    """Replace whole routers' decisions (the router-masking attack).
+
+    `random-k` (default, as in the published work): -inf on all experts but a random k-subset, one
+    subset per sequence and layer; `random-k-per-token`: a fresh subset per token; `invert`: negate
+    the logits so the router picks the experts it likes least. k defaults to the router's top-k.
+    """
+
+    def __init__(
+        self,
+        layers: Iterable[int],
+        mode: RouterMaskMode = "random-k",
+        k: int | None = None,
+        seed: int = 0,
+        scope: Scope = "prefill",
+        prompt_lengths: torch.Tensor | None = None,
+    ) -> None:
+        super().__init__(scope, prompt_lengths)
+        if mode not in ("random-k", "random-k-per-token", "invert"):
+            raise RoutingError(f"router mask mode {mode!r} is not one of random-k, random-k-per-token, invert.")
+        self.layers = sorted(set(layers))
+        self.mode = mode
+        self.k = k
+        self.seed = seed
+        self._num_experts = 0
+        self._subsets: dict[tuple[int, int], torch.Tensor] = {}
+
+    def bind(self, adapter: RouterAdapter) -> None:
+        for layer in self.layers:
+            adapter.layer_of(layer)
+        self.k = adapter.top_k if self.k is None else self.k
+        if not adapter.top_k <= self.k <= adapter.num_experts:
+            raise RoutingError(
+                f"router mask keeps k={self.k} experts; it must be between top-k={adapter.top_k} and {adapter.num_experts}."
+            )
+        self._num_experts = adapter.num_experts
+
+    def _draw(self, layer: int, position: int, batch: int) -> torch.Tensor:
+        """(batch, E) bool of blocked experts, reproducible from (seed, layer, position)."""
+        cached = self._subsets.get((layer, position))
+        if cached is None or cached.shape[0] < batch:
+            key = hashlib.sha256(f"{self.seed}:{layer}:{position}".encode()).digest()
+            generator = torch.Generator().manual_seed(int.from_bytes(key[:8], "little") & (2**63 - 1))
+            scores = torch.rand(batch, self._num_experts, generator=generator)
+            keep = scores.topk(self.k, dim=-1).indices
+            cached = torch.ones(batch, self._num_experts, dtype=torch.bool).scatter_(1, keep, False)
+            self._subsets[(layer, position)] = cached
+        return cached[:batch]
+
+    def logit_delta(self, layer: int, step: StepInfo, logits: torch.Tensor) -> torch.Tensor | None:
+        if layer not in self.layers:
+            return None
+        applies = self._applies(step).unsqueeze(-1)
+        zero = torch.zeros((), dtype=logits.dtype, device=logits.device)
+        if self.mode == "invert":
+            delta = (-2.0 * logits.detach()).reshape(step.batch_size, step.length, -1)
+            return torch.where(applies, delta, zero)
+        if self.mode == "random-k":
+            blocked = self._draw(layer, -1, step.batch_size).unsqueeze(1).expand(-1, step.length, -1)
+        else:
+            positions = step.token_index.clamp(min=0)
+            per_position = {p: self._draw(layer, p, step.batch_size) for p in positions.unique().tolist()}
+            blocked = torch.stack(
+                [torch.stack([per_position[p][row] for p in positions[row].tolist()]) for row in range(step.batch_size)]
+            )
+        blocked = blocked.to(logits.device) & applies
+        return torch.zeros(blocked.shape, dtype=logits.dtype, device=logits.device).masked_fill(blocked, float("-inf"))
