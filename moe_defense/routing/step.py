@@ -19,7 +19,6 @@ class StepInfo:
 
     token_index: torch.Tensor  # (B, T) long; -1 marks padding
     prompt_lengths: torch.Tensor  # (B,) real prompt tokens of the generation this pass belongs to
-    past_length: int
 
     @property
     def batch_size(self) -> int:
@@ -39,11 +38,35 @@ class StepInfo:
         return self.valid & (self.token_index < self.prompt_lengths.unsqueeze(1))
 
 
-def _past_length(kwargs: dict[str, Any]) -> int:
-    cache = kwargs.get("past_key_values")
-    if cache is None or not hasattr(cache, "get_seq_length"):
-        return 0
-    return int(cache.get_seq_length())
+def _cache_length(kwargs: dict[str, Any]) -> int:
+    for name in ("cache", "past_key_values"):  # transformers 5 generate passes `cache`
+        cache = kwargs.get(name)
+        if cache is not None and hasattr(cache, "get_seq_length"):
+            return int(cache.get_seq_length())
+    return 0
+
+
+def _token_index(tokens: torch.Tensor, kwargs: dict[str, Any]) -> torch.Tensor:
+    """(B, T) real-token index of each input position, -1 for padding.
+
+    Sources, most exact first: a 2D attention mask covering past + current tokens (generate passes
+    one only when there is padding); 2D position ids (generate derives them from the mask, so they
+    count real tokens); the cache length; else a fresh sequence.
+    """
+    batch, length = int(tokens.shape[0]), int(tokens.shape[1])
+    device = tokens.device
+    mask = kwargs.get("attention_mask")
+    if isinstance(mask, torch.Tensor) and mask.dim() == 2 and mask.shape[1] >= length:
+        past = int(mask.shape[1]) - length
+        mask = mask.to(device=device, dtype=torch.long)
+        position = mask.cumsum(dim=1) - 1
+        window = slice(past, past + length)
+        return torch.where(mask[:, window].bool(), position[:, window], torch.full_like(position[:, window], -1))
+    positions = kwargs.get("position_ids")
+    if isinstance(positions, torch.Tensor) and positions.dim() == 2 and positions.shape[-1] == length:
+        return positions.to(device=device, dtype=torch.long).expand(batch, length)
+    past = _cache_length(kwargs)
+    return torch.arange(past, past + length, device=device).expand(batch, length)
 
 
 def step_from_inputs(args: tuple, kwargs: dict[str, Any], previous: StepInfo | None) -> StepInfo:
@@ -51,20 +74,12 @@ def step_from_inputs(args: tuple, kwargs: dict[str, Any], previous: StepInfo | N
     tokens = kwargs.get("input_ids", args[0] if args else None)
     if tokens is None:
         tokens = kwargs["inputs_embeds"]
-    batch, length = int(tokens.shape[0]), int(tokens.shape[1])
-    device = tokens.device
-    mask = kwargs.get("attention_mask")
-    if isinstance(mask, torch.Tensor) and mask.dim() == 2:
-        past = int(mask.shape[1]) - length
-        mask = mask.to(device=device, dtype=torch.long)
-        position = mask.cumsum(dim=1) - 1
-        window = slice(past, past + length)
-        token_index = torch.where(mask[:, window].bool(), position[:, window], torch.full_like(position[:, window], -1))
-    else:
-        past = _past_length(kwargs)
-        token_index = torch.arange(past, past + length, device=device).expand(batch, length)
-    if past == 0 or previous is None or previous.batch_size != batch:
+    token_index = _token_index(tokens, kwargs)
+    valid = token_index >= 0
+    first = torch.where(valid, token_index, torch.full_like(token_index, 1 << 30)).min(dim=1).values
+    starts_sequence = bool((first <= 0).all())
+    if starts_sequence or previous is None or previous.batch_size != token_index.shape[0]:
         prompt_lengths = (token_index.max(dim=1).values + 1).clamp(min=0)
     else:
         prompt_lengths = previous.prompt_lengths
-    return StepInfo(token_index=token_index, prompt_lengths=prompt_lengths, past_length=past)
+    return StepInfo(token_index=token_index, prompt_lengths=prompt_lengths)

@@ -311,3 +311,30 @@ def test_deepseek_v2_group_limited_greedy_is_reproduced_and_overridable():
         loaded.model(**_batch(loaded))
     route = recorder.trace()[layer]
     assert (route.indices[route.valid].sort(-1).values == spread).all()
+
+
+@pytest.mark.parametrize("padded", [False, True])
+@torch.no_grad()
+def test_routes_forced_while_decoding_match_teacher_forcing(tiny, padded):
+    """Cached generation must put decode-step edits on the same tokens a teacher-forced pass does."""
+    adapter = tiny.adapter
+    prompts = [PROMPTS[0], PROMPTS[1]] if padded else [PROMPTS[0]]
+    batch = _batch(tiny, prompts)
+    new = 6
+    generator = torch.Generator().manual_seed(7)
+    length = int(batch["attention_mask"].sum(1).max()) + new
+    routes = {
+        layer: torch.rand(len(prompts), length, adapter.num_experts, generator=generator).topk(adapter.top_k, -1).indices
+        for layer in adapter.moe_layers()
+    }
+    with intervene(tiny, ForcedRoute(routes, scope="all")):
+        generated = tiny.model.generate(**batch, max_new_tokens=new, min_new_tokens=new, do_sample=False)
+    width = batch["input_ids"].shape[1]
+    for row in range(len(prompts)):
+        real = batch["attention_mask"][row].bool()
+        sequence = torch.cat([batch["input_ids"][row][real], generated[row, width:]])
+        single = {layer: route[row : row + 1] for layer, route in routes.items()}
+        with intervene(tiny, ForcedRoute(single, scope="all")):
+            logits = tiny.model(input_ids=sequence[None]).logits
+        prompt_length = int(real.sum())
+        assert torch.equal(logits[0, prompt_length - 1 : -1].argmax(-1), generated[row, width:])
