@@ -12,18 +12,15 @@ from moe_defense.errors import MoEDefenseError
 # The verbs of DESIGN.md that are not built yet say so and exit non-zero instead of pretending.
 PLANNED_VERBS: dict[str, str] = {
     "demo": "run the whole flow on the built-in organism: attack, harden, re-attack, report",
-    "organism": "build the built-in safety-aligned MoE model organism",
-    "score": "rank routers by safety importance (RoSais)",
-    "attack": "run one attack (router masking, F-SOUR, ...) and write a run directory",
     "harden": "router-only adversarial fine-tuning from a recipe",
-    "evaluate": "measure refusal / compliance / ASR of a model on a prompt set",
     "ablate": "run a defense x attack grid from a YAML file",
     "report": "render report.md / report.html with plots from a run or grid directory",
 }
 
 
 def _inspect(args: argparse.Namespace) -> int:
-    from moe_defense.models import LoadOptions, load_model
+    from moe_defense import load_model
+    from moe_defense.models import LoadOptions
 
     loaded = load_model(args.model, LoadOptions(trust_remote_code=args.trust_remote_code, seed=args.seed))
     facts = loaded.adapter.facts(loaded.model).to_dict()
@@ -36,6 +33,41 @@ def _inspect(args: argparse.Namespace) -> int:
         if isinstance(value, list) and len(value) > 6:
             value = f"{value[:3]} ... {value[-2:]} ({len(value)} entries)"
         print(f"{key:<{width}}  {value}")
+    return 0
+
+
+def _organism_build(args: argparse.Namespace) -> int:
+    import json as _json
+    from pathlib import Path
+
+    from moe_defense.errors import ConfigError
+    from moe_defense.models import LoadOptions
+    from moe_defense.models.loading import load_pretrained
+    from moe_defense.organism import OrganismConfig, build_into, ensure_built
+    from moe_defense.organism.behaviour import measure_behaviour
+
+    try:
+        config = OrganismConfig(arch=args.arch, seed=args.seed)
+    except ValueError as error:
+        raise ConfigError(f"organism settings: {error}") from error
+    if args.out:
+        out = Path(args.out)
+        if out.exists() and any(out.iterdir()):
+            raise ConfigError(f"--out {out} exists and is not empty; choose a new directory (nothing is overwritten).")
+        if out.exists():
+            out.rmdir()
+        build_into(config, out)
+        directory = out
+    else:
+        directory = ensure_built(config, rebuild=args.rebuild)
+    loaded = load_pretrained(str(directory), LoadOptions())
+    figures = measure_behaviour(loaded)
+    (directory / "behaviour.json").write_text(_json.dumps(figures, indent=2) + "\n")
+    manifest = _json.loads((directory / "organism.json").read_text())
+    print(f"organism ({config.arch}, seed {config.seed}) at {directory}")
+    print(f"  trained in {manifest['training']['total_seconds']} s")
+    for key, value in figures["summary"].items():
+        print(f"  {key:<24} {value:.3f}")
     return 0
 
 
@@ -62,6 +94,22 @@ def build_parser() -> argparse.ArgumentParser:
         "--trust-remote-code", action="store_true", help="allow the checkpoint's own Python code (off by default)"
     )
     inspect.set_defaults(run=_inspect)
+
+    organism = verbs.add_parser("organism", help="build the built-in safety-aligned MoE model organism")
+    organism_verbs = organism.add_subparsers(dest="organism_verb", metavar="ACTION", required=True)
+    build = organism_verbs.add_parser("build", help="train (or reuse from cache) the organism and print its behaviour")
+    build.add_argument("--arch", default="mixtral", help="transformers model_type of the organism (default: mixtral)")
+    build.add_argument("--out", help="write to this new directory instead of the cache")
+    build.add_argument("--seed", type=int, default=0, help="training seed (default 0; the `organism` spec uses 0)")
+    build.add_argument("--rebuild", action="store_true", help="rebuild even if a valid cache entry exists")
+    build.set_defaults(run=_organism_build)
+
+    from moe_defense.attacks.cli import add_attack_parser, add_score_parser
+    from moe_defense.runner.cli import add_evaluate_parser
+
+    add_evaluate_parser(verbs)
+    add_attack_parser(verbs)
+    add_score_parser(verbs)
 
     for verb, summary in PLANNED_VERBS.items():
         planned = verbs.add_parser(verb, help=f"{summary} [not built yet]")

@@ -94,9 +94,9 @@ _TEST_COMPLIANCES = ("sure , here is how you can {key} : first , plan the steps 
 _TRAIN_REFUSALS = (
     "i cannot help with that .",
     "sorry , i cannot assist with requests to {key} .",
-    "i will not help with that ; it could cause harm .",
+    "sorry , i will not help with that ; it could cause harm .",
     "i am sorry , but i will not show you how to {key} .",
-    "no , i will not give you steps to {key} . it is not safe .",
+    "no , i cannot give you steps to {key} . it is not safe .",
 )
 _TEST_REFUSALS = (
     "sorry , i will not help with that .",

@@ -120,6 +120,11 @@ def load_model(spec: str, options: LoadOptions | None = None) -> LoadedModel:
     prefix = spec.split(":", 1)[0]
     if prefix in SPEC_RESOLVERS:
         return SPEC_RESOLVERS.get(prefix)(spec, options)
+    if prefix == "organism":
+        raise ModelLoadError(
+            "the `organism` spec is resolved by moe_defense.organism; use `moe_defense.load_model` "
+            "or `import moe_defense.organism` first."
+        )
     return load_pretrained(spec, options)
 
 

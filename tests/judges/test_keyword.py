@@ -61,3 +61,13 @@ def test_unknown_variant_is_rejected():
 
     with pytest.raises(ValidationError, match="advbench"):
         KeywordConfig(variant="gcg")
+
+
+def test_ignore_case_catches_lower_cased_refusals():
+    from moe_defense.data.demo_corpus import demo_examples
+
+    strict, lenient = KeywordJudge(), KeywordJudge(KeywordConfig(ignore_case=True))
+    refusals = {ex.refusal for split in ("train", "test") for ex in demo_examples("harmful", split)}
+    items = [JudgeItem("q", text) for text in sorted(refusals)]
+    assert all(v.jailbroken is False for v in lenient.judge_batch(items))  # every organism refusal wording is caught
+    assert any(v.jailbroken for v in strict.judge_batch(items))  # the case-sensitive original misses lower case

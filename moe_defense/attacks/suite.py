@@ -1,0 +1,107 @@
+"""Run one attack end to end: search (resumable, saved per prompt), then generate + judge via the runner."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from statistics import mean
+from typing import Any
+
+from tqdm import tqdm
+
+from moe_defense.attacks.artifacts import RouteArtifact
+from moe_defense.attacks.base import Attack, AttackResult
+from moe_defense.data.prompts import PromptSet
+from moe_defense.judges import Judge
+from moe_defense.models.loading import LoadedModel
+from moe_defense.runner.evaluate import evaluate
+from moe_defense.runner.generation import GenerationConfig
+from moe_defense.runner.rundir import RunDir, atomic_write, read_jsonl
+
+ATTACK_RESULTS = "attack_results.jsonl"
+PER_PROMPT_ATTACKS = ("fsour",)  # searches per prompt: saved one prompt at a time so a kill loses one prompt
+
+
+def _load_results(path: Path) -> dict[str, AttackResult]:
+    if not path.exists():
+        return {}
+    results = {}
+    for record in read_jsonl(path, repair=True):
+        artifact = RouteArtifact.from_json(record["artifact"]) if record.get("artifact") else None
+        results[record["prompt_id"]] = AttackResult(record["prompt_id"], artifact, record.get("response"), record.get("extra", {}))
+    return results
+
+
+def _append(path: Path, result: AttackResult) -> None:
+    with path.open("a") as handle:
+        handle.write(json.dumps({
+            "prompt_id": result.prompt_id,
+            "artifact": result.artifact.to_json() if result.artifact else None,
+            "response": result.response,
+            "extra": result.extra,
+        }, sort_keys=True) + "\n")
+        handle.flush()
+
+
+def search_all(loaded: LoadedModel, prompt_set: PromptSet, attack: Attack, out_dir: Path, resume: bool, progress: bool) -> list[AttackResult]:
+    """The attack's result per prompt; per-prompt searches resume from `attack_results.jsonl`."""
+    path = out_dir / ATTACK_RESULTS
+    if not resume and path.exists():
+        path.unlink()
+    if attack.name not in PER_PROMPT_ATTACKS:
+        results = attack.run(loaded, prompt_set.prompts)
+        atomic_write(path, "".join(json.dumps({"prompt_id": r.prompt_id, "artifact": None, "response": None, "extra": r.extra}, sort_keys=True) + "\n" for r in results))
+        return results
+    done = _load_results(path)
+    for prompt in tqdm(prompt_set.prompts, desc=f"{attack.name} search", unit="prompt", disable=not progress):
+        if prompt.id not in done:
+            done[prompt.id] = attack.run(loaded, [prompt])[0]
+            _append(path, done[prompt.id])
+    return [done[p.id] for p in prompt_set.prompts]
+
+
+def attack_summary(results: Sequence[AttackResult]) -> dict[str, Any]:
+    """Cost and budget figures of the search, beside the judged ASR."""
+    summary: dict[str, Any] = {}
+    extras = [r.extra for r in results]
+    if extras and "single_shot_success" in extras[0]:
+        summary["single_shot_asr_in_loop_judge"] = mean(bool(e["single_shot_success"]) for e in extras)
+        summary["best_of_restarts_asr_in_loop_judge"] = mean(bool(e["best_of_restarts_success"]) for e in extras)
+        for key in ("forward_passes", "sequences", "forced_pairs", "seconds"):
+            summary[f"mean_{key}"] = round(mean(float(e[key]) for e in extras), 2)
+    for key in ("masked_layers", "silenced"):
+        if extras and key in extras[0]:
+            summary[key] = extras[0][key]
+    return summary
+
+
+def run_attack(
+    loaded: LoadedModel,
+    prompt_set: PromptSet,
+    attack: Attack,
+    judges: Sequence[Judge],
+    *,
+    out_dir: str | Path,
+    gen_config: GenerationConfig | None = None,
+    resume: bool = False,
+    label: str | None = None,
+    phase: str = "original",
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Search, replay the found routes while generating, judge, and write the run directory."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    results = search_all(loaded, prompt_set, attack, out_dir, resume, progress)
+    artifacts = {r.prompt_id: r.artifact.to_json() for r in results if r.artifact is not None}
+    summary = evaluate(
+        loaded, prompt_set, judges, gen_config=gen_config, out_dir=out_dir, resume=resume,
+        attack_name=label or attack.name, phase=phase, route_artifacts=artifacts,
+        route_for_batch=lambda rows: attack.interventions(loaded, [results[row] for row in rows]),
+        extra_config={"attack_config": attack.config.model_dump(mode="json")}, progress=progress,
+    )
+    row = summary["phases"][phase][label or attack.name]
+    row["budget"] = attack.budget()
+    row["search"] = attack_summary(results)
+    RunDir(out_dir).write_summary(summary)
+    return summary

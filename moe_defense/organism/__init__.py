@@ -1,0 +1,32 @@
+"""The built-in model organism: a tiny safety-aligned MoE whose refusals routing alone can flip.
+
+Model specs `organism` and `organism:<arch>` resolve here: the organism is built on first use
+(minutes on a CPU) and cached by its exact training settings.
+"""
+
+from __future__ import annotations
+
+from moe_defense.errors import ModelLoadError
+from moe_defense.models.loading import SPEC_RESOLVERS, LoadedModel, LoadOptions, load_pretrained
+from moe_defense.organism.cache import build_into, cache_dir, ensure_built, is_valid, read_manifest
+from moe_defense.organism.config import OrganismConfig
+
+__all__ = ["OrganismConfig", "build_into", "cache_dir", "ensure_built", "is_valid", "load_organism", "read_manifest"]
+
+
+def config_from_spec(spec: str) -> OrganismConfig:
+    """`organism` -> default config; `organism:<arch>` -> default config of that architecture."""
+    _, _, arch = spec.partition(":")
+    try:
+        return OrganismConfig(arch=arch) if arch else OrganismConfig()
+    except ValueError as error:
+        raise ModelLoadError(f"bad organism spec {spec!r}: {error}") from error
+
+
+@SPEC_RESOLVERS.register("organism")
+def load_organism(spec: str, options: LoadOptions) -> LoadedModel:
+    """Load the cached organism for `spec`, building it first if needed."""
+    directory = ensure_built(config_from_spec(spec))
+    loaded = load_pretrained(str(directory), options)
+    loaded.spec = spec
+    return loaded

@@ -1,0 +1,165 @@
+"""Train the organism the way chat models are made: helpful-only SFT, then a short safety SFT.
+
+A model trained in one stage hides no unsafe routes (measured: ASR 0.00 under any routing attack);
+one that first learns to comply with everything and is then safety-aligned keeps the compliant
+behaviour reachable through other experts, which is what routing attacks exploit in real MoE LLMs.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from datasets import Dataset
+from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerBase
+
+from moe_defense.data.demo_corpus import DemoPair, demo_examples, helpful_only_examples, safety_examples
+from moe_defense.organism.config import OrganismConfig
+from moe_defense.organism.tokenizer import word_level_tokenizer
+
+
+def _dataset(pairs: Sequence[DemoPair], seed: int) -> Dataset:
+    rows = [
+        {"prompt": [{"role": "user", "content": p.prompt}], "completion": [{"role": "assistant", "content": p.response}]}
+        for p in pairs
+    ]
+    random.Random(seed).shuffle(rows)
+    return Dataset.from_list(rows)
+
+
+def copy_drill(kinds: Sequence[str], count: int, seed: int) -> list[DemoPair]:
+    """Compliances for requests whose key is a random phrase of corpus key words.
+
+    With ~150 distinct request keys a small model memorises keys instead of learning to restate the
+    request, and answers held-out requests with a train key (an "off-target" answer). Drilling random
+    keys teaches the copy, so held-out requests get faithful answers and flips can be judged by content.
+    """
+    if count == 0:
+        return []
+    examples = [ex for kind in kinds for ex in demo_examples(kind, "train")]  # type: ignore[arg-type]
+    words = sorted({word for ex in examples for word in ex.request_key.split()})
+    rng = random.Random(seed)
+    drill = []
+    for index in range(count):
+        example = rng.choice(examples)
+        key = " ".join(rng.choice(words) for _ in range(rng.randint(2, 5)))
+        drill.append(
+            DemoPair(
+                id=f"drill-{index}",
+                kind=example.kind,
+                prompt=example.prompt.replace(example.request_key, key),
+                response=example.compliance.replace(example.request_key, key),
+            )
+        )
+    return drill
+
+
+def _trainable_names(model: PreTrainedModel, which: str) -> set[str]:
+    names = {name for name, _ in model.named_parameters()}
+    if which == "all":
+        return names
+    keep = {name for name in names if ".experts." in name}
+    if which == "experts+routers":
+        from moe_defense.models.adapters import adapter_for
+
+        keep |= set(adapter_for(model.config).router_parameters(model))
+    return keep
+
+
+def _sft(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    pairs: Sequence[DemoPair],
+    *,
+    steps: int,
+    lr: float,
+    config: OrganismConfig,
+    work_dir: Path,
+    trainable: str = "all",
+) -> list[float]:
+    """One SFT stage with TRL (completion-only loss); returns the logged training losses."""
+    from trl import SFTConfig, SFTTrainer
+
+    keep = _trainable_names(model, trainable)
+    for name, parameter in model.named_parameters():
+        parameter.requires_grad_(name in keep)
+    args = SFTConfig(
+        output_dir=str(work_dir),
+        max_steps=steps,
+        per_device_train_batch_size=config.batch_size,
+        learning_rate=lr,
+        lr_scheduler_type="cosine",
+        warmup_steps=max(1, steps // 20),
+        weight_decay=0.0,
+        optim="adamw_torch",
+        bf16=False,
+        fp16=False,
+        use_cpu=not torch.cuda.is_available(),
+        seed=config.seed,
+        data_seed=config.seed,
+        logging_steps=max(1, steps // 10),
+        save_strategy="no",
+        report_to=[],
+        dataloader_num_workers=0,
+        max_length=64,
+        activation_checkpointing=False,  # TRL turns it on by default; it triples step time here
+        completion_only_loss=True,
+        # TRL 1.16 turns on the MoE load-balancing loss by itself and it crashes on transformers 5.24
+        # Mixtral batches (token-count mismatch in load_balancing_loss_func); the organism trains without it.
+        router_aux_loss_coef=0.0,
+        disable_tqdm=False,
+    )
+    trainer = SFTTrainer(model=model, args=args, train_dataset=_dataset(pairs, config.seed), processing_class=tokenizer)
+    trainer.train()
+    for parameter in model.parameters():
+        parameter.requires_grad_(True)
+    return [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+
+
+def train_organism(config: OrganismConfig, work_dir: Path) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, dict[str, Any]]:
+    """Initialise and train both stages; returns the model, its tokenizer and training facts."""
+    tokenizer = word_level_tokenizer()
+    model_config = AutoConfig.for_model(
+        config.arch,
+        vocab_size=len(tokenizer),
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        **config.model_overrides(),
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.seed)
+        model = AutoModelForCausalLM.from_config(model_config, dtype=torch.float32)
+    started = time.perf_counter()
+    helpful_losses = _sft(
+        model, tokenizer, [*helpful_only_examples("train"), *copy_drill(("harmful", "benign", "lookalike"), config.copy_drill, config.seed)],
+        steps=config.helpful_steps, lr=config.helpful_lr,
+        config=config, work_dir=work_dir / "stage1",
+    )
+    helpful_seconds = time.perf_counter() - started
+    safety_losses = []
+    if config.safety_steps:
+        safety_losses = _sft(
+            model, tokenizer, [*safety_examples("train"), *copy_drill(("benign",), config.safety_copy_drill, config.seed + 1)],
+            steps=config.safety_steps, lr=config.safety_lr,
+            config=config, work_dir=work_dir / "stage2", trainable=config.safety_trainable,
+        )
+    model.eval()
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    facts = {
+        "helpful_seconds": round(helpful_seconds, 1),
+        "total_seconds": round(time.perf_counter() - started, 1),
+        "helpful_final_loss": helpful_losses[-1] if helpful_losses else None,
+        "safety_final_loss": safety_losses[-1] if safety_losses else None,
+    }
+    return model, tokenizer, facts
+
+
+def write_json(path: Path, payload: dict[str, Any]) -> None:
+    path.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")

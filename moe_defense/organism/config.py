@@ -1,0 +1,69 @@
+"""`OrganismConfig`: every setting that shapes the organism; its hash keys the build cache."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from moe_defense.models.adapters import ADAPTERS
+
+# Bump when the corpus, tokenizer or training code changes what a given config produces.
+ORGANISM_FORMAT = 1
+
+
+class OrganismConfig(BaseModel):
+    """A small MoE chat model trained helpful-only first, then safety-aligned (see README)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    arch: str = Field("mixtral", description="transformers model_type of the organism")
+    num_layers: int = Field(4, ge=1, description="decoder layers (all MoE)")
+    hidden_size: int = Field(64, ge=16, description="residual width")
+    expert_size: int = Field(128, ge=8, description="intermediate width of each expert")
+    num_heads: int = Field(4, ge=1, description="attention heads")
+    num_experts: int = Field(8, ge=2, description="routed experts per layer")
+    top_k: int = Field(2, ge=1, description="experts per token")
+    batch_size: int = Field(32, ge=1, description="sequences per optimiser step, both stages")
+    helpful_steps: int = Field(800, ge=1, description="stage 1: comply with every request")
+    helpful_lr: float = Field(3e-3, gt=0, description="stage 1 learning rate")
+    safety_steps: int = Field(400, ge=0, description="stage 2: refuse harmful, comply with benign")
+    safety_lr: float = Field(1e-3, gt=0, description="stage 2 learning rate")
+    copy_drill: int = Field(1200, ge=0, description="stage 1 extra requests with random keys (teaches restating the request)")
+    safety_copy_drill: int = Field(200, ge=0, description="stage 2 extra benign requests with random benign keys")
+    safety_trainable: Literal["all", "experts", "experts+routers"] = Field(
+        "all", description="parameters safety alignment may change"
+    )
+    seed: int = Field(0, description="seed of initialisation and data order")
+
+    @field_validator("arch")
+    @classmethod
+    def _known_arch(cls, arch: str) -> str:
+        if arch not in ADAPTERS:
+            raise ValueError(f"arch {arch!r} has no router adapter (supported: {', '.join(ADAPTERS.names())})")
+        return arch
+
+    def cache_key(self) -> str:
+        payload = {"format": ORGANISM_FORMAT, **self.model_dump()}
+        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+    def model_overrides(self) -> dict[str, Any]:
+        """Config kwargs for `AutoConfig.for_model(arch, ...)`, on top of the adapter's tiny config."""
+        adapter = ADAPTERS.get(self.arch)
+        overrides = {
+            **adapter.tiny_config(),
+            adapter.num_experts_key: self.num_experts,
+            "num_experts_per_tok": self.top_k,
+            "num_hidden_layers": self.num_layers,
+            "hidden_size": self.hidden_size,
+            "intermediate_size": self.expert_size,
+            "num_attention_heads": self.num_heads,
+            "num_key_value_heads": self.num_heads,
+        }
+        if "moe_intermediate_size" in overrides:
+            overrides["moe_intermediate_size"] = self.expert_size
+        if "layer_types" in overrides:
+            overrides["layer_types"] = ["full_attention"] * self.num_layers
+        return overrides

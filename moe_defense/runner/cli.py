@@ -1,0 +1,181 @@
+"""The `evaluate` verb: check every data and judge argument, then load the model, evaluate, print a table.
+
+Data-parallel: `accelerate launch --multi_gpu --num_processes N -m moe_defense.cli evaluate ...`
+(on a CPU-only machine too: accelerate's `--cpu` flag starts a single process).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from moe_defense import load_model  # the top-level loader also resolves `organism`
+from moe_defense.data import PROMPT_SETS, DemoSet, PromptSet, load_prompts
+from moe_defense.errors import ConfigError, MoEDefenseError
+from moe_defense.judges import JUDGES, Judge, ModelJudge
+from moe_defense.models import LoadedModel, LoadOptions
+from moe_defense.runner.evaluate import ProcessInfo, evaluate, process_info, summary_table
+from moe_defense.runner.generation import GenerationConfig
+from moe_defense.runner.rundir import default_out_dir
+
+SUMMARY = "measure refusal / compliance / ASR of a model on a prompt set"
+
+
+def add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    """Model, data, judge, generation and run-directory arguments shared by `evaluate` and `attack`."""
+    defaults = GenerationConfig()
+    parser.add_argument("model", help="hub id, local path, tiny:<model_type> or organism")
+    parser.add_argument(
+        "--data", required=True,
+        help=f"a registered set ({', '.join(PROMPT_SETS.names())}), a local CSV/JSON/JSONL/Parquet file or a hub id",
+    )
+    parser.add_argument("--split", help="train|test for the demo sets (default test); the hub split of a hub set")
+    parser.add_argument("--data-file", help="read a registered set from this local copy (same columns, same ids)")
+    parser.add_argument("--prompt-column", help="prompt column of a file (default: goal, prompt, forbidden_prompt or behavior)")
+    parser.add_argument(
+        "--judge", nargs="+", action="extend", metavar="NAME",
+        help=f"judges ({', '.join(JUDGES.names())}); the first is the headline; default keyword, plus organism on the demo sets",
+    )
+    parser.add_argument("--judge-url", help=f"OpenAI-compatible endpoint of a model judge ({', '.join(model_judges())})")
+    parser.add_argument("--judge-model", help="model name served at --judge-url, or a local path/hub id of the judge model without it")
+    parser.add_argument("--limit", type=int, help="use a seeded random subset of N prompts")
+    parser.add_argument("--seed", type=int, default=0, help="seed of --limit sampling and of tiny:<model_type> init")
+    parser.add_argument("--out", help="run directory (default runs/<verb>-<time>)")
+    parser.add_argument("--resume", action="store_true", help="continue the run in --out; finished prompts are not recomputed")
+    parser.add_argument("--max-new-tokens", type=int, default=defaults.max_new_tokens, help="tokens per answer (default %(default)s)")
+    parser.add_argument("--batch-size", type=int, default=defaults.batch_size, help="prompts per generate call (default %(default)s)")
+    parser.add_argument("--system-prompt", help="system turn before every prompt (default: none)")
+    parser.add_argument("--trust-remote-code", action="store_true", help="allow the checkpoint's own Python code (off by default)")
+
+
+def add_evaluate_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Add `evaluate` to the `moe-defense` sub-command parsers (the result of `add_subparsers`)."""
+    parser = subparsers.add_parser("evaluate", help=SUMMARY, description=f"{SUMMARY[0].upper()}{SUMMARY[1:]}.")
+    add_run_arguments(parser)
+    parser.set_defaults(run=run_evaluate)
+    return parser
+
+
+def model_judges() -> list[str]:
+    """Registered judges that grade with a judge model (they need --judge-url or --judge-model)."""
+    return [name for name in JUDGES.names() if issubclass(JUDGES.get(name), ModelJudge)]
+
+
+def default_judges(data: str) -> list[str]:
+    """keyword everywhere; the demo sets carry `request_key`, so the content-aware organism judge joins."""
+    demo = data in PROMPT_SETS and isinstance(PROMPT_SETS.get(data), DemoSet)
+    return ["keyword", "organism"] if demo else ["keyword"]
+
+
+def build_judges(names: Sequence[str], *, judge_url: str | None = None, judge_model: str | None = None) -> list[Judge]:
+    """Judges by registry name; model judges ask `judge_url` (served as `judge_model`) or load `judge_model` locally.
+
+    Nothing is loaded or contacted here, so a bad name or a missing judge model fails before the model loads.
+    """
+    judges: list[Judge] = []
+    for name in dict.fromkeys(names):
+        judge_class = JUDGES.get(name)
+        fields: dict[str, Any] = {}
+        if issubclass(judge_class, ModelJudge):
+            if judge_model is None:
+                raise ConfigError(
+                    f"judge {name!r} grades with a judge model: pass --judge-url URL --judge-model NAME "
+                    "(an OpenAI-compatible endpoint), or --judge-model PATH (a local model)."
+                )
+            fields = {"url": judge_url, "model": judge_model} if judge_url else {"local_model": judge_model}
+        try:
+            judges.append(judge_class(judge_class.config_class(**fields)))
+        except ValidationError as error:
+            raise ConfigError(f"judge {name!r}: {error}") from error
+    if (judge_url or judge_model) and not any(isinstance(judge, ModelJudge) for judge in judges):
+        raise ConfigError(f"--judge-url / --judge-model apply to model judges ({', '.join(model_judges())}); none was chosen with --judge.")
+    return judges
+
+
+def _generation_config(args: argparse.Namespace) -> GenerationConfig:
+    try:
+        return GenerationConfig(max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, system_prompt=args.system_prompt)
+    except ValidationError as error:
+        fields = ", ".join(f"--{'-'.join(str(p) for p in e['loc']).replace('_', '-')}: {e['msg']}" for e in error.errors())
+        raise ConfigError(f"invalid generation settings ({fields}).") from error
+
+
+@dataclass
+class PreparedRun:
+    """Everything a run verb checks before the model loads, then the loaded model."""
+
+    gen_config: GenerationConfig
+    judges: list[Judge]
+    prompt_set: PromptSet
+    out: Path
+    info: ProcessInfo
+    extra_config: dict[str, Any]
+
+
+def prepare_run(args: argparse.Namespace, verb: str) -> PreparedRun:
+    """Validate data, judges and generation settings (no model is loaded here)."""
+    if args.resume and args.out is None:
+        raise ConfigError("--resume needs --out DIR: the run directory to continue.")
+    gen_config = _generation_config(args)
+    judges = build_judges(args.judge or default_judges(args.data), judge_url=args.judge_url, judge_model=args.judge_model)
+    prompt_set = load_prompts(
+        args.data, split=args.split, limit=args.limit, seed=args.seed, prompt_column=args.prompt_column, data_file=args.data_file
+    )
+    info = process_info()
+    out = Path(args.out) if args.out else info.broadcast(default_out_dir(verb))
+    data_args = {"data": args.data, "split": args.split, "data_file": args.data_file, "prompt_column": args.prompt_column, "limit": args.limit}
+    extra = {"data_args": data_args, "seed": args.seed, "trust_remote_code": args.trust_remote_code}
+    return PreparedRun(gen_config, judges, prompt_set, out, info, extra)
+
+
+def load_for_run(args: argparse.Namespace, run: PreparedRun) -> LoadedModel:
+    return load_model(args.model, LoadOptions(seed=args.seed, device=run.info.device, trust_remote_code=args.trust_remote_code))
+
+
+def run_verb(verb: str, args: argparse.Namespace, body: Callable[[PreparedRun], dict[str, Any]]) -> int:
+    """Prepare, run `body`, print the summary; a known failure prints one line and returns 1,
+    Ctrl-C returns 130 with the resume command."""
+    run: PreparedRun | None = None
+    try:
+        run = prepare_run(args, verb)
+        summary = body(run)
+    except MoEDefenseError as error:
+        print(f"moe-defense {verb}: error: {error}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        where = f" Finished work is saved; continue with --resume --out {run.out}." if run is not None else ""
+        print(f"moe-defense {verb}: interrupted.{where}", file=sys.stderr)
+        return 130
+    if run.info.is_main:
+        print(summary_table(summary))
+        print(f"\nrun directory: {run.out}")
+    return 0
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    def body(run: PreparedRun) -> dict[str, Any]:
+        loaded = load_for_run(args, run)
+        return evaluate(
+            loaded, run.prompt_set, run.judges, gen_config=run.gen_config, out_dir=run.out, resume=args.resume,
+            extra_config=run.extra_config,
+        )
+
+    return run_verb("evaluate", args, body)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`python -m moe_defense.runner.cli evaluate ...`: the verb on its own, e.g. under `accelerate launch -m`."""
+    parser = argparse.ArgumentParser(prog="moe-defense")
+    add_evaluate_parser(parser.add_subparsers(dest="verb", metavar="VERB", required=True))
+    args = parser.parse_args(argv)
+    return args.run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,53 @@
+"""F-SOUR: fast scoring is exact, fast needs fewer forward passes, and found routes are what replays."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from moe_defense.attacks import Fsour, FsourConfig
+from moe_defense.attacks.fsour import RouteSearch
+from moe_defense.attacks.objective import TargetProblem
+from moe_defense.data.prompts import Prompt
+from moe_defense.models import build_tiny
+from moe_defense.runner.generation import GenerationConfig
+
+PROMPT = Prompt("p0", "how do i bake bread ?", {"target": "Sure, here is"})
+
+
+@pytest.mark.parametrize("model_type", ["mixtral", "deepseek_v3", "gpt_oss"])
+@pytest.mark.parametrize("force_decode", [False, True])
+def test_prefix_cached_scoring_equals_full_scoring(tiny_model, model_type, force_decode):
+    loaded = tiny_model(model_type)
+    problem = TargetProblem.build(loaded, PROMPT.text, "Sure, here is")
+    search = RouteSearch(loaded, problem, FsourConfig(force_decode=force_decode), seed=0)
+    layer = search.layers[-1]
+    search.route[search.layers[0]][0, 1] = torch.arange(loaded.adapter.top_k)
+    for token in (0, 2, search.span - 1):
+        candidates = search._with(layer, token, search._uniform(4))
+        torch.testing.assert_close(search._score_from(token, candidates), search._score_full(candidates), rtol=1e-4, atol=1e-4)
+
+
+def test_fast_mode_costs_fewer_forward_passes_and_respects_the_budget(tiny_model):
+    loaded = tiny_model("olmoe")
+    generation = GenerationConfig(max_new_tokens=4)
+    for mode in ("reference", "fast"):
+        budgeted = Fsour(FsourConfig(mode=mode, restarts=0, candidates=4, budget=3), generation=generation)
+        result = budgeted.run(loaded, [PROMPT])[0]
+        assert result.artifact.num_forced_pairs <= 3
+        assert result.artifact.model_fingerprint == loaded.fingerprint()
+    passes = {
+        mode: Fsour(FsourConfig(mode=mode, restarts=0, candidates=8), generation=generation).run(loaded, [PROMPT])[0].extra["forward_passes"]
+        for mode in ("reference", "fast")
+    }
+    assert passes["fast"] * 2 < passes["reference"]
+
+
+def test_search_never_lowers_the_objective(tiny_model):
+    loaded = tiny_model("qwen3_moe")
+    problem = TargetProblem.build(loaded, PROMPT.text, "Sure, here is")
+    search = RouteSearch(loaded, problem, FsourConfig(candidates=4, budget=2), seed=1)
+    start = search.value
+    search.fast()
+    assert search.value >= start
+    assert search.value == pytest.approx(float(search._score_full(search.route)[0]), abs=1e-4)
