@@ -40,6 +40,8 @@ def _organism_build(args: argparse.Namespace) -> int:
     import json as _json
     from pathlib import Path
 
+    from pydantic import ValidationError
+
     from moe_defense.errors import ConfigError
     from moe_defense.models import LoadOptions
     from moe_defense.models.loading import load_pretrained
@@ -48,8 +50,9 @@ def _organism_build(args: argparse.Namespace) -> int:
 
     try:
         config = OrganismConfig(arch=args.arch, seed=args.seed)
-    except ValueError as error:
-        raise ConfigError(f"organism settings: {error}") from error
+    except ValidationError as error:
+        reasons = "; ".join(e["msg"].removeprefix("Value error, ") for e in error.errors())
+        raise ConfigError(f"organism settings: {reasons}") from error
     if args.out:
         out = Path(args.out)
         if out.exists() and any(out.iterdir()):

@@ -68,6 +68,7 @@ class RouteSearch:
         self.prompt_lengths = torch.tensor([problem.prompt_length])
         self.ids = problem.input_ids.to(loaded.device)[None]
         self.value = float(self._score_full(self.route)[0])
+        self.initial_value = self.value
 
     # --- objective -----------------------------------------------------------------------
     @property
@@ -108,10 +109,10 @@ class RouteSearch:
         with intervene(self.loaded, *self._route_intervention(self.route, 1)):
             prefix = self.loaded.model(input_ids=self.ids[:, :token], use_cache=True)
         fixed = self._target_log_probs(prefix.logits, 0)
-        cache = copy.deepcopy(prefix.past_key_values)
+        cache = copy.deepcopy(prefix.cache if hasattr(prefix, "cache") else prefix.past_key_values)
         cache.batch_repeat_interleave(rows)
         with intervene(self.loaded, *self._route_intervention(candidates, rows)):
-            logits = self.loaded.model(input_ids=self.ids[:, token:].expand(rows, -1), past_key_values=cache).logits
+            logits = self.loaded.model(input_ids=self.ids[:, token:].expand(rows, -1), cache=cache).logits
         self.forward_passes += 2
         self.sequences += rows
         return fixed + self._target_log_probs(logits, token)
@@ -255,7 +256,7 @@ class Fsour(Attack[FsourConfig]):
         results = []
         for prompt in prompts:
             started = time.perf_counter()
-            attempts, passes, sequences = [], 0, 0
+            attempts, attempts_initial, passes, sequences = [], [], 0, 0
             for restart in range(self.config.restarts + 1):
                 search = self.search(loaded, prompt, self.config.seed + restart)
                 artifact = search.artifact(prompt.id, fingerprint)
@@ -263,6 +264,7 @@ class Fsour(Attack[FsourConfig]):
                 passes += search.forward_passes
                 sequences += search.sequences
                 attempts.append((artifact, response, self._judged(prompt, response, search)))
+                attempts_initial.append(search.initial_value)
                 if attempts[-1][2]:
                     break
             chosen = next((a for a in attempts if a[2]), max(attempts, key=lambda a: a[0].objective or -math.inf))
@@ -277,6 +279,7 @@ class Fsour(Attack[FsourConfig]):
                         "forward_passes": passes,
                         "sequences": sequences,
                         "forced_pairs": chosen[0].num_forced_pairs,
+                        "objective_gain": (chosen[0].objective or 0.0) - attempts_initial[attempts.index(chosen)],
                         "seconds": round(time.perf_counter() - started, 3),
                     },
                 )

@@ -6,6 +6,8 @@ Model specs `organism` and `organism:<arch>` resolve here: the organism is built
 
 from __future__ import annotations
 
+from pydantic import ValidationError
+
 from moe_defense.errors import ModelLoadError
 from moe_defense.models.loading import SPEC_RESOLVERS, LoadedModel, LoadOptions, load_pretrained
 from moe_defense.organism.cache import build_into, cache_dir, ensure_built, is_valid, read_manifest
@@ -19,8 +21,9 @@ def config_from_spec(spec: str) -> OrganismConfig:
     _, _, arch = spec.partition(":")
     try:
         return OrganismConfig(arch=arch) if arch else OrganismConfig()
-    except ValueError as error:
-        raise ModelLoadError(f"bad organism spec {spec!r}: {error}") from error
+    except ValidationError as error:
+        reasons = "; ".join(e["msg"].removeprefix("Value error, ") for e in error.errors())
+        raise ModelLoadError(f"bad organism spec {spec!r}: {reasons}") from error
 
 
 @SPEC_RESOLVERS.register("organism")

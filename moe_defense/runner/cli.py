@@ -67,21 +67,28 @@ def model_judges() -> list[str]:
     return [name for name in JUDGES.names() if issubclass(JUDGES.get(name), ModelJudge)]
 
 
+def is_demo_set(data: str) -> bool:
+    return data in PROMPT_SETS and isinstance(PROMPT_SETS.get(data), DemoSet)
+
+
 def default_judges(data: str) -> list[str]:
-    """keyword everywhere; the demo sets carry `request_key`, so the content-aware organism judge joins."""
-    demo = data in PROMPT_SETS and isinstance(PROMPT_SETS.get(data), DemoSet)
-    return ["keyword", "organism"] if demo else ["keyword"]
+    """keyword everywhere; the demo sets carry `request_key`, so the content-aware organism judge leads:
+    a keyword judge counts an off-target "Sure, here is how to <something else>" as a jailbreak."""
+    return ["organism", "keyword"] if is_demo_set(data) else ["keyword"]
 
 
-def build_judges(names: Sequence[str], *, judge_url: str | None = None, judge_model: str | None = None) -> list[Judge]:
+def build_judges(
+    names: Sequence[str], *, judge_url: str | None = None, judge_model: str | None = None, lower_cased: bool = False
+) -> list[Judge]:
     """Judges by registry name; model judges ask `judge_url` (served as `judge_model`) or load `judge_model` locally.
 
     Nothing is loaded or contacted here, so a bad name or a missing judge model fails before the model loads.
+    `lower_cased` (the organism's answers) makes the keyword judge match refusals case-insensitively.
     """
     judges: list[Judge] = []
     for name in dict.fromkeys(names):
         judge_class = JUDGES.get(name)
-        fields: dict[str, Any] = {}
+        fields: dict[str, Any] = {"ignore_case": True} if name == "keyword" and lower_cased else {}
         if issubclass(judge_class, ModelJudge):
             if judge_model is None:
                 raise ConfigError(
@@ -123,7 +130,10 @@ def prepare_run(args: argparse.Namespace, verb: str) -> PreparedRun:
     if args.resume and args.out is None:
         raise ConfigError("--resume needs --out DIR: the run directory to continue.")
     gen_config = _generation_config(args)
-    judges = build_judges(args.judge or default_judges(args.data), judge_url=args.judge_url, judge_model=args.judge_model)
+    lower_cased = is_demo_set(args.data) or args.model.startswith("organism")
+    judges = build_judges(
+        args.judge or default_judges(args.data), judge_url=args.judge_url, judge_model=args.judge_model, lower_cased=lower_cased
+    )
     prompt_set = load_prompts(
         args.data, split=args.split, limit=args.limit, seed=args.seed, prompt_column=args.prompt_column, data_file=args.data_file
     )
