@@ -67,6 +67,7 @@ class RouteSearch:
         self.sequences = 0
         self.prompt_lengths = torch.tensor([problem.prompt_length])
         self.ids = problem.input_ids.to(loaded.device)[None]
+        self._prefixes: dict[int, tuple[object, torch.Tensor]] = {}  # token -> (KV cache of positions < token, fixed log-prob)
         self.value = float(self._score_full(self.route)[0])
         self.initial_value = self.value
 
@@ -106,14 +107,17 @@ class RouteSearch:
         rows = next(iter(candidates.values())).shape[0]
         if token == 0:
             return self._score_full(candidates)
-        with intervene(self.loaded, *self._route_intervention(self.route, 1)):
-            prefix = self.loaded.model(input_ids=self.ids[:, :token], use_cache=True)
-        fixed = self._target_log_probs(prefix.logits, 0)
-        cache = copy.deepcopy(prefix.cache if hasattr(prefix, "cache") else prefix.past_key_values)
+        if token not in self._prefixes:
+            with intervene(self.loaded, *self._route_intervention(self.route, 1)):
+                prefix = self.loaded.model(input_ids=self.ids[:, :token], use_cache=True)
+            self.forward_passes += 1
+            self._prefixes[token] = (prefix.cache, self._target_log_probs(prefix.logits, 0))
+        prefix_cache, fixed = self._prefixes[token]
+        cache = copy.deepcopy(prefix_cache)
         cache.batch_repeat_interleave(rows)
         with intervene(self.loaded, *self._route_intervention(candidates, rows)):
             logits = self.loaded.model(input_ids=self.ids[:, token:].expand(rows, -1), cache=cache).logits
-        self.forward_passes += 2
+        self.forward_passes += 1
         self.sequences += rows
         return fixed + self._target_log_probs(logits, token)
 
@@ -149,12 +153,14 @@ class RouteSearch:
         candidates[layer][:, token] = subsets
         return candidates
 
-    def _accept(self, candidates: dict[int, torch.Tensor], scores: torch.Tensor) -> bool:
+    def _accept(self, token: int, candidates: dict[int, torch.Tensor], scores: torch.Tensor) -> bool:
         best = int(scores.argmax())
         if float(scores[best]) <= self.value:
             return False
         self.value = float(scores[best])
         self.route = {l: r[best : best + 1].clone() for l, r in candidates.items()}
+        # a prefix cache covers positions < its token: a change at `token` only stales the later ones
+        self._prefixes = {t: entry for t, entry in self._prefixes.items() if t <= token}
         return True
 
     # --- searches ------------------------------------------------------------------------
@@ -177,7 +183,7 @@ class RouteSearch:
                 candidates = self._with(layer, token, self._uniform(self.config.candidates))
                 scores = torch.cat([self._score_full({l: r[i : i + 1] for l, r in candidates.items()}) for i in range(self.config.candidates)])
                 self._score_full(self.route)  # the released code re-scores the incumbent at every pair
-                self._accept(candidates, scores)
+                self._accept(token, candidates, scores)
 
     def fast(self) -> None:
         tried: set[tuple[int, int]] = set()
@@ -193,7 +199,7 @@ class RouteSearch:
             if not gain:
                 return
             ranked = sorted(gain, key=gain.get, reverse=True)[: self.config.pairs_per_round]
-            best: tuple[dict[int, torch.Tensor], torch.Tensor] | None = None
+            best: tuple[int, dict[int, torch.Tensor], torch.Tensor] | None = None
             for layer, token in ranked:
                 tried.add((layer, token))
                 li = self.layers.index(layer)
@@ -202,10 +208,10 @@ class RouteSearch:
                 candidates = self._with(layer, token, subsets)
                 scores = self._score_from(token, candidates)
                 if self.config.budget is None:
-                    if self._accept(candidates, scores) and self.success:
+                    if self._accept(token, candidates, scores) and self.success:
                         return
-                elif best is None or float(scores.max()) > float(best[1].max()):
-                    best = (candidates, scores)
+                elif best is None or float(scores.max()) > float(best[2].max()):
+                    best = (token, candidates, scores)
             if best is not None:
                 self._accept(*best)
 

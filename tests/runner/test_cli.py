@@ -50,12 +50,14 @@ def test_evaluate_end_to_end_then_resume_without_recomputation(csv_file, tmp_pat
     assert "generation.batch_size: 2 -> 3" in capsys.readouterr().err
 
 
-def test_demo_sets_are_judged_by_keyword_and_organism_with_over_refusal(tmp_path, capsys):
+def test_demo_sets_are_judged_by_organism_then_keyword_with_over_refusal(tmp_path, capsys):
     out = tmp_path / "run"
     assert cli("tiny:mixtral", "--data", "demo-benign", "--limit", "3", "--out", str(out), "--max-new-tokens", "3") == 0
     summary = json.loads((out / "summary.json").read_text())
     row = summary["phases"]["original"]["none"]
-    assert summary["judges"] == ["keyword", "organism"]
+    assert summary["judges"] == ["organism", "keyword"]  # content-aware headline on the demo sets
+    config = (out / "config.yaml").read_text()
+    assert "ignore_case: true" in config  # the organism answers in lower case
     assert (row["n_benign"], row["n_harmful"]) == (3, 0)
     assert row["over_refusal"] + row["benign_compliance"] == 1.0
     assert "over-refusal" in capsys.readouterr().out
