@@ -23,7 +23,7 @@ ATTACK_FLAGS = {
     "mode": "mode", "candidates": "candidates", "restarts": "restarts", "budget": "budget",
     "force_decode": "force_decode", "layers": "layers", "in_loop_judge": "judge", "n": "n",
     "selection": "selection", "artifacts": "artifacts", "force_transfer": "force_transfer", "per_layer": "per_layer",
-    "benign_set": "benign_set",
+    "benign_set": "benign_set", "sweeps": "sweeps",
 }
 
 
@@ -35,6 +35,7 @@ def add_attack_parser(subparsers: Any) -> None:
     knobs.add_argument("--mode", choices=["fast", "reference"], help="fsour: search mode (default fast)")
     knobs.add_argument("--candidates", type=int, help="fsour: random subsets per (token, layer) pair (default 10)")
     knobs.add_argument("--restarts", type=int, help="fsour: judged restarts with a new seed (default 5)")
+    knobs.add_argument("--sweeps", type=int, help="fsour fast: passes over the (token, layer) pairs (default 1)")
     knobs.add_argument("--budget", type=int, help="fsour: max forced (token, layer) pairs (default: no cap)")
     knobs.add_argument("--budget-sweep", help="fsour: comma-separated budgets, one run each, for the ASR-vs-budget curve")
     knobs.add_argument("--force-decode", action="store_true", default=None, help="fsour: also force routes at answer positions")

@@ -47,6 +47,7 @@ class FsourConfig(AttackConfig):
     layers: list[int] | None = Field(None, description="MoE layers the attacker may force; None = all")
     force_decode: bool = Field(False, description="also force routes at answer positions (searched on the target)")
     pairs_per_round: int = Field(6, ge=1, description="fast mode: most promising pairs evaluated per round")
+    sweeps: int = Field(1, ge=1, description="fast mode: passes over the pairs while the last one improved (reference: 1)")
     judge: str | None = Field(None, description="judge in the loop for restarts (None: P(target) decides)")
     seed: int = Field(0, description="seed of the first search; restart r uses seed + r")
 
@@ -186,6 +187,14 @@ class RouteSearch:
                 self._accept(token, candidates, scores)
 
     def fast(self) -> None:
+        for _ in range(self.config.sweeps):
+            start = self.value
+            self._fast_sweep()
+            if self.success or not self._budget_left() or self.value <= start:
+                return
+
+    def _fast_sweep(self) -> None:
+        """Visit every unforced pair once, most promising first, until success or the budget is spent."""
         tried: set[tuple[int, int]] = set()
         while not self.success and self._budget_left():
             gradient, executed = self._saliency()

@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from moe_defense.models.adapters import ADAPTERS
 
 # Bump when the corpus, tokenizer or training code changes what a given config produces.
-ORGANISM_FORMAT = 1
+ORGANISM_FORMAT = 2
 
 
 class OrganismConfig(BaseModel):

@@ -36,7 +36,7 @@ def test_two_calls_are_equal():
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_sizes(kind):
-    assert 300 <= len(demo_examples(kind, "train")) <= 800
+    assert 600 <= len(demo_examples(kind, "train")) <= 1500
     assert 40 <= len(demo_examples(kind, "test")) <= 80
 
 
