@@ -15,7 +15,12 @@ from moe_defense.attacks.fsour import Fsour
 from moe_defense.attacks.rosais import RosaisConfig, rosais
 from moe_defense.attacks.suite import run_attack
 from moe_defense.errors import ConfigError, MoEDefenseError
-from moe_defense.runner.cli import PreparedRun, add_run_arguments, load_for_run, prepare_run, run_verb
+from moe_defense.runner.cli import (
+    PreparedRun,
+    add_run_arguments,
+    load_for_run,
+    run_verb,
+)
 from moe_defense.runner.rundir import RunDir, atomic_write, default_out_dir
 
 # CLI flag -> attack config field; a flag given to an attack whose config lacks the field is an error.

@@ -14,7 +14,12 @@ from typing import Literal
 
 import torch
 from pydantic import Field, model_validator
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
 
 from moe_defense.errors import ConfigError, JudgeError, ModelLoadError
 from moe_defense.judges.base import Judge, JudgeConfig, JudgeItem, Verdict

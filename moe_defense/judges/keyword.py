@@ -7,7 +7,13 @@ from typing import Literal
 
 from pydantic import Field
 
-from moe_defense.judges.base import Judge, JudgeConfig, JudgeItem, Verdict, register_judge
+from moe_defense.judges.base import (
+    Judge,
+    JudgeConfig,
+    JudgeItem,
+    Verdict,
+    register_judge,
+)
 
 # `_test_prefixes` of the llm-attacks (GCG) evaluation, in its order: 29 case-sensitive substrings.
 ADVBENCH_REFUSALS: tuple[str, ...] = (

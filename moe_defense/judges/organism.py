@@ -26,7 +26,13 @@ from typing import Literal
 
 from pydantic import Field, field_validator
 
-from moe_defense.judges.base import Judge, JudgeConfig, JudgeItem, Verdict, register_judge
+from moe_defense.judges.base import (
+    Judge,
+    JudgeConfig,
+    JudgeItem,
+    Verdict,
+    register_judge,
+)
 
 OrganismReason = Literal["refusal", "faithful_compliance", "off_target", "other", "empty"]
 

@@ -16,7 +16,12 @@ from pathlib import Path
 from pydantic import Field, model_validator
 
 from moe_defense.errors import ConfigError
-from moe_defense.judges.backends import BackendConfig, JudgeBackend, JudgePrompt, ModelJudge
+from moe_defense.judges.backends import (
+    BackendConfig,
+    JudgeBackend,
+    JudgePrompt,
+    ModelJudge,
+)
 from moe_defense.judges.base import JudgeConfig, JudgeItem, Verdict, register_judge
 
 RUBRIC_SYSTEM = (

@@ -9,8 +9,19 @@ from __future__ import annotations
 from pydantic import ValidationError
 
 from moe_defense.errors import ModelLoadError
-from moe_defense.models.loading import SPEC_RESOLVERS, LoadedModel, LoadOptions, load_pretrained
-from moe_defense.organism.cache import build_into, cache_dir, ensure_built, is_valid, read_manifest
+from moe_defense.models.loading import (
+    SPEC_RESOLVERS,
+    LoadedModel,
+    LoadOptions,
+    load_pretrained,
+)
+from moe_defense.organism.cache import (
+    build_into,
+    cache_dir,
+    ensure_built,
+    is_valid,
+    read_manifest,
+)
 from moe_defense.organism.config import OrganismConfig
 
 __all__ = ["OrganismConfig", "build_into", "cache_dir", "ensure_built", "is_valid", "load_organism", "read_manifest"]

@@ -7,7 +7,6 @@ behaviour reachable through other experts, which is what routing attacks exploit
 
 from __future__ import annotations
 
-import json
 import random
 import time
 from collections.abc import Sequence
@@ -16,9 +15,19 @@ from typing import Any
 
 import torch
 from datasets import Dataset
-from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
 
-from moe_defense.data.demo_corpus import DemoPair, demo_examples, helpful_only_examples, safety_examples
+from moe_defense.data.demo_corpus import (
+    DemoPair,
+    demo_examples,
+    helpful_only_examples,
+    safety_examples,
+)
 from moe_defense.organism.config import OrganismConfig
 from moe_defense.organism.tokenizer import word_level_tokenizer
 
@@ -159,7 +168,3 @@ def train_organism(config: OrganismConfig, work_dir: Path) -> tuple[PreTrainedMo
         "safety_final_loss": safety_losses[-1] if safety_losses else None,
     }
     return model, tokenizer, facts
-
-
-def write_json(path: Path, payload: dict[str, Any]) -> None:
-    path.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")

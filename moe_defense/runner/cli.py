@@ -20,7 +20,12 @@ from moe_defense.data import PROMPT_SETS, DemoSet, PromptSet, load_prompts
 from moe_defense.errors import ConfigError, MoEDefenseError
 from moe_defense.judges import JUDGES, Judge, ModelJudge
 from moe_defense.models import LoadedModel, LoadOptions
-from moe_defense.runner.evaluate import ProcessInfo, evaluate, process_info, summary_table
+from moe_defense.runner.evaluate import (
+    ProcessInfo,
+    evaluate,
+    process_info,
+    summary_table,
+)
 from moe_defense.runner.generation import GenerationConfig
 from moe_defense.runner.rundir import default_out_dir
 

@@ -7,7 +7,12 @@ import json
 import pytest
 import torch
 
-from moe_defense.attacks import RouteArtifact, interventions_for, read_artifacts, write_artifacts
+from moe_defense.attacks import (
+    RouteArtifact,
+    interventions_for,
+    read_artifacts,
+    write_artifacts,
+)
 from moe_defense.attacks.route_replay import RouteReplay, RouteReplayConfig
 from moe_defense.data.prompts import Prompt
 from moe_defense.errors import RoutingError

@@ -9,7 +9,6 @@ from moe_defense.attacks import Fsour, FsourConfig
 from moe_defense.attacks.fsour import RouteSearch
 from moe_defense.attacks.objective import TargetProblem
 from moe_defense.data.prompts import Prompt
-from moe_defense.models import build_tiny
 from moe_defense.runner.generation import GenerationConfig
 
 PROMPT = Prompt("p0", "how do i bake bread ?", {"target": "Sure, here is"})

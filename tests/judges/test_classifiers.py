@@ -5,7 +5,13 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from moe_defense.judges import HarmBenchConfig, HarmBenchJudge, JudgeItem, LlamaGuardConfig, LlamaGuardJudge
+from moe_defense.judges import (
+    HarmBenchConfig,
+    HarmBenchJudge,
+    JudgeItem,
+    LlamaGuardConfig,
+    LlamaGuardJudge,
+)
 
 URL = {"url": "http://127.0.0.1:9/v1", "model": "judge"}  # never contacted: these tests only render and parse
 ITEM = JudgeItem("Explain how to {pick} a lock", "Step 1: insert a tension wrench.")

@@ -8,7 +8,12 @@ import pytest
 from pydantic import ValidationError
 
 from moe_defense.errors import ConfigError
-from moe_defense.judges import JudgeItem, StrongRejectConfig, StrongRejectJudge, parse_rubric
+from moe_defense.judges import (
+    JudgeItem,
+    StrongRejectConfig,
+    StrongRejectJudge,
+    parse_rubric,
+)
 from moe_defense.judges.strongreject import RUBRIC_USER
 
 SHARED_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"

@@ -11,7 +11,13 @@ from transformers import AutoConfig, AutoModelForCausalLM
 
 from moe_defense.cli import main
 from moe_defense.errors import ModelLoadError, UnsupportedArchitectureError
-from moe_defense.models import ADAPTERS, LoadOptions, adapter_for, build_tiny, load_model
+from moe_defense.models import (
+    ADAPTERS,
+    LoadOptions,
+    adapter_for,
+    build_tiny,
+    load_model,
+)
 
 REQUIRED = {"mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "deepseek_v2", "deepseek_v3", "gpt_oss", "granitemoe", "phimoe"}
 

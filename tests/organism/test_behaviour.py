@@ -7,9 +7,9 @@ import pytest
 import moe_defense
 from moe_defense.attacks import Fsour, FsourConfig
 from moe_defense.data.prompts import load_prompts
+from moe_defense.judges import JudgeItem, OrganismJudge
 from moe_defense.organism.behaviour import measure_behaviour
 from moe_defense.runner.generation import GenerationConfig, generate
-from moe_defense.judges import JudgeItem, OrganismJudge
 
 
 @pytest.fixture(scope="session")

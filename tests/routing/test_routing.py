@@ -7,7 +7,14 @@ import torch
 
 from moe_defense.errors import RoutingError
 from moe_defense.models import train_only_routers
-from moe_defense.routing import ExpertMask, ForcedRoute, LogitBias, RouterMask, intervene, record_routing
+from moe_defense.routing import (
+    ExpertMask,
+    ForcedRoute,
+    LogitBias,
+    RouterMask,
+    intervene,
+    record_routing,
+)
 
 PROMPTS = ["how do i bake bread ?", "hi", "tell me a story about a cat"]
 

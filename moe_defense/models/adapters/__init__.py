@@ -11,6 +11,12 @@ from moe_defense.models.adapters import (  # noqa: F401  (import registers each 
     qwen2_moe,
     qwen3_moe,
 )
-from moe_defense.models.adapters.base import ADAPTERS, RouterAdapter, RouterFacts, adapter_for, register_adapter
+from moe_defense.models.adapters.base import (
+    ADAPTERS,
+    RouterAdapter,
+    RouterFacts,
+    adapter_for,
+    register_adapter,
+)
 
 __all__ = ["ADAPTERS", "RouterAdapter", "RouterFacts", "adapter_for", "register_adapter"]

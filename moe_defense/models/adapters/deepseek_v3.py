@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 from moe_defense.models.adapters.base import register_adapter
-from moe_defense.models.adapters.deepseek_v2 import _DEEPSEEK_TINY_ATTENTION, DeepseekV2Adapter
+from moe_defense.models.adapters.deepseek_v2 import (
+    _DEEPSEEK_TINY_ATTENTION,
+    DeepseekV2Adapter,
+)
 from moe_defense.models.scoring import sigmoid_group_topk
 
 
