@@ -69,6 +69,8 @@ class RouteSearch:
         self.prompt_lengths = torch.tensor([problem.prompt_length])
         self.ids = problem.input_ids.to(loaded.device)[None]
         self._prefixes: dict[int, tuple[object, torch.Tensor]] = {}  # token -> (KV cache of positions < token, fixed log-prob)
+        self._route_version = 0
+        self._saliency_cache: tuple[int, tuple[torch.Tensor, dict[int, torch.Tensor]]] | None = None
         self.value = float(self._score_full(self.route)[0])
         self.initial_value = self.value
 
@@ -123,7 +125,11 @@ class RouteSearch:
         return fixed + self._target_log_probs(logits, token)
 
     def _saliency(self) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
-        """d objective / d router logits per (layer, token, expert), and the experts each pair executes."""
+        """d objective / d router logits per (layer, token, expert), and the experts each pair executes.
+
+        Both depend on the route only, so a round that accepted nothing reuses the last ones."""
+        if self._saliency_cache is not None and self._saliency_cache[0] == self._route_version:
+            return self._saliency_cache[1]
         biases = {l: torch.zeros(1, self.span, self.adapter.num_experts, requires_grad=True) for l in self.layers}
         with torch.enable_grad(), intervene(
             self.loaded, *self._route_intervention(self.route, 1), LogitBias(biases, scope=self.scope, prompt_lengths=self.prompt_lengths)
@@ -134,6 +140,7 @@ class RouteSearch:
         self.sequences += 1
         executed = {l: route.indices[0, : self.span] for l, route in recorder.trace().items()}
         gradient = torch.stack([biases[l].grad[0] for l in self.layers])  # (L, T, E)
+        self._saliency_cache = (self._route_version, (gradient, executed))
         return gradient, executed
 
     # --- proposals -----------------------------------------------------------------------
@@ -160,6 +167,7 @@ class RouteSearch:
             return False
         self.value = float(scores[best])
         self.route = {l: r[best : best + 1].clone() for l, r in candidates.items()}
+        self._route_version += 1
         # a prefix cache covers positions < its token: a change at `token` only stales the later ones
         self._prefixes = {t: entry for t, entry in self._prefixes.items() if t <= token}
         return True
@@ -290,6 +298,7 @@ class Fsour(Attack[FsourConfig]):
                         "single_shot_response": attempts[0][1],
                         "single_shot_success": attempts[0][2],
                         "restarts_used": len(attempts) - 1,
+                        "success_criterion": f"judge:{self.config.judge}" if self.judge else f"p_target>={self.config.success_prob}",
                         "best_of_restarts_success": any(a[2] for a in attempts),
                         "forward_passes": passes,
                         "sequences": sequences,

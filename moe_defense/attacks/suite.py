@@ -66,8 +66,10 @@ def attack_summary(results: Sequence[AttackResult]) -> dict[str, Any]:
     summary: dict[str, Any] = {}
     extras = [r.extra for r in results]
     if extras and "single_shot_success" in extras[0]:
-        summary["single_shot_asr_in_loop_judge"] = mean(bool(e["single_shot_success"]) for e in extras)
-        summary["best_of_restarts_asr_in_loop_judge"] = mean(bool(e["best_of_restarts_success"]) for e in extras)
+        # success as the search saw it: the in-loop judge when one was given, else P(target) >= success_prob
+        summary["success_criterion"] = extras[0]["success_criterion"]
+        summary["first_search_success_rate"] = mean(bool(e["single_shot_success"]) for e in extras)
+        summary["any_restart_success_rate"] = mean(bool(e["best_of_restarts_success"]) for e in extras)
         for key in ("forward_passes", "sequences", "forced_pairs", "seconds"):
             summary[f"mean_{key}"] = round(mean(float(e[key]) for e in extras), 2)
     for key in ("masked_layers", "silenced"):
