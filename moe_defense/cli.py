@@ -42,7 +42,7 @@ def _organism_build(args: argparse.Namespace) -> int:
 
     from pydantic import ValidationError
 
-    from moe_defense.errors import ConfigError
+    from moe_defense.errors import ConfigError, describe_validation
     from moe_defense.models import LoadOptions
     from moe_defense.models.loading import load_pretrained
     from moe_defense.organism import OrganismConfig, build_into, ensure_built
@@ -51,8 +51,7 @@ def _organism_build(args: argparse.Namespace) -> int:
     try:
         config = OrganismConfig(arch=args.arch, seed=args.seed)
     except ValidationError as error:
-        reasons = "; ".join(e["msg"].removeprefix("Value error, ") for e in error.errors())
-        raise ConfigError(f"organism settings: {reasons}") from error
+        raise ConfigError(f"organism settings: {describe_validation(error)}") from error
     if args.out:
         out = Path(args.out)
         if out.exists() and any(out.iterdir()):

@@ -31,3 +31,15 @@ class DataError(MoEDefenseError):
 
 class JudgeError(MoEDefenseError):
     """A judge is misconfigured or its backend cannot be set up (per-item failures are `Verdict.error`)."""
+
+
+def describe_validation(error: Exception, flag_style: bool = False) -> str:
+    """One line per pydantic error: `field: message` (or `--field-name: message` for CLI flags)."""
+    parts = []
+    for item in error.errors():  # type: ignore[attr-defined]
+        field = ".".join(str(part) for part in item["loc"])
+        if flag_style and field:
+            field = "--" + field.replace("_", "-").replace(".", "-")
+        message = item["msg"].removeprefix("Value error, ")
+        parts.append(f"{field}: {message}" if field else message)
+    return "; ".join(parts)

@@ -14,7 +14,7 @@ from moe_defense.attacks.base import ATTACKS, Attack
 from moe_defense.attacks.fsour import Fsour
 from moe_defense.attacks.rosais import RosaisConfig, rosais
 from moe_defense.attacks.suite import run_attack
-from moe_defense.errors import ConfigError, MoEDefenseError
+from moe_defense.errors import ConfigError, MoEDefenseError, describe_validation
 from moe_defense.runner.cli import (
     PreparedRun,
     add_run_arguments,
@@ -72,8 +72,7 @@ def build_attack(args: argparse.Namespace, budget: int | None = None) -> Attack:
     try:
         config = attack_class.config_class(**values)
     except ValidationError as error:
-        details = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors())
-        raise ConfigError(f"attack {args.attack!r} settings: {details}") from error
+        raise ConfigError(f"attack {args.attack!r} settings: {describe_validation(error)}") from error
     return attack_class(config)
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pydantic import ValidationError
 
-from moe_defense.errors import ModelLoadError
+from moe_defense.errors import ModelLoadError, describe_validation
 from moe_defense.models.loading import (
     SPEC_RESOLVERS,
     LoadedModel,
@@ -33,8 +33,7 @@ def config_from_spec(spec: str) -> OrganismConfig:
     try:
         return OrganismConfig(arch=arch) if arch else OrganismConfig()
     except ValidationError as error:
-        reasons = "; ".join(e["msg"].removeprefix("Value error, ") for e in error.errors())
-        raise ModelLoadError(f"bad organism spec {spec!r}: {reasons}") from error
+        raise ModelLoadError(f"bad organism spec {spec!r}: {describe_validation(error)}") from error
 
 
 @SPEC_RESOLVERS.register("organism")

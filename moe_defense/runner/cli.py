@@ -17,7 +17,7 @@ from pydantic import ValidationError
 
 from moe_defense import load_model  # the top-level loader also resolves `organism`
 from moe_defense.data import PROMPT_SETS, DemoSet, PromptSet, load_prompts
-from moe_defense.errors import ConfigError, MoEDefenseError
+from moe_defense.errors import ConfigError, MoEDefenseError, describe_validation
 from moe_defense.judges import JUDGES, Judge, ModelJudge
 from moe_defense.models import LoadedModel, LoadOptions
 from moe_defense.runner.evaluate import (
@@ -114,8 +114,7 @@ def _generation_config(args: argparse.Namespace) -> GenerationConfig:
     try:
         return GenerationConfig(max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, system_prompt=args.system_prompt)
     except ValidationError as error:
-        fields = ", ".join(f"--{'-'.join(str(p) for p in e['loc']).replace('_', '-')}: {e['msg']}" for e in error.errors())
-        raise ConfigError(f"invalid generation settings ({fields}).") from error
+        raise ConfigError(f"invalid generation settings ({describe_validation(error, flag_style=True)}).") from error
 
 
 @dataclass
