@@ -10,8 +10,8 @@ from dataclasses import dataclass
 
 import torch
 
-from moe_defense.data.chat import format_chat
 from moe_defense.models.loading import LoadedModel
+from moe_defense.runner.generation import encode_prompts
 
 
 @dataclass(frozen=True)
@@ -31,9 +31,7 @@ class TargetProblem:
 
     @classmethod
     def build(cls, loaded: LoadedModel, prompt: str, target: str, system_prompt: str | None = None) -> TargetProblem:
-        tokenizer = loaded.tokenizer
-        text = format_chat(tokenizer, prompt, system_prompt)
-        prompt_ids = tokenizer(text, add_special_tokens=False, return_tensors="pt").input_ids[0]
-        target_ids = tokenizer(" " + target if not target.startswith(" ") else target, add_special_tokens=False,
-                               return_tensors="pt").input_ids[0]
+        prompt_ids = torch.tensor(encode_prompts(loaded, [prompt], system_prompt)[0])  # exactly as generation does
+        spaced = target if target.startswith(" ") else " " + target
+        target_ids = loaded.tokenizer(spaced, add_special_tokens=False, return_tensors="pt").input_ids[0]
         return cls(prompt_ids=prompt_ids, target_ids=target_ids)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 from statistics import mean
@@ -17,7 +16,7 @@ from moe_defense.judges import Judge
 from moe_defense.models.loading import LoadedModel
 from moe_defense.runner.evaluate import evaluate
 from moe_defense.runner.generation import GenerationConfig
-from moe_defense.runner.rundir import RunDir, atomic_write, read_jsonl
+from moe_defense.runner.rundir import RecordWriter, RunDir, read_jsonl
 
 ATTACK_RESULTS = "attack_results.jsonl"
 PER_PROMPT_ATTACKS = ("fsour",)  # searches per prompt: saved one prompt at a time so a kill loses one prompt
@@ -33,15 +32,13 @@ def _load_results(path: Path) -> dict[str, AttackResult]:
     return results
 
 
-def _append(path: Path, result: AttackResult) -> None:
-    with path.open("a") as handle:
-        handle.write(json.dumps({
-            "prompt_id": result.prompt_id,
-            "artifact": result.artifact.to_json() if result.artifact else None,
-            "response": result.response,
-            "extra": result.extra,
-        }, sort_keys=True) + "\n")
-        handle.flush()
+def _record(result: AttackResult) -> dict[str, Any]:
+    return {
+        "prompt_id": result.prompt_id,
+        "artifact": result.artifact.to_json() if result.artifact else None,
+        "response": result.response,
+        "extra": result.extra,
+    }
 
 
 def search_all(loaded: LoadedModel, prompt_set: PromptSet, attack: Attack, out_dir: Path, resume: bool, progress: bool) -> list[AttackResult]:
@@ -50,14 +47,16 @@ def search_all(loaded: LoadedModel, prompt_set: PromptSet, attack: Attack, out_d
     if not resume and path.exists():
         path.unlink()
     if attack.name not in PER_PROMPT_ATTACKS:
-        results = attack.run(loaded, prompt_set.prompts)
-        atomic_write(path, "".join(json.dumps({"prompt_id": r.prompt_id, "artifact": None, "response": None, "extra": r.extra}, sort_keys=True) + "\n" for r in results))
+        results = attack.run(loaded, prompt_set.prompts)  # global choices: cheap, always recomputed
+        path.unlink(missing_ok=True)
+        RecordWriter(path).append(_record(r) for r in results)
         return results
     done = _load_results(path)
+    writer = RecordWriter(path)
     for prompt in tqdm(prompt_set.prompts, desc=f"{attack.name} search", unit="prompt", disable=not progress):
         if prompt.id not in done:
             done[prompt.id] = attack.run(loaded, [prompt])[0]
-            _append(path, done[prompt.id])
+            writer.append([_record(done[prompt.id])])
     return [done[p.id] for p in prompt_set.prompts]
 
 
