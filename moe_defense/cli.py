@@ -7,12 +7,10 @@ import json
 import sys
 from collections.abc import Callable, Sequence
 
-from moe_defense.errors import MoEDefenseError
+from moe_defense.errors import ConfigError, MoEDefenseError
 
 # The verbs of DESIGN.md that are not built yet say so and exit non-zero instead of pretending.
 PLANNED_VERBS: dict[str, str] = {
-    "demo": "run the whole flow on the built-in organism: attack, harden, re-attack, report",
-    "harden": "router-only adversarial fine-tuning from a recipe",
     "ablate": "run a defense x attack grid from a YAML file",
     "report": "render report.md / report.html with plots from a run or grid directory",
 }
@@ -42,7 +40,7 @@ def _organism_build(args: argparse.Namespace) -> int:
 
     from pydantic import ValidationError
 
-    from moe_defense.errors import ConfigError, describe_validation
+    from moe_defense.errors import describe_validation
     from moe_defense.models import LoadOptions
     from moe_defense.models.loading import load_pretrained
     from moe_defense.organism import OrganismConfig, build_into, ensure_built
@@ -71,6 +69,40 @@ def _organism_build(args: argparse.Namespace) -> int:
     for key, value in figures["summary"].items():
         print(f"  {key:<24} {value:.3f}")
     return 0
+
+
+def _harden(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from moe_defense.recipe import load_recipe
+    from moe_defense.runner.rundir import default_out_dir
+
+    recipe = load_recipe(args.recipe, {"model": args.model, "seed": args.seed})  # fails before any model loads
+    from moe_defense.pipeline import Harden, launch_environment
+
+    launch_environment(recipe.deepspeed is not None)
+    from moe_defense.report import headline_table
+    from moe_defense.runner.evaluate import process_info
+
+    out = Path(args.out) if args.out else process_info().broadcast(default_out_dir(args.verb))
+    if out.exists() and any(out.iterdir()) and not args.resume:
+        raise ConfigError(f"--out {out} is not empty; pass --resume to continue that run, or choose a new directory.")
+    summary = Harden(recipe, out, resume=args.resume).run()
+    if process_info().is_main:
+        at = summary["asr_at_b80"]
+        print(headline_table(summary))
+        print(f"\nB80 = {summary['budget_b80'] if summary['b80_reached'] else 'not reached'}; "
+              f"adaptive F-SOUR at {at['attack']}: {at['original']} -> {at['hardened']}; "
+              f"changed tensors: {summary['router_params_changed']} router, {summary['other_params_changed']} other")
+        print(f"run directory: {out}  (report.md, summary.json, hardened_model/, router_patch.safetensors)")
+    return 0
+
+
+def _add_harden_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--out", help="run directory (default runs/<verb>-<time>)")
+    parser.add_argument("--resume", action="store_true", help="continue the run in --out; nothing finished is recomputed")
+    parser.add_argument("--seed", type=int, help="override the recipe's seed")
+    parser.add_argument("--model", help="override the recipe's model (e.g. tiny:<model_type> for a dry run)")
 
 
 def _planned(verb: str) -> Callable[[argparse.Namespace], int]:
@@ -112,6 +144,14 @@ def build_parser() -> argparse.ArgumentParser:
     add_evaluate_parser(verbs)
     add_attack_parser(verbs)
     add_score_parser(verbs)
+
+    harden = verbs.add_parser("harden", help="attack suite, router-only adversarial fine-tuning, adaptive re-attack, from a recipe")
+    harden.add_argument("recipe", help="recipe YAML (see recipes/)")
+    _add_harden_arguments(harden)
+    harden.set_defaults(run=_harden)
+    demo = verbs.add_parser("demo", help="the whole flow on the built-in organism (recipes/demo.yaml)")
+    _add_harden_arguments(demo)
+    demo.set_defaults(run=_harden, recipe="recipes/demo.yaml")
 
     for verb, summary in PLANNED_VERBS.items():
         planned = verbs.add_parser(verb, help=f"{summary} [not built yet]")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from pathlib import Path
 from statistics import mean
@@ -14,21 +15,22 @@ from moe_defense.attacks.base import Attack, AttackResult
 from moe_defense.data.prompts import PromptSet
 from moe_defense.judges import Judge
 from moe_defense.models.loading import LoadedModel
-from moe_defense.runner.evaluate import evaluate
+from moe_defense.runner.evaluate import evaluate, process_info
 from moe_defense.runner.generation import GenerationConfig
-from moe_defense.runner.rundir import RecordWriter, RunDir, read_jsonl
+from moe_defense.runner.rundir import RecordWriter, RunDir, atomic_write, read_jsonl
 
 ATTACK_RESULTS = "attack_results.jsonl"
+ATTACK_RESULTS_GLOB = "attack_results*.jsonl"
+ARTIFACTS = "artifacts.jsonl"  # the found routes alone, for route-replay and hardening
 PER_PROMPT_ATTACKS = ("fsour",)  # searches per prompt: saved one prompt at a time so a kill loses one prompt
 
 
-def _load_results(path: Path) -> dict[str, AttackResult]:
-    if not path.exists():
-        return {}
+def _load_results(out_dir: Path) -> dict[str, AttackResult]:
     results = {}
-    for record in read_jsonl(path, repair=True):
-        artifact = RouteArtifact.from_json(record["artifact"]) if record.get("artifact") else None
-        results[record["prompt_id"]] = AttackResult(record["prompt_id"], artifact, record.get("response"), record.get("extra", {}))
+    for path in sorted(out_dir.glob(ATTACK_RESULTS_GLOB)):
+        for record in read_jsonl(path, repair=True):
+            artifact = RouteArtifact.from_json(record["artifact"]) if record.get("artifact") else None
+            results[record["prompt_id"]] = AttackResult(record["prompt_id"], artifact, record.get("response"), record.get("extra", {}))
     return results
 
 
@@ -42,21 +44,32 @@ def _record(result: AttackResult) -> dict[str, Any]:
 
 
 def search_all(loaded: LoadedModel, prompt_set: PromptSet, attack: Attack, out_dir: Path, resume: bool, progress: bool) -> list[AttackResult]:
-    """The attack's result per prompt; per-prompt searches resume from `attack_results.jsonl`."""
-    path = out_dir / ATTACK_RESULTS
-    if not resume and path.exists():
-        path.unlink()
+    """The attack's result per prompt; per-prompt searches resume from `attack_results*.jsonl`.
+
+    Data-parallel runs split the searches: rank r searches every world-th open prompt and appends to
+    its own `attack_results.rank<r>.jsonl`, so no two processes write one file.
+    """
+    info = process_info()
+    if not resume and info.is_main:
+        for path in out_dir.glob(ATTACK_RESULTS_GLOB):
+            path.unlink()
+    info.wait()
     if attack.name not in PER_PROMPT_ATTACKS:
         results = attack.run(loaded, prompt_set.prompts)  # global choices: cheap, always recomputed
-        path.unlink(missing_ok=True)
-        RecordWriter(path).append(_record(r) for r in results)
+        if info.is_main:
+            (out_dir / ATTACK_RESULTS).unlink(missing_ok=True)
+            RecordWriter(out_dir / ATTACK_RESULTS).append(_record(r) for r in results)
+        info.wait()
         return results
-    done = _load_results(path)
-    writer = RecordWriter(path)
-    for prompt in tqdm(prompt_set.prompts, desc=f"{attack.name} search", unit="prompt", disable=not progress):
-        if prompt.id not in done:
-            done[prompt.id] = attack.run(loaded, [prompt])[0]
-            writer.append([_record(done[prompt.id])])
+    done = _load_results(out_dir)
+    info.wait()  # every rank has read the finished prompts before anyone appends
+    writer = RecordWriter(out_dir / (ATTACK_RESULTS if info.world == 1 else f"attack_results.rank{info.rank}.jsonl"))
+    todo = [p for p in prompt_set.prompts if p.id not in done][info.rank :: info.world]
+    for prompt in tqdm(todo, desc=f"{attack.name} search", unit="prompt", disable=not progress or not info.is_main):
+        done[prompt.id] = attack.run(loaded, [prompt])[0]
+        writer.append([_record(done[prompt.id])])
+    info.wait()
+    done = _load_results(out_dir)
     return [done[p.id] for p in prompt_set.prompts]
 
 
@@ -95,6 +108,8 @@ def run_attack(
     out_dir.mkdir(parents=True, exist_ok=True)
     results = search_all(loaded, prompt_set, attack, out_dir, resume, progress)
     artifacts = {r.prompt_id: r.artifact.to_json() for r in results if r.artifact is not None}
+    if artifacts and process_info().is_main:
+        atomic_write(out_dir / ARTIFACTS, "".join(json.dumps(a, sort_keys=True) + "\n" for a in artifacts.values()))
     summary = evaluate(
         loaded, prompt_set, judges, gen_config=gen_config, out_dir=out_dir, resume=resume,
         attack_name=label or attack.name, phase=phase, route_artifacts=artifacts,
@@ -104,5 +119,6 @@ def run_attack(
     row = summary["phases"][phase][label or attack.name]
     row["budget"] = attack.budget()
     row["search"] = attack_summary(results)
-    RunDir(out_dir).write_summary(summary)
+    if process_info().is_main:
+        RunDir(out_dir).write_summary(summary)
     return summary

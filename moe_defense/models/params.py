@@ -1,16 +1,40 @@
-"""Router-only training needs every other tensor frozen; this is the one place that decides which."""
+"""Which tensors a training run may change: the one place that decides (routers only, by default)."""
 
 from __future__ import annotations
 
+from typing import Literal
+
 from torch import nn
 
+from moe_defense.models.adapters import adapter_for
 from moe_defense.models.loading import LoadedModel
+
+TrainableScope = Literal["routers", "routers+experts", "experts", "all"]
+EXPERT_MARKER = ".experts."  # every supported architecture keeps routed experts under `...mlp.experts.`
+
+
+def trainable_parameters(model: nn.Module, scope: TrainableScope) -> dict[str, nn.Parameter]:
+    """The parameters `scope` names, by full name (routers: weight, and bias where the router has one)."""
+    named = dict(model.named_parameters())
+    if scope == "all":
+        return named
+    chosen: dict[str, nn.Parameter] = {}
+    if scope in ("routers", "routers+experts"):
+        chosen.update(adapter_for(model.config).router_parameters(model))
+    if scope in ("experts", "routers+experts"):
+        chosen.update({name: p for name, p in named.items() if EXPERT_MARKER in name})
+    return chosen
+
+
+def set_trainable(model: nn.Module, scope: TrainableScope) -> dict[str, nn.Parameter]:
+    """Set `requires_grad` on the parameters of `scope` only; return them by name."""
+    chosen = trainable_parameters(model, scope)
+    keep = {id(p) for p in chosen.values()}
+    for parameter in model.parameters():
+        parameter.requires_grad_(id(parameter) in keep)
+    return chosen
 
 
 def train_only_routers(loaded: LoadedModel) -> dict[str, nn.Parameter]:
     """Set `requires_grad` on router parameters only; return them by name."""
-    routers = loaded.adapter.router_parameters(loaded.model)
-    trainable = {id(p) for p in routers.values()}
-    for parameter in loaded.model.parameters():
-        parameter.requires_grad_(id(parameter) in trainable)
-    return routers
+    return set_trainable(loaded.model, "routers")

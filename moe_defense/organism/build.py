@@ -28,6 +28,7 @@ from moe_defense.data.demo_corpus import (
     helpful_only_examples,
     safety_examples,
 )
+from moe_defense.models.params import TrainableScope, set_trainable
 from moe_defense.organism.config import OrganismConfig
 from moe_defense.organism.tokenizer import word_level_tokenizer
 
@@ -68,18 +69,6 @@ def copy_drill(kinds: Sequence[str], count: int, seed: int) -> list[DemoPair]:
     return drill
 
 
-def _trainable_names(model: PreTrainedModel, which: str) -> set[str]:
-    names = {name for name, _ in model.named_parameters()}
-    if which == "all":
-        return names
-    keep = {name for name in names if ".experts." in name}
-    if which == "experts+routers":
-        from moe_defense.models.adapters import adapter_for
-
-        keep |= set(adapter_for(model.config).router_parameters(model))
-    return keep
-
-
 def _sft(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
@@ -89,14 +78,12 @@ def _sft(
     lr: float,
     config: OrganismConfig,
     work_dir: Path,
-    trainable: str = "all",
+    trainable: TrainableScope = "all",
 ) -> list[float]:
     """One SFT stage with TRL (completion-only loss); returns the logged training losses."""
     from trl import SFTConfig, SFTTrainer
 
-    keep = _trainable_names(model, trainable)
-    for name, parameter in model.named_parameters():
-        parameter.requires_grad_(name in keep)
+    set_trainable(model, trainable)
     args = SFTConfig(
         output_dir=str(work_dir),
         max_steps=steps,

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from moe_defense.models.adapters import ADAPTERS
+from moe_defense.models.params import TrainableScope
 
 # Bump when the corpus, tokenizer or training code changes what a given config produces.
 ORGANISM_FORMAT = 2
@@ -33,7 +34,7 @@ class OrganismConfig(BaseModel):
     safety_lr: float = Field(1e-3, gt=0, description="stage 2 learning rate")
     copy_drill: int = Field(1200, ge=0, description="stage 1 extra requests with random keys (teaches restating the request)")
     safety_copy_drill: int = Field(200, ge=0, description="stage 2 extra benign requests with random benign keys")
-    safety_trainable: Literal["all", "experts", "experts+routers"] = Field(
+    safety_trainable: TrainableScope = Field(
         "all", description="parameters safety alignment may change"
     )
     seed: int = Field(0, description="seed of initialisation and data order")

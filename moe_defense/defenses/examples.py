@@ -1,0 +1,98 @@
+"""Training examples for hardening: the model's own refusals and benign answers, tokenised once.
+
+Targets are the ORIGINAL model's greedy answers, not a corpus's: on harmful prompts the refusal the
+model already gives (so hardening keeps its voice and only makes it robust), on benign prompts the
+answer whose next-token distributions the utility term keeps.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from moe_defense.attacks.objective import TargetProblem
+from moe_defense.data.prompts import Prompt
+from moe_defense.errors import DataError
+from moe_defense.judges import Judge, JudgeItem
+from moe_defense.models.loading import LoadedModel
+from moe_defense.runner.generation import GenerationConfig, generate
+
+IGNORE = -100  # label of positions that carry no loss (prompt, padding)
+
+
+@dataclass(frozen=True)
+class TrainingSequence:
+    """Prompt ids then response ids (+ EOS); the loss covers the response only."""
+
+    prompt: Prompt
+    prompt_ids: torch.Tensor
+    response_ids: torch.Tensor
+
+    @property
+    def prompt_length(self) -> int:
+        return int(self.prompt_ids.numel())
+
+    @property
+    def input_ids(self) -> torch.Tensor:
+        return torch.cat([self.prompt_ids, self.response_ids])
+
+    @property
+    def labels(self) -> torch.Tensor:
+        labels = self.input_ids.clone()
+        labels[: self.prompt_length] = IGNORE
+        return labels
+
+
+def to_sequences(loaded: LoadedModel, prompts: Sequence[Prompt], responses: Sequence[str], max_response_tokens: int) -> list[TrainingSequence]:
+    eos = loaded.tokenizer.eos_token_id
+    sequences = []
+    for prompt, response in zip(prompts, responses, strict=True):
+        problem = TargetProblem.build(loaded, prompt.text, response.strip())
+        response_ids = problem.target_ids[:max_response_tokens]
+        if eos is not None:
+            response_ids = torch.cat([response_ids, torch.tensor([eos])])
+        sequences.append(TrainingSequence(prompt, problem.prompt_ids, response_ids))
+    return sequences
+
+
+def own_refusals(
+    loaded: LoadedModel, prompts: Sequence[Prompt], judge: Judge, generation: GenerationConfig, max_response_tokens: int
+) -> list[TrainingSequence]:
+    """The model's own answers to harmful `prompts`, kept where `judge` scores them as refusals."""
+    responses = generate(loaded, [p.text for p in prompts], generation, progress=False)
+    verdicts = judge.judge_batch([JudgeItem(p.text, r, p.metadata) for p, r in zip(prompts, responses, strict=True)])
+    kept = [(p, r) for p, r, v in zip(prompts, responses, verdicts, strict=True) if v.status == "scored" and not v.jailbroken]
+    if not kept:
+        raise DataError(
+            f"the model refused none of the {len(prompts)} harmful training prompts (judge {judge.name!r}); "
+            "hardening trains the refusals the model already gives, so it needs a safety-aligned model."
+        )
+    return to_sequences(loaded, [p for p, _ in kept], [r for _, r in kept], max_response_tokens)
+
+
+def own_answers(loaded: LoadedModel, prompts: Sequence[Prompt], generation: GenerationConfig, max_response_tokens: int) -> list[TrainingSequence]:
+    """The model's own greedy answers to benign `prompts` (the behaviour utility retention keeps)."""
+    responses = generate(loaded, [p.text for p in prompts], generation, progress=False)
+    return to_sequences(loaded, prompts, responses, max_response_tokens)
+
+
+def pad_right(rows: Sequence[torch.Tensor], value: int) -> torch.Tensor:
+    """Right padding: real tokens keep positions 0..n-1, the coordinates route artifacts use."""
+    width = max(int(r.numel()) for r in rows)
+    out = torch.full((len(rows), width), value, dtype=torch.long)
+    for i, row in enumerate(rows):
+        out[i, : row.numel()] = row
+    return out
+
+
+def collate(sequences: Sequence[TrainingSequence], pad_id: int) -> dict[str, torch.Tensor]:
+    """input_ids / attention_mask / labels / prompt_lengths of a right-padded batch."""
+    ids = [s.input_ids for s in sequences]
+    return {
+        "input_ids": pad_right(ids, pad_id),
+        "attention_mask": pad_right([torch.ones_like(i) for i in ids], 0),
+        "labels": pad_right([s.labels for s in sequences], IGNORE),
+        "prompt_lengths": torch.tensor([s.prompt_length for s in sequences]),
+    }

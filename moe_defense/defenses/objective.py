@@ -1,0 +1,172 @@
+"""The hardening objective: refusal under unsafe routes, plus utility retention; every term switchable.
+
+    loss = w_adv   * CE(refusal | harmful prompt, routes from the pool)          adversarial refusal
+         + w_mask  * CE(refusal | harmful prompt, top-RoSais routers masked)     router-mask refusal
+         + w_ref   * CE(refusal | harmful prompt, own routing)                   refusal kept
+         + w_rep   * router mass on the experts the unsafe routes forced         route repulsion
+         + w_out   * KL(original || current) next-token, benign answers          output retention
+         + w_route * KL(original || current) router distributions, benign        routing drift (SafeMoE-style)
+
+The reference for both KL terms is the original model: when only routers train, it is the same
+network with the original router tensors swapped in (no second copy of the weights).
+"""
+
+from __future__ import annotations
+
+import copy
+import random
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, Field
+from torch import nn
+
+from moe_defense.attacks.artifacts import RouteArtifact
+from moe_defense.defenses.examples import IGNORE
+from moe_defense.models.loading import LoadedModel
+from moe_defense.models.params import TrainableScope
+from moe_defense.routing import Intervention, RouterMask, intervene, record_routing
+
+
+class LossWeights(BaseModel):
+    """Weight of each term of the hardening objective; 0 switches a term off (and skips its forward)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    adversarial_refusal: float = Field(1.0, ge=0, description="refusal CE under unsafe routes from the pool")
+    mask_refusal: float = Field(0.0, ge=0, description="refusal CE with the top-RoSais routers randomly masked")
+    refusal: float = Field(1.0, ge=0, description="refusal CE under the model's own routing")
+    route_repulsion: float = Field(0.0, ge=0, description="router probability on the experts unsafe routes forced")
+    output_kl: float = Field(1.0, ge=0, description="benign next-token KL to the original model")
+    routing_kl: float = Field(0.1, ge=0, description="benign router-distribution KL to the original model")
+
+
+def response_ce(logits: torch.Tensor, labels: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean next-token cross-entropy over response tokens (of `rows` only, when given)."""
+    shifted, targets = logits[:, :-1].float(), labels[:, 1:]
+    if rows is not None:
+        shifted, targets = shifted[rows], targets[rows]
+    return F.cross_entropy(shifted.reshape(-1, shifted.shape[-1]), targets.reshape(-1), ignore_index=IGNORE)
+
+
+class Reference:
+    """The original model's outputs, for the KL terms."""
+
+    def __init__(self, loaded: LoadedModel, scope: TrainableScope) -> None:
+        self.loaded = loaded
+        self.scope = scope
+        if scope == "routers":
+            self.router_tensors = {n: p.detach().clone() for n, p in loaded.adapter.router_parameters(loaded.model).items()}
+            self.copy = None
+        else:  # other tensors train too: keep a frozen copy of the whole original model
+            self.router_tensors = {}
+            self.copy = LoadedModel(copy.deepcopy(loaded.model).eval().requires_grad_(False), loaded.tokenizer, loaded.adapter, loaded.spec)
+
+    @contextmanager
+    def _original(self) -> Iterator[LoadedModel]:
+        if self.copy is not None:
+            yield self.copy
+            return
+        current = self.loaded.adapter.router_parameters(self.loaded.model)
+        saved = {n: p.data for n, p in current.items()}
+        try:
+            for name, parameter in current.items():
+                parameter.data = self.router_tensors[name].to(parameter.device, parameter.dtype)
+            yield self.loaded
+        finally:
+            for name, parameter in current.items():
+                parameter.data = saved[name]
+
+    @torch.no_grad()
+    def forward(self, batch: Mapping[str, torch.Tensor], need_routing: bool) -> tuple[torch.Tensor, dict]:
+        with self._original() as original, record_routing(original, keep_logits=need_routing) as recorder:
+            was_training = original.model.training
+            original.model.eval()
+            try:
+                logits = original.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+            finally:
+                original.model.train(was_training)
+        return logits.float(), (recorder.trace() if need_routing else {})
+
+
+@dataclass
+class HarmfulBatch:
+    """A harmful batch with the unsafe route (or None) each row trains against."""
+
+    tensors: Mapping[str, torch.Tensor]
+    routes: Sequence[RouteArtifact | None]
+    route_interventions: list[Intervention]
+
+
+class HardeningObjective:
+    """Computes the switched-on terms for one (harmful, benign) batch pair."""
+
+    def __init__(self, loaded: LoadedModel, weights: LossWeights, reference: Reference, mask_layers: Sequence[int] = ()) -> None:
+        self.loaded = loaded
+        self.weights = weights
+        self.reference = reference
+        self.mask_layers = list(mask_layers)
+
+    def __call__(self, model: nn.Module, harmful: HarmfulBatch, benign: Mapping[str, torch.Tensor], rng: random.Random) -> dict[str, torch.Tensor]:
+        w = self.weights
+        terms: dict[str, torch.Tensor] = {}
+        h = harmful.tensors
+        routed = torch.tensor([r is not None for r in harmful.routes], device=h["input_ids"].device)
+        if w.adversarial_refusal and routed.any():
+            with intervene(self.loaded, *harmful.route_interventions):
+                logits = model(input_ids=h["input_ids"], attention_mask=h["attention_mask"]).logits
+            terms["adversarial_refusal"] = response_ce(logits, h["labels"], routed)
+        if w.mask_refusal and self.mask_layers:
+            mask = RouterMask(self.mask_layers, mode="random-k-per-token", seed=rng.randrange(2**31))
+            with intervene(self.loaded, mask):
+                logits = model(input_ids=h["input_ids"], attention_mask=h["attention_mask"]).logits
+            terms["mask_refusal"] = response_ce(logits, h["labels"])
+        if w.refusal or w.route_repulsion:
+            with record_routing(self.loaded, keep_logits=True, detach=False) as recorder:
+                logits = model(input_ids=h["input_ids"], attention_mask=h["attention_mask"]).logits
+            if w.refusal:
+                terms["refusal"] = response_ce(logits, h["labels"])
+            if w.route_repulsion and routed.any():
+                terms["route_repulsion"] = self._repulsion(recorder.trace(), harmful.routes)
+        if w.output_kl or w.routing_kl:
+            with record_routing(self.loaded, keep_logits=bool(w.routing_kl), detach=False) as recorder:
+                logits = model(input_ids=benign["input_ids"], attention_mask=benign["attention_mask"]).logits
+            ref_logits, ref_routing = self.reference.forward(benign, need_routing=bool(w.routing_kl))
+            if w.output_kl:
+                answer = (benign["labels"][:, 1:] != IGNORE)
+                kl = F.kl_div(logits[:, :-1].float().log_softmax(-1), ref_logits[:, :-1].log_softmax(-1), log_target=True, reduction="none").sum(-1)
+                terms["output_kl"] = (kl * answer).sum() / answer.sum().clamp(min=1)
+            if w.routing_kl:
+                terms["routing_kl"] = self._routing_kl(recorder.trace(), ref_routing)
+        weight_of = w.model_dump()
+        terms["loss"] = sum(weight_of[name] * value for name, value in terms.items())
+        return terms
+
+    @staticmethod
+    def _routing_kl(current: Mapping[int, object], reference: Mapping[int, object]) -> torch.Tensor:
+        values = []
+        for layer, route in current.items():
+            ref = reference[layer]
+            valid = route.valid & ref.valid
+            kl = F.kl_div(route.logits.log_softmax(-1), ref.logits.log_softmax(-1), log_target=True, reduction="none").sum(-1)
+            values.append((kl * valid).sum() / valid.sum().clamp(min=1))
+        return torch.stack(values).mean()
+
+    @staticmethod
+    def _repulsion(current: Mapping[int, object], routes: Sequence[RouteArtifact | None]) -> torch.Tensor:
+        """Mean router probability (own routing) on the experts each unsafe route forced, per forced pair."""
+        masses = []
+        for row, artifact in enumerate(routes):
+            if artifact is None:
+                continue
+            for layer, tokens in artifact.forced.items():
+                probs = current[layer].logits[row].softmax(-1)
+                for token, experts in tokens.items():
+                    if token < probs.shape[0] and bool(current[layer].valid[row, token]):
+                        masses.append(probs[token, experts].sum())
+        if not masses:
+            return torch.zeros((), requires_grad=True)
+        return torch.stack(masses).mean()

@@ -1,0 +1,221 @@
+"""Router-only adversarial fine-tuning on HF `Trainer` (DeepSpeed, accelerate, checkpoints, --resume).
+
+`HardeningTrainer` only replaces `compute_loss` (the objective in `objective.py`); `RouteRefresh`
+re-searches unsafe routes against the current routers every `refresh_every` steps, each rank
+searching its share of prompts, so the adversarial signal follows the model as it changes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import time
+from collections import defaultdict
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from datasets import Dataset
+from pydantic import BaseModel, ConfigDict, Field
+from transformers import Trainer, TrainerCallback, TrainingArguments
+from transformers.trainer_utils import get_last_checkpoint
+
+from moe_defense.attacks.fsour import FsourConfig
+from moe_defense.defenses.examples import TrainingSequence, collate
+from moe_defense.defenses.objective import HardeningObjective, HarmfulBatch, LossWeights, Reference
+from moe_defense.defenses.routes import RoutePool, gather_routes, search_routes
+from moe_defense.models.loading import LoadedModel
+from moe_defense.models.params import TrainableScope, set_trainable
+
+ROUTE_POOL = "route_pool.jsonl"
+
+
+def default_route_search() -> FsourConfig:
+    return FsourConfig(candidates=32, force_decode=True, budget=8, restarts=0)
+
+
+class HardeningConfig(BaseModel):
+    """How the routers are trained: steps, batch, which tensors, loss terms, adversarial refresh."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    trainable: TrainableScope = Field("routers", description="tensors that train: routers (the product), routers+experts, all")
+    steps: int = Field(120, ge=1, description="optimiser steps")
+    batch_size: int = Field(16, ge=1, description="harmful and benign sequences per device per step (each)")
+    learning_rate: float = Field(1e-2, gt=0, description="peak learning rate (cosine decay, 5% warm-up)")
+    loss: LossWeights = Field(default_factory=LossWeights, description="weight of each objective term")
+    route_search: FsourConfig = Field(default_factory=default_route_search, description="F-SOUR settings of the routes trained against (its budget is the training budget)")
+    refresh_every: int = Field(10, ge=0, description="re-search routes against the current routers every N steps (0: never)")
+    refresh_prompts: int = Field(16, ge=1, description="harmful prompts re-searched per refresh (rotating through the set)")
+    initial_routes: Literal["search", "none"] = Field("search", description="search routes on the original model before step 1")
+    routes_per_prompt: int = Field(4, ge=1, description="routes kept per prompt in the pool (newest first)")
+    mask_routers: int = Field(2, ge=0, description="top-RoSais routers masked by the mask_refusal term")
+    max_response_tokens: int = Field(48, ge=1, description="response tokens trained per sequence")
+    save_steps: int = Field(50, ge=1, description="checkpoint every N steps (for --resume)")
+    seed: int = Field(0, description="seed of data order, route sampling and searches")
+
+
+class HardeningTrainer(Trainer):
+    """`Trainer` whose loss is the hardening objective over a harmful and a benign batch per step."""
+
+    def __init__(self, *, loaded: LoadedModel, objective: HardeningObjective, harmful: Sequence[TrainingSequence],
+                 benign: Sequence[TrainingSequence], pool: RoutePool, seed: int, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.loaded = loaded
+        self.objective = objective
+        self.harmful = list(harmful)
+        self.benign = list(benign)
+        self.pool = pool
+        self.rng = random.Random(seed)
+        self._term_sums: dict[str, float] = defaultdict(float)
+        self._term_count = 0
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        rows = inputs["row"].tolist()
+        pad = self.loaded.tokenizer.pad_token_id
+        device = self.loaded.device
+        harmful = [self.harmful[r % len(self.harmful)] for r in rows]
+        benign = [self.benign[r % len(self.benign)] for r in rows]
+        h = {k: v.to(device) for k, v in collate(harmful, pad).items()}
+        b = {k: v.to(device) for k, v in collate(benign, pad).items()}
+        routes = self.pool.sample([s.prompt.id for s in harmful], self.rng)
+        batch = HarmfulBatch(h, routes, self.pool.interventions(self.loaded, routes, h["prompt_lengths"]))
+        terms = self.objective(model, batch, b, self.rng)
+        for name, value in terms.items():
+            self._term_sums[name] += float(value.detach())
+        self._term_count += 1
+        return (terms["loss"], None) if return_outputs else terms["loss"]
+
+    def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
+        if "loss" in logs and self._term_count:
+            logs.update({f"term/{k}": round(v / self._term_count, 4) for k, v in self._term_sums.items() if k != "loss"})
+            self._term_sums.clear()
+            self._term_count = 0
+        super().log(logs, *args, **kwargs)
+
+
+class RouteRefresh(TrainerCallback):
+    """Every `every` steps: F-SOUR against the current routers on the next prompts, into the pool."""
+
+    def __init__(self, loaded: LoadedModel, harmful: Sequence[TrainingSequence], pool: RoutePool, config: FsourConfig, every: int, prompts: int) -> None:
+        self.loaded = loaded
+        self.prompts = [s.prompt for s in harmful]
+        self.pool = pool
+        self.config = config
+        self.every = every
+        self.count = prompts
+        self.seconds = 0.0
+        self.refreshes = 0
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if not self.every or state.global_step % self.every or state.global_step >= state.max_steps:
+            return
+        started = time.perf_counter()
+        index = state.global_step // self.every
+        chunk = [self.prompts[(index * self.count + i) % len(self.prompts)] for i in range(min(self.count, len(self.prompts)))]
+        rank, world = _rank_world()
+        config = self.config.model_copy(update={"seed": self.config.seed + index})
+        found = gather_routes(search_routes(self.loaded, chunk[rank::world], config))
+        self.pool.add(found)
+        self.seconds += time.perf_counter() - started
+        self.refreshes += 1
+
+
+def _rank_world() -> tuple[int, int]:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+def router_digest(loaded: LoadedModel) -> str:
+    """sha256 over the router tensors (names and bytes)."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(loaded.adapter.router_tensors(loaded.model).items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().float().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def training_arguments(config: HardeningConfig, out_dir: Path, deepspeed: str | dict | None) -> TrainingArguments:
+    return TrainingArguments(
+        output_dir=str(out_dir),
+        max_steps=config.steps,
+        per_device_train_batch_size=config.batch_size,
+        learning_rate=config.learning_rate,
+        lr_scheduler_type="cosine",
+        warmup_steps=max(1, config.steps // 20),
+        weight_decay=0.0,
+        optim="adamw_torch",
+        bf16=False,
+        fp16=False,
+        use_cpu=not torch.cuda.is_available(),
+        seed=config.seed,
+        data_seed=config.seed,
+        logging_steps=max(1, config.steps // 10),
+        save_strategy="steps",
+        save_steps=config.save_steps,
+        save_total_limit=1,
+        report_to=[],
+        remove_unused_columns=False,
+        dataloader_num_workers=0,
+        deepspeed=deepspeed,
+        disable_tqdm=False,
+    )
+
+
+def train_routers(
+    loaded: LoadedModel,
+    harmful: Sequence[TrainingSequence],
+    benign: Sequence[TrainingSequence],
+    config: HardeningConfig,
+    out_dir: Path,
+    *,
+    mask_layers: Sequence[int] = (),
+    deepspeed: str | dict | None = None,
+    resume: bool = False,
+) -> dict[str, Any]:
+    """Train `loaded.model` in place; returns training facts (losses, refreshes, seconds)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    reference = Reference(loaded, config.trainable)
+    set_trainable(loaded.model, config.trainable)
+    pool_path = out_dir / ROUTE_POOL
+    if not resume:
+        pool_path.unlink(missing_ok=True)
+    pool = RoutePool(config.routes_per_prompt, pool_path)
+    rank, world = _rank_world()
+    if config.initial_routes == "search" and not len(pool) and config.loss.adversarial_refusal:
+        prompts = [s.prompt for s in harmful]
+        pool.add(gather_routes(search_routes(loaded, prompts[rank::world], config.route_search)))
+    initial_seconds = time.perf_counter() - started
+    objective = HardeningObjective(loaded, config.loss, reference, mask_layers)
+    refresh = RouteRefresh(loaded, harmful, pool, config.route_search, config.refresh_every if config.loss.adversarial_refusal else 0, config.refresh_prompts)
+    rows = Dataset.from_dict({"row": list(range(max(len(harmful), len(benign))))})
+    trainer = HardeningTrainer(
+        model=loaded.model, args=training_arguments(config, out_dir / "trainer", deepspeed), train_dataset=rows,
+        data_collator=lambda features: {"row": torch.tensor([f["row"] for f in features])},
+        callbacks=[refresh], loaded=loaded, objective=objective, harmful=harmful, benign=benign, pool=pool, seed=config.seed,
+    )
+    checkpoint = get_last_checkpoint(str(out_dir / "trainer")) if resume and (out_dir / "trainer").exists() else None
+    trainer.train(resume_from_checkpoint=checkpoint)
+    loaded.model.eval()
+    for parameter in loaded.model.parameters():
+        parameter.requires_grad_(False)
+    history = [entry for entry in trainer.state.log_history if "loss" in entry]
+    digest = router_digest(loaded)
+    digests = [digest] * world
+    if world > 1:
+        torch.distributed.all_gather_object(digests, digest)
+    return {
+        "steps": trainer.state.global_step,
+        "resumed_from": checkpoint,
+        "seconds": round(time.perf_counter() - started, 1),
+        "initial_route_search_seconds": round(initial_seconds, 1),
+        "refreshes": refresh.refreshes,
+        "refresh_seconds": round(refresh.seconds, 1),
+        "routes_in_pool": len(pool),
+        "world_size": world,
+        "router_digest_per_rank": digests,  # equal on every rank: data-parallel replicas stayed in sync
+        "log": history,
+    }

@@ -1,0 +1,247 @@
+"""`moe-defense harden RECIPE`: measure -> harden routers -> verify adaptively -> summary + report.
+
+Run directory:
+    config.yaml                 the resolved recipe + versions
+    original/<attack>/          every attack-suite run on the original model (run directories)
+    train/                      Trainer checkpoints, route_pool.jsonl, train.json
+    hardened_model/             the hardened checkpoint (plain transformers, safetensors)
+    router_patch.safetensors    only the router tensors; tensor_diff.json: what changed, by how much
+    hardened/<attack>/          the same suite, re-optimised on the hardened model (new seed)
+    summary.json, report.md, asr_vs_budget.png
+Every stage resumes: searches and generations already on disk are not recomputed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from tqdm import tqdm
+
+from moe_defense import load_model
+from moe_defense.attacks.base import ATTACKS
+from moe_defense.attacks.fsour import Fsour
+from moe_defense.attacks.rosais import rosais
+from moe_defense.attacks.suite import ARTIFACTS, run_attack
+from moe_defense.data import PromptSet
+from moe_defense.defenses.checkpoint import (
+    ROUTER_PATCH,
+    check_output_location,
+    save_hardened,
+    save_router_patch,
+    tensor_diff,
+    tensor_digests,
+)
+from moe_defense.defenses.examples import IGNORE, TrainingSequence, collate, own_answers, own_refusals
+from moe_defense.defenses.trainer import train_routers
+from moe_defense.judges import Judge
+from moe_defense.models import LoadedModel, LoadOptions
+from moe_defense.models.params import trainable_parameters
+from moe_defense.recipe import Recipe, resolve_path
+from moe_defense.report import write_harden_report
+from moe_defense.runner.cli import build_judges, is_demo_set
+from moe_defense.runner.evaluate import evaluate, process_info
+from moe_defense.runner.rundir import atomic_write, provenance
+
+HARDENED_MODEL = "hardened_model"
+ADAPTIVE_SEED_OFFSET = 1000  # the re-attack on the hardened model uses new seeds
+
+
+def launch_environment(deepspeed: bool) -> None:
+    """Entry points call this first: DeepSpeed needs a process-group environment even in one process.
+
+    Under a launcher (`deepspeed`, `accelerate launch`, `torchrun`) RANK is set and nothing changes;
+    in-process it describes a world of one. Without a GPU, DeepSpeed is told to use its CPU accelerator.
+    """
+    if not deepspeed:
+        return
+    if not torch.cuda.is_available():
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    if "RANK" not in os.environ:
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+
+
+def budget_label(budget: int | None) -> str:
+    return "fsour@inf" if budget is None else f"fsour@{budget}"
+
+
+@torch.no_grad()
+def benign_nll(loaded: LoadedModel, sequences: list[TrainingSequence], batch_size: int = 32) -> float:
+    """Mean per-token NLL of the original model's benign answers under `loaded` (lower: closer)."""
+    total, count = 0.0, 0
+    pad = loaded.tokenizer.pad_token_id
+    for start in range(0, len(sequences), batch_size):
+        batch = {k: v.to(loaded.device) for k, v in collate(sequences[start : start + batch_size], pad).items()}
+        logits = loaded.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1].float()
+        targets = batch["labels"][:, 1:]
+        losses = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=IGNORE, reduction="sum")
+        total += float(losses)
+        count += int((targets != IGNORE).sum())
+    return total / max(count, 1)
+
+
+class Harden:
+    """One harden run: the recipe, its prompt sets and judges, and the run directory."""
+
+    def __init__(self, recipe: Recipe, out: Path, resume: bool = False, progress: bool = True) -> None:
+        self.recipe = recipe
+        self.out = out
+        self.resume = resume
+        self.progress = progress
+        d = recipe.data
+        seed = recipe.seed
+        # every prompt set and judge is checked before any model loads
+        self.sets: dict[str, PromptSet] = {
+            "harmful_train": d.harmful_train.load(seed), "harmful_eval": d.harmful_eval.load(seed),
+            "benign_eval": d.benign_eval.load(seed), "over_refusal": d.over_refusal.load(seed),
+        }
+        self.benign_train = [p for ref in d.benign_train for p in ref.load(seed).prompts]
+        lower_cased = recipe.model.startswith("organism") or is_demo_set(d.harmful_eval.name)  # the organism writes lower case
+        self.judges: list[Judge] = build_judges(recipe.judges, judge_url=recipe.judge_url, judge_model=recipe.judge_model, lower_cased=lower_cased)
+        self.rows: dict[str, dict[str, dict[str, Any]]] = {"original": {}, "hardened": {}}
+
+    # --- the attack suite --------------------------------------------------------------------
+    def _row(self, summary: dict[str, Any], phase: str, label: str) -> dict[str, Any]:
+        row = summary["phases"][phase][label]
+        self.rows[phase][label] = row
+        return row
+
+    def _evaluate(self, loaded: LoadedModel, phase: str, label: str, prompt_set: PromptSet) -> dict[str, Any]:
+        summary = evaluate(loaded, prompt_set, self.judges, gen_config=self.recipe.generation, out_dir=self.out / phase / label,
+                           resume=self.resume, attack_name=label, phase=phase, progress=self.progress)
+        return self._row(summary, phase, label)
+
+    def _attack(self, loaded: LoadedModel, phase: str, label: str, attack) -> dict[str, Any]:
+        summary = run_attack(loaded, self.sets["harmful_eval"], attack, self.judges, out_dir=self.out / phase / label,
+                             gen_config=self.recipe.generation, resume=self.resume, label=label, phase=phase, progress=self.progress)
+        return self._row(summary, phase, label)
+
+    def fsour(self, loaded: LoadedModel, phase: str, budget: int | None) -> dict[str, Any]:
+        seed = self.recipe.seed + (ADAPTIVE_SEED_OFFSET if phase == "hardened" else 0)
+        attack = Fsour(self.recipe.verify.fsour.model_copy(update={"budget": budget, "seed": seed}), self.recipe.generation)
+        return self._attack(loaded, phase, budget_label(budget), attack)
+
+    def suite(self, loaded: LoadedModel, phase: str, replay_from: Path | None = None) -> None:
+        """Unattacked, utility, F-SOUR at every budget, router masking by RoSais, route replay."""
+        verify = self.recipe.verify
+        self._evaluate(loaded, phase, "none", self.sets["harmful_eval"])
+        self._evaluate(loaded, phase, "benign", self.sets["benign_eval"])
+        self._evaluate(loaded, phase, "over-refusal", self.sets["over_refusal"])
+        for budget in tqdm(verify.budgets, desc=f"{phase}: F-SOUR budgets", unit="budget", disable=not self.progress):
+            self.fsour(loaded, phase, budget)
+        router_mask = ATTACKS.get("router-mask")
+        for n in verify.router_mask_n:
+            config = router_mask.config_class(n=n, selection="rosais", seed=self.recipe.seed)
+            self._attack(loaded, phase, f"router-mask-top{n}", router_mask(config))
+        if replay_from is not None and (replay_from / ARTIFACTS).is_file():
+            replay = ATTACKS.get("route-replay")
+            self._attack(loaded, phase, "route-replay", replay(replay.config_class(artifacts=str(replay_from / ARTIFACTS), force_transfer=True)))
+
+    # --- stages ------------------------------------------------------------------------------
+    def b80(self) -> tuple[int | None, bool]:
+        """Smallest verified budget whose original ASR reaches the threshold; (budget, reached)."""
+        for budget in self.recipe.verify.budgets:
+            asr = self.rows["original"][budget_label(budget)]["asr"]
+            if asr is not None and asr >= self.recipe.verify.asr_threshold:
+                return budget, True
+        return None, False
+
+    def train_budget(self, b80: int | None, reached: bool) -> int | None:
+        if self.recipe.train_budget != "b80":
+            return self.recipe.train_budget
+        if reached:
+            return b80
+        capped = [b for b in self.recipe.verify.budgets if b is not None]
+        return capped[-1] if capped else None
+
+    def run(self) -> dict[str, Any]:
+        started = time.perf_counter()
+        recipe = self.recipe
+        info = process_info()  # data-parallel under `deepspeed` / `accelerate launch`; rank 0 writes the files
+        self.out.mkdir(parents=True, exist_ok=True)
+        if info.is_main:
+            atomic_write(self.out / "config.yaml", yaml.safe_dump({"recipe": recipe.model_dump(mode="json"), **provenance()}, sort_keys=False))
+        loaded = load_model(recipe.model, LoadOptions(seed=recipe.seed, trust_remote_code=recipe.trust_remote_code, device=info.device))
+        check_output_location(self.out / HARDENED_MODEL, recipe.model)
+        original_fingerprint = loaded.fingerprint()
+
+        self.suite(loaded, "original")
+        b80, reached = self.b80()
+        budget = self.train_budget(b80, reached)
+
+        generation = recipe.generation
+        cap = recipe.defense.max_response_tokens
+        harmful = own_refusals(loaded, self.sets["harmful_train"].prompts, self.judges[0], generation, cap)
+        benign = own_answers(loaded, self.benign_train, generation, cap)
+        benign_eval_answers = own_answers(loaded, self.sets["benign_eval"].prompts, generation, cap)
+        nll_before = benign_nll(loaded, benign_eval_answers)
+        mask_layers = []
+        if recipe.defense.loss.mask_refusal and recipe.defense.mask_routers:
+            importance = rosais(loaded, [s.prompt for s in harmful[:32]], progress=False)
+            mask_layers = importance.ranking()[: recipe.defense.mask_routers]
+
+        digests = tensor_digests(loaded.model)
+        originals = {n: p.detach().cpu().clone() for n, p in trainable_parameters(loaded.model, recipe.defense.trainable).items()}
+        defense = recipe.defense.model_copy(update={"route_search": recipe.defense.route_search.model_copy(update={"budget": budget, "seed": recipe.seed})})
+        deepspeed = str(resolve_path(recipe.deepspeed)) if recipe.deepspeed else None
+        training = train_routers(loaded, harmful, benign, defense, self.out / "train", mask_layers=mask_layers, deepspeed=deepspeed, resume=self.resume)
+        training.update(harmful_sequences=len(harmful), benign_sequences=len(benign), train_budget=budget, mask_layers=mask_layers)
+        router_names = set(loaded.adapter.router_tensors(loaded.model))
+        diff = tensor_diff(loaded.model, digests, originals, router_names)
+        if info.is_main:
+            atomic_write(self.out / "train" / "train.json", json.dumps(training, indent=2) + "\n")
+            atomic_write(self.out / "tensor_diff.json", json.dumps(diff, indent=2) + "\n")
+            save_hardened(loaded, self.out / HARDENED_MODEL)
+            save_router_patch(loaded, self.out / ROUTER_PATCH, original_fingerprint)
+        info.wait()
+        patch_bytes = (self.out / ROUTER_PATCH).stat().st_size
+
+        self.suite(loaded, "hardened", replay_from=self.out / "original" / budget_label(b80 if reached else budget))
+        nll_after = benign_nll(loaded, benign_eval_answers)
+
+        summary = self.summary(b80, reached, budget, diff, training, patch_bytes, (nll_before, nll_after))
+        summary["seconds"] = round(time.perf_counter() - started, 1)
+        if info.is_main:
+            atomic_write(self.out / "summary.json", json.dumps(summary, indent=2, default=str) + "\n")
+            write_harden_report(self.out, summary)
+        info.wait()
+        return summary
+
+    def summary(self, b80: int | None, reached: bool, budget: int | None, diff: dict, training: dict, patch_bytes: int, nll: tuple[float, float]) -> dict[str, Any]:
+        before, after = self.rows["original"], self.rows["hardened"]
+        key = budget_label(b80 if reached else budget)
+        utility = {
+            phase: {
+                "benign_compliance": rows["benign"].get("benign_compliance"),
+                "over_refusal": rows["over-refusal"].get("over_refusal"),
+                "benign_nll": round(value, 4),
+            }
+            for phase, rows, value in (("original", before, nll[0]), ("hardened", after, nll[1]))
+        }
+        curve = {phase: {budget_label(b): rows[budget_label(b)]["asr"] for b in self.recipe.verify.budgets} for phase, rows in self.rows.items()}
+        return {
+            "model": self.recipe.model,
+            "judge": self.recipe.judges[0],
+            "trainable": self.recipe.defense.trainable,
+            "budget_b80": b80 if reached else None,
+            "b80_reached": reached,
+            "b80_note": None if reached else f"no verified budget reached ASR {self.recipe.verify.asr_threshold} on the original model; trained at budget {budget}",
+            "train_budget": budget,
+            "asr_at_b80": {"original": before[key]["asr"], "hardened": after[key]["asr"], "attack": key},
+            "asr_vs_budget": curve,
+            "utility": utility,
+            "router_params_changed": diff["router_params_changed"],
+            "other_params_changed": diff["other_params_changed"],
+            "router_patch_bytes": patch_bytes,
+            "training": {k: v for k, v in training.items() if k != "log"},
+            "phases": self.rows,
+        }
