@@ -135,11 +135,13 @@ class RouteSearch:
             self.loaded, *self._route_intervention(self.route, 1), LogitBias(biases, scope=self.scope, prompt_lengths=self.prompt_lengths)
         ), record_routing(self.loaded, layers=self.layers, keep_logits=False) as recorder:
             logits = self.loaded.model(input_ids=self.ids).logits
-            self._target_log_probs(logits, 0).sum().backward()
+            # gradients w.r.t. the biases only: nothing accumulates in the weights' .grad (a trainer's
+            # gradients, and DeepSpeed's reduction hooks, stay untouched when hardening calls the search)
+            grads = torch.autograd.grad(self._target_log_probs(logits, 0).sum(), [biases[l] for l in self.layers])
         self.forward_passes += 2  # forward + backward
         self.sequences += 1
         executed = {l: route.indices[0, : self.span] for l, route in recorder.trace().items()}
-        gradient = torch.stack([biases[l].grad[0] for l in self.layers])  # (L, T, E)
+        gradient = torch.stack([g[0] for g in grads])  # (L, T, E)
         self._saliency_cache = (self._route_version, (gradient, executed))
         return gradient, executed
 
