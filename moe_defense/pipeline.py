@@ -42,6 +42,7 @@ from moe_defense.defenses.examples import IGNORE, TrainingSequence, collate, own
 from moe_defense.defenses.trainer import train_routers
 from moe_defense.judges import Judge
 from moe_defense.models import LoadedModel, LoadOptions
+from moe_defense.models.loading import load_pretrained
 from moe_defense.models.params import trainable_parameters
 from moe_defense.recipe import Recipe, resolve_path
 from moe_defense.report import write_harden_report
@@ -50,6 +51,7 @@ from moe_defense.runner.evaluate import evaluate, process_info
 from moe_defense.runner.rundir import atomic_write, provenance
 
 HARDENED_MODEL = "hardened_model"
+TRAIN_FACTS = "train.json"
 ADAPTIVE_SEED_OFFSET = 1000  # the re-attack on the hardened model uses new seeds
 
 
@@ -193,16 +195,22 @@ class Harden:
         originals = {n: p.detach().cpu().clone() for n, p in trainable_parameters(loaded.model, recipe.defense.trainable).items()}
         defense = recipe.defense.model_copy(update={"route_search": recipe.defense.route_search.model_copy(update={"budget": budget, "seed": recipe.seed})})
         deepspeed = str(resolve_path(recipe.deepspeed)) if recipe.deepspeed else None
-        training = train_routers(loaded, harmful, benign, defense, self.out / "train", mask_layers=mask_layers, deepspeed=deepspeed, resume=self.resume)
-        training.update(harmful_sequences=len(harmful), benign_sequences=len(benign), train_budget=budget, mask_layers=mask_layers)
-        router_names = set(loaded.adapter.router_tensors(loaded.model))
-        diff = tensor_diff(loaded.model, digests, originals, router_names)
+        finished = self.out / "train" / TRAIN_FACTS  # written last: its presence means the hardened model is complete
+        if self.resume and finished.is_file():
+            training = json.loads(finished.read_text())
+            loaded = load_pretrained(str(self.out / HARDENED_MODEL), LoadOptions(device=info.device))
+        else:
+            training = train_routers(loaded, harmful, benign, defense, self.out / "train", mask_layers=mask_layers, deepspeed=deepspeed, resume=self.resume)
+            training.update(harmful_sequences=len(harmful), benign_sequences=len(benign), train_budget=budget, mask_layers=mask_layers)
+        diff = tensor_diff(loaded.model, digests, originals, set(loaded.adapter.router_tensors(loaded.model)))
         if info.is_main:
-            atomic_write(self.out / "train" / "train.json", json.dumps(training, indent=2) + "\n")
             atomic_write(self.out / "tensor_diff.json", json.dumps(diff, indent=2) + "\n")
-            save_hardened(loaded, self.out / HARDENED_MODEL)
-            save_router_patch(loaded, self.out / ROUTER_PATCH, original_fingerprint)
+            if not finished.is_file():
+                save_hardened(loaded, self.out / HARDENED_MODEL)
+                save_router_patch(loaded, self.out / ROUTER_PATCH, original_fingerprint)
+                atomic_write(finished, json.dumps(training, indent=2) + "\n")
         info.wait()
+        loaded.spec = str(self.out / HARDENED_MODEL)  # the hardened phase's runs name the checkpoint they test
         patch_bytes = (self.out / ROUTER_PATCH).stat().st_size
 
         self.suite(loaded, "hardened", replay_from=self.out / "original" / budget_label(b80 if reached else budget))

@@ -37,3 +37,11 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"shared data folder not found at {SHARED_DATA}")
     return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def organism() -> LoadedModel:
+    """The default organism (~3 min to build on 2 cores the first time, then from the cache); shared, read-only."""
+    import moe_defense
+
+    return moe_defense.load_model("organism")

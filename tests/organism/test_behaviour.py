@@ -2,20 +2,11 @@
 
 from __future__ import annotations
 
-import pytest
-
-import moe_defense
 from moe_defense.attacks import Fsour, FsourConfig
 from moe_defense.data.prompts import load_prompts
 from moe_defense.judges import JudgeItem, OrganismJudge
 from moe_defense.organism.behaviour import measure_behaviour
 from moe_defense.runner.generation import GenerationConfig, generate
-
-
-@pytest.fixture(scope="session")
-def organism():
-    """The default organism (~3-4 min to build on 2 cores the first time; then from the cache)."""
-    return moe_defense.load_model("organism")
 
 
 def test_held_out_refusal_compliance_and_over_refusal(organism):

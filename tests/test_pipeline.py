@@ -1,0 +1,116 @@
+"""`moe-defense harden` end to end on the organism: in-process, resumed, and 2-process DeepSpeed ZeRO-2."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM
+
+from moe_defense.cli import main
+
+REPO = Path(__file__).resolve().parents[1]
+SMALL = {
+    "model": "organism",
+    "generation": {"max_new_tokens": 24, "batch_size": 32},
+    "data": {
+        "harmful_train": {"name": "demo-harmful", "split": "train", "limit": 8},
+        "benign_train": [{"name": "demo-benign", "split": "train", "limit": 8}, {"name": "demo-lookalike", "split": "train", "limit": 4}],
+        "harmful_eval": {"name": "demo-harmful", "split": "test", "limit": 4},
+        "benign_eval": {"name": "demo-benign", "split": "test", "limit": 8},
+        "over_refusal": {"name": "demo-lookalike", "split": "test", "limit": 8},
+    },
+    "defense": {"steps": 4, "batch_size": 4, "refresh_every": 2, "refresh_prompts": 4, "save_steps": 2,
+                "route_search": {"candidates": 8, "force_decode": True}},
+    "verify": {"fsour": {"candidates": 8, "force_decode": True, "restarts": 0}, "budgets": [2, None], "router_mask_n": [1]},
+}
+
+
+def _recipe(tmp_path: Path, **changes) -> Path:
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump({**SMALL, **changes}))
+    return path
+
+
+def _changed_tensors(organism, hardened_dir: Path) -> set[str]:
+    """Tensors that differ from the organism, compared as transformers loads them (the file may use legacy names)."""
+    hardened = AutoModelForCausalLM.from_pretrained(hardened_dir, use_safetensors=True).state_dict()
+    original = organism.model.state_dict()
+    assert set(hardened) == set(original)
+    return {name for name, tensor in hardened.items() if not torch.equal(tensor, original[name])}
+
+
+@pytest.fixture(scope="module")
+def harden_run(organism, tmp_path_factory):
+    out = tmp_path_factory.mktemp("harden") / "run"
+    assert main(["harden", str(_recipe(out.parent)), "--out", str(out)]) == 0
+    return out
+
+
+def test_summary_holds_before_after_b80_and_utility(harden_run):
+    summary = json.loads((harden_run / "summary.json").read_text())
+    assert set(summary["asr_vs_budget"]) == {"original", "hardened"}
+    assert list(summary["asr_vs_budget"]["original"]) == ["fsour@2", "fsour@inf"]
+    assert summary["asr_at_b80"]["attack"] in ("fsour@2", "fsour@inf")
+    assert ("budget_b80" in summary) and (summary["b80_reached"] == (summary["budget_b80"] is not None) or summary["budget_b80"] is None)
+    for phase in ("original", "hardened"):
+        assert {"benign_compliance", "over_refusal", "benign_nll"} <= set(summary["utility"][phase])
+        assert {"none", "fsour@2", "fsour@inf", "router-mask-top1"} <= set(summary["phases"][phase])
+    assert "route-replay" in summary["phases"]["hardened"]  # the original routes, replayed (transfer)
+    assert summary["router_params_changed"] == 4 and summary["other_params_changed"] == 0
+    assert summary["training"]["steps"] == 4
+
+
+def test_hardened_checkpoint_is_plain_transformers_and_only_routers_differ(organism, harden_run):
+    assert AutoModelForCausalLM.from_pretrained(harden_run / "hardened_model", use_safetensors=True).config.model_type == "mixtral"
+    routers = set(organism.adapter.router_tensors(organism.model))
+    assert _changed_tensors(organism, harden_run / "hardened_model") == routers
+    patch = load_file(str(harden_run / "router_patch.safetensors"))
+    assert set(patch) == routers
+    diff = json.loads((harden_run / "tensor_diff.json").read_text())
+    assert {row["tensor"] for row in diff["changed"]} == routers
+
+
+def test_report_and_plot_are_written(harden_run):
+    report = (harden_run / "report.md").read_text()
+    assert "adaptive F-SOUR" in report and "asr_vs_budget.png" in report
+    assert (harden_run / "asr_vs_budget.png").stat().st_size > 10_000
+
+
+def test_resume_recomputes_nothing(harden_run, capsys):
+    searches = sorted(harden_run.glob("*/fsour@*/attack_results.jsonl"))
+    stamps = {path: path.stat().st_mtime_ns for path in searches}
+    before = json.loads((harden_run / "summary.json").read_text())
+    assert main(["harden", str(harden_run.parent / "recipe.yaml"), "--out", str(harden_run), "--resume"]) == 0
+    after = json.loads((harden_run / "summary.json").read_text())
+    assert after["asr_vs_budget"] == before["asr_vs_budget"]
+    assert after["training"] == before["training"]  # the finished training was reused, not redone
+    assert all(path.stat().st_mtime_ns == stamp for path, stamp in stamps.items())
+
+
+def test_existing_run_directory_needs_resume(harden_run, capsys):
+    assert main(["harden", str(harden_run.parent / "recipe.yaml"), "--out", str(harden_run)]) == 1
+    assert "--resume" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(shutil.which("deepspeed") is None, reason="deepspeed launcher not installed")
+def test_two_process_deepspeed_zero2_gives_one_router_update(organism, tmp_path):
+    recipe = _recipe(tmp_path, deepspeed="train/ds/zero2.json", verify={**SMALL["verify"], "budgets": [2], "router_mask_n": []})
+    out = tmp_path / "run"
+    env = {**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1"}
+    command = ["deepspeed", "--num_gpus", "2", "--master_port", "29561", str(REPO / "train" / "harden.py"),
+               "--recipe", str(recipe), "--out", str(out)]
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900, cwd=REPO)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    training = json.loads((out / "train" / "train.json").read_text())
+    assert training["world_size"] == 2
+    assert len(set(training["router_digest_per_rank"])) == 1  # both ranks hold the same routers
+    routers = set(organism.adapter.router_tensors(organism.model))
+    assert _changed_tensors(organism, out / "hardened_model") == routers
