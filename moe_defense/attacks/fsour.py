@@ -47,6 +47,10 @@ class FsourConfig(AttackConfig):
     layers: list[int] | None = Field(None, description="MoE layers the attacker may force; None = all")
     force_decode: bool = Field(False, description="also force routes at answer positions (searched on the target)")
     pairs_per_round: int = Field(6, ge=1, description="fast mode: most promising pairs evaluated per round")
+    budget_strategy: Literal["greedy", "prune", "best"] = Field(
+        "best", description="fast mode under a budget: greedy adds the best pair per round; prune searches without a cap, "
+        "then drops the pairs whose removal costs the objective least until the budget holds; best runs both, keeps the higher",
+    )
     sweeps: int = Field(1, ge=1, description="fast mode: passes over the pairs while the last one improved (reference: 1)")
     judge: str | None = Field(None, description="judge in the loop for restarts (None: P(target) decides)")
     seed: int = Field(0, description="seed of the first search; restart r uses seed + r")
@@ -197,6 +201,55 @@ class RouteSearch:
                 self._accept(token, candidates, scores)
 
     def fast(self) -> None:
+        strategy = self.config.budget_strategy if self.config.budget is not None else "greedy"
+        if strategy in ("greedy", "best"):
+            self._fast_sweeps()
+        if strategy == "greedy" or (strategy == "best" and self.success):
+            return
+        kept = (self.route, self.value)
+        self._reset_route()
+        budget = self.config.budget
+        self.config = self.config.model_copy(update={"budget": None})
+        try:
+            self._fast_sweeps()
+        finally:
+            self.config = self.config.model_copy(update={"budget": budget})
+        self.prune(budget)
+        if strategy == "best" and kept[1] > self.value:
+            self.route, self.value = kept
+            self._route_changed()
+
+    def _reset_route(self) -> None:
+        self.route = {l: torch.full_like(r, -1) for l, r in self.route.items()}
+        self.value = self.initial_value
+        self._route_changed()
+
+    def _route_changed(self) -> None:
+        self._route_version += 1
+        self._prefixes = {}
+
+    def prune(self, budget: int) -> None:
+        """Backward elimination: un-force the pairs whose removal lowers the objective least.
+
+        All single removals of a round are scored in one batched forward pass (one row per forced pair);
+        far above the budget a round drops several of the cheapest at once, near it one at a time."""
+        while self.forced_pairs > budget:
+            pairs = [(l, t) for l, r in self.route.items() for t in range(self.span) if r[0, t, 0] >= 0]
+            candidates = {l: r.expand(len(pairs), -1, -1).clone() for l, r in self.route.items()}
+            for row, (layer, token) in enumerate(pairs):
+                candidates[layer][row, token] = -1
+            scores = self._score_full(candidates)
+            drop = max(1, (len(pairs) - budget) // 4)
+            cheapest = scores.topk(drop).indices.tolist()
+            route = {l: r.clone() for l, r in self.route.items()}
+            for row in cheapest:
+                layer, token = pairs[row]
+                route[layer][0, token] = -1
+            self.route = route
+            self.value = float(scores[cheapest[0]]) if drop == 1 else float(self._score_full(route)[0])
+            self._route_changed()
+
+    def _fast_sweeps(self) -> None:
         for _ in range(self.config.sweeps):
             start = self.value
             self._fast_sweep()

@@ -50,3 +50,25 @@ def test_search_never_lowers_the_objective(tiny_model):
     search.fast()
     assert search.value >= start
     assert search.value == pytest.approx(float(search._score_full(search.route)[0]), abs=1e-4)
+
+
+@pytest.mark.parametrize("strategy", ["greedy", "prune", "best"])
+def test_budget_strategies_respect_the_budget_and_report_their_objective(tiny_model, strategy):
+    loaded = tiny_model("mixtral")
+    problem = TargetProblem.build(loaded, PROMPT.text, "Sure, here is")
+    search = RouteSearch(loaded, problem, FsourConfig(candidates=4, budget=3, budget_strategy=strategy, force_decode=True), seed=2)
+    search.fast()
+    assert search.forced_pairs <= 3
+    assert search.config.budget == 3  # the uncapped search inside prune restores the budget
+    assert search.value == pytest.approx(float(search._score_full(search.route)[0]), abs=1e-4)
+
+
+def test_best_strategy_is_at_least_as_good_as_greedy(tiny_model):
+    loaded = tiny_model("mixtral")
+    problem = TargetProblem.build(loaded, PROMPT.text, "Sure, here is")
+    values = {}
+    for strategy in ("greedy", "best"):
+        search = RouteSearch(loaded, problem, FsourConfig(candidates=4, budget=4, budget_strategy=strategy, force_decode=True), seed=3)
+        search.fast()
+        values[strategy] = search.value
+    assert values["best"] >= values["greedy"] - 1e-6
