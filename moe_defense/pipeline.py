@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from moe_defense import load_model
 from moe_defense.attacks.base import ATTACKS
-from moe_defense.attacks.fsour import Fsour
+from moe_defense.attacks.fsour import Fsour, UncappedRoutes
 from moe_defense.attacks.rosais import rosais
 from moe_defense.attacks.suite import ARTIFACTS, run_attack
 from moe_defense.data import PromptSet
@@ -110,6 +110,7 @@ class Harden:
         lower_cased = recipe.model.startswith("organism") or is_demo_set(d.harmful_eval.name)  # the organism writes lower case
         self.judges: list[Judge] = build_judges(recipe.judges, judge_url=recipe.judge_url, judge_model=recipe.judge_model, lower_cased=lower_cased)
         self.rows: dict[str, dict[str, dict[str, Any]]] = {"original": {}, "hardened": {}}
+        self.uncapped: dict[str, UncappedRoutes] = {}
 
     # --- the attack suite --------------------------------------------------------------------
     def _row(self, summary: dict[str, Any], phase: str, label: str) -> dict[str, Any]:
@@ -129,30 +130,44 @@ class Harden:
 
     def fsour(self, loaded: LoadedModel, phase: str, budget: int | None) -> dict[str, Any]:
         seed = self.recipe.seed + (ADAPTIVE_SEED_OFFSET if phase == "hardened" else 0)
-        attack = Fsour(self.recipe.verify.fsour.model_copy(update={"budget": budget, "seed": seed}), self.recipe.generation)
+        uncapped = self.uncapped.setdefault(phase, {})  # one uncapped search per prompt, pruned to every budget
+        attack = Fsour(self.recipe.verify.fsour.model_copy(update={"budget": budget, "seed": seed}), self.recipe.generation, uncapped)
         return self._attack(loaded, phase, budget_label(budget), attack)
 
     def suite(self, loaded: LoadedModel, phase: str, replay_from: Path | None = None) -> None:
-        """Unattacked, utility, F-SOUR at every budget, router masking by RoSais, route replay."""
+        """Utility, then the recipe's attacks (F-SOUR at every budget; router masks for every n)."""
         verify = self.recipe.verify
-        self._evaluate(loaded, phase, "none", self.sets["harmful_eval"])
+        seed = self.recipe.seed
         self._evaluate(loaded, phase, "benign", self.sets["benign_eval"])
         self._evaluate(loaded, phase, "over-refusal", self.sets["over_refusal"])
-        for budget in tqdm(verify.budgets, desc=f"{phase}: F-SOUR budgets", unit="budget", disable=not self.progress):
-            self.fsour(loaded, phase, budget)
-        router_mask = ATTACKS.get("router-mask")
-        for n in verify.router_mask_n:
-            config = router_mask.config_class(n=n, selection="rosais", seed=self.recipe.seed)
-            self._attack(loaded, phase, f"router-mask-top{n}", router_mask(config))
-        if replay_from is not None and (replay_from / ARTIFACTS).is_file():
-            replay = ATTACKS.get("route-replay")
-            self._attack(loaded, phase, "route-replay", replay(replay.config_class(artifacts=str(replay_from / ARTIFACTS), force_transfer=True)))
+        for name in verify.attacks:
+            if name == "none":
+                self._evaluate(loaded, phase, "none", self.sets["harmful_eval"])
+            elif name == "fsour":
+                for budget in tqdm(verify.budgets, desc=f"{phase}: F-SOUR budgets", unit="budget", disable=not self.progress):
+                    self.fsour(loaded, phase, budget)
+            elif name in ("router-mask-rosais", "router-mask-random", "random-routes"):
+                router_mask = ATTACKS.get("router-mask")
+                if name == "random-routes":
+                    layers = loaded.adapter.moe_layers()
+                    self._attack(loaded, phase, name, router_mask(router_mask.config_class(n=len(layers), layers=layers, seed=seed)))
+                    continue
+                selection = name.rsplit("-", 1)[1]
+                for n in verify.router_mask_n:
+                    config = router_mask.config_class(n=n, selection=selection, seed=seed)
+                    self._attack(loaded, phase, f"router-mask-{'top' if selection == 'rosais' else 'random'}{n}", router_mask(config))
+            elif name == "expert-silence":
+                silence = ATTACKS.get("expert-silence")
+                self._attack(loaded, phase, name, silence(silence.config_class(benign_set=self.recipe.data.benign_eval.name)))
+            elif name == "fsour-transfer" and replay_from is not None and (replay_from / ARTIFACTS).is_file():
+                replay = ATTACKS.get("route-replay")
+                self._attack(loaded, phase, name, replay(replay.config_class(artifacts=str(replay_from / ARTIFACTS), force_transfer=True)))
 
     # --- stages ------------------------------------------------------------------------------
     def b80(self) -> tuple[int | None, bool]:
         """Smallest verified budget whose original ASR reaches the threshold; (budget, reached)."""
         for budget in self.recipe.verify.budgets:
-            asr = self.rows["original"][budget_label(budget)]["asr"]
+            asr = self.rows["original"].get(budget_label(budget), {}).get("asr")
             if asr is not None and asr >= self.recipe.verify.asr_threshold:
                 return budget, True
         return None, False
@@ -181,16 +196,36 @@ class Harden:
         budget = self.train_budget(b80, reached)
 
         generation = recipe.generation
-        cap = recipe.defense.max_response_tokens
-        harmful = own_refusals(loaded, self.sets["harmful_train"].prompts, self.judges[0], generation, cap)
-        benign = own_answers(loaded, self.benign_train, generation, cap)
+        cap = recipe.defense.max_response_tokens if recipe.defense else 48
         benign_eval_answers = own_answers(loaded, self.sets["benign_eval"].prompts, generation, cap)
         nll_before = benign_nll(loaded, benign_eval_answers)
+        if recipe.defense is None:  # the no-defense baseline: the "hardened" phase re-attacks the original model
+            training, diff, patch_bytes = {"steps": 0, "seconds": 0.0, "refreshes": 0, "routes_in_pool": 0}, {"router_params_changed": 0, "other_params_changed": 0}, 0
+        else:
+            loaded, training, diff, patch_bytes = self.harden(loaded, budget, original_fingerprint)
+
+        self.suite(loaded, "hardened", replay_from=self.out / "original" / budget_label(b80 if reached else budget))
+        nll_after = benign_nll(loaded, benign_eval_answers)
+
+        summary = self.summary(b80, reached, budget, diff, training, patch_bytes, (nll_before, nll_after))
+        summary["seconds"] = round(time.perf_counter() - started, 1)
+        if info.is_main:
+            atomic_write(self.out / "summary.json", json.dumps(summary, indent=2, default=str) + "\n")
+            write_harden_report(self.out, summary)
+        info.wait()
+        return summary
+
+    def harden(self, loaded: LoadedModel, budget: int | None, original_fingerprint: str) -> tuple[LoadedModel, dict, dict, int]:
+        """Train (or, on --resume after training finished, reload) the hardened model and write its files."""
+        recipe, info = self.recipe, process_info()
+        assert recipe.defense is not None
+        generation, cap = recipe.generation, recipe.defense.max_response_tokens
+        harmful = own_refusals(loaded, self.sets["harmful_train"].prompts, self.judges[0], generation, cap)
+        benign = own_answers(loaded, self.benign_train, generation, cap)
         mask_layers = []
         if recipe.defense.loss.mask_refusal and recipe.defense.mask_routers:
             importance = rosais(loaded, [s.prompt for s in harmful[:32]], progress=False)
             mask_layers = importance.ranking()[: recipe.defense.mask_routers]
-
         digests = tensor_digests(loaded.model)
         originals = {n: p.detach().cpu().clone() for n, p in trainable_parameters(loaded.model, recipe.defense.trainable).items()}
         defense = recipe.defense.model_copy(update={"route_search": recipe.defense.route_search.model_copy(update={"budget": budget, "seed": recipe.seed})})
@@ -211,22 +246,12 @@ class Harden:
                 atomic_write(finished, json.dumps(training, indent=2) + "\n")
         info.wait()
         loaded.spec = str(self.out / HARDENED_MODEL)  # the hardened phase's runs name the checkpoint they test
-        patch_bytes = (self.out / ROUTER_PATCH).stat().st_size
-
-        self.suite(loaded, "hardened", replay_from=self.out / "original" / budget_label(b80 if reached else budget))
-        nll_after = benign_nll(loaded, benign_eval_answers)
-
-        summary = self.summary(b80, reached, budget, diff, training, patch_bytes, (nll_before, nll_after))
-        summary["seconds"] = round(time.perf_counter() - started, 1)
-        if info.is_main:
-            atomic_write(self.out / "summary.json", json.dumps(summary, indent=2, default=str) + "\n")
-            write_harden_report(self.out, summary)
-        info.wait()
-        return summary
+        return loaded, training, diff, (self.out / ROUTER_PATCH).stat().st_size
 
     def summary(self, b80: int | None, reached: bool, budget: int | None, diff: dict, training: dict, patch_bytes: int, nll: tuple[float, float]) -> dict[str, Any]:
         before, after = self.rows["original"], self.rows["hardened"]
         key = budget_label(b80 if reached else budget)
+        has_curve = "fsour" in self.recipe.verify.attacks
         utility = {
             phase: {
                 "benign_compliance": rows["benign"].get("benign_compliance"),
@@ -235,16 +260,16 @@ class Harden:
             }
             for phase, rows, value in (("original", before, nll[0]), ("hardened", after, nll[1]))
         }
-        curve = {phase: {budget_label(b): rows[budget_label(b)]["asr"] for b in self.recipe.verify.budgets} for phase, rows in self.rows.items()}
+        curve = {phase: {budget_label(b): rows[budget_label(b)]["asr"] for b in self.recipe.verify.budgets} for phase, rows in self.rows.items()} if has_curve else {}
         return {
             "model": self.recipe.model,
             "judge": self.recipe.judges[0],
-            "trainable": self.recipe.defense.trainable,
+            "trainable": self.recipe.defense.trainable if self.recipe.defense else "none",
             "budget_b80": b80 if reached else None,
             "b80_reached": reached,
             "b80_note": None if reached else f"no verified budget reached ASR {self.recipe.verify.asr_threshold} on the original model; trained at budget {budget}",
             "train_budget": budget,
-            "asr_at_b80": {"original": before[key]["asr"], "hardened": after[key]["asr"], "attack": key},
+            "asr_at_b80": {"original": before[key]["asr"], "hardened": after[key]["asr"], "attack": key} if has_curve else None,
             "asr_vs_budget": curve,
             "utility": utility,
             "router_params_changed": diff["router_params_changed"],

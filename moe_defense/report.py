@@ -58,8 +58,9 @@ def write_harden_report(out: Path, summary: dict[str, Any]) -> Path:
     """report.md beside summary.json, with the ASR-vs-budget plot."""
     from moe_defense.runner.rundir import atomic_write
 
-    plot_asr_vs_budget(summary, out / ASR_VS_BUDGET)
-    at = summary["asr_at_b80"]
+    if summary["asr_vs_budget"]:
+        plot_asr_vs_budget(summary, out / ASR_VS_BUDGET)
+    at = summary["asr_at_b80"] or {"attack": "-", "original": None, "hardened": None}
     b80 = summary["budget_b80"] if summary["b80_reached"] else f"not reached ({summary['b80_note']})"
     training = summary["training"]
     text = "\n".join([
@@ -73,7 +74,7 @@ def write_harden_report(out: Path, summary: dict[str, Any]) -> Path:
         "",
         headline_table(summary),
         "",
-        f"![ASR vs budget]({ASR_VS_BUDGET})",
+        f"![ASR vs budget]({ASR_VS_BUDGET})" if summary["asr_vs_budget"] else "",
         "",
     ])
     path = out / "report.md"

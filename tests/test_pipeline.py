@@ -63,7 +63,7 @@ def test_summary_holds_before_after_b80_and_utility(harden_run):
     for phase in ("original", "hardened"):
         assert {"benign_compliance", "over_refusal", "benign_nll"} <= set(summary["utility"][phase])
         assert {"none", "fsour@2", "fsour@inf", "router-mask-top1"} <= set(summary["phases"][phase])
-    assert "route-replay" in summary["phases"]["hardened"]  # the original routes, replayed (transfer)
+    assert "fsour-transfer" in summary["phases"]["hardened"]  # the original routes, replayed (transfer)
     assert summary["router_params_changed"] == 4 and summary["other_params_changed"] == 0
     assert summary["training"]["steps"] == 4
 

@@ -96,9 +96,11 @@ def run_attack_verb(args: argparse.Namespace) -> int:
         attacks = [build_attack(args, budget) for budget in budgets]  # every config checked before loading
         loaded = load_for_run(args, run)
         summaries = {}
+        uncapped: dict = {}  # a budget sweep prunes one uncapped search per prompt to every budget
         for budget, attack in zip(budgets, attacks):
             if isinstance(attack, Fsour):
                 attack.generation = run.gen_config
+                attack.uncapped = uncapped
             label = attack.name if budget is None else f"{attack.name}@{budget}"
             out = run.out if budget is None else run.out / f"budget-{budget}"
             summaries[label] = run_attack(

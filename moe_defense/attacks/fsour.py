@@ -34,6 +34,9 @@ from moe_defense.routing import ForcedRoute, LogitBias, intervene, record_routin
 from moe_defense.runner.generation import GenerationConfig, generate
 
 DEFAULT_TARGET = "Sure, here is"
+# (seed, force_decode, layers, token ids) -> the uncapped route and its objective: a budget sweep prunes
+# the same uncapped route to every budget instead of searching it again (valid for one model only)
+UncappedRoutes = dict[tuple, tuple[dict[int, torch.Tensor], float]]
 
 
 class FsourConfig(AttackConfig):
@@ -59,7 +62,10 @@ class FsourConfig(AttackConfig):
 class RouteSearch:
     """One search for one prompt: the current route, its objective, and what it cost."""
 
-    def __init__(self, loaded: LoadedModel, problem: TargetProblem, config: FsourConfig, seed: int) -> None:
+    def __init__(self, loaded: LoadedModel, problem: TargetProblem, config: FsourConfig, seed: int,
+                 uncapped: UncappedRoutes | None = None) -> None:
+        self.uncapped = uncapped
+        self.seed = seed
         self.loaded = loaded
         self.problem = problem
         self.config = config
@@ -208,13 +214,21 @@ class RouteSearch:
             return
         kept = (self.route, self.value)
         self._reset_route()
-        budget = self.config.budget
-        self.config = self.config.model_copy(update={"budget": None})
-        try:
-            self._fast_sweeps()
-        finally:
-            self.config = self.config.model_copy(update={"budget": budget})
-        self.prune(budget)
+        key = (self.seed, self.config.force_decode, tuple(self.layers), tuple(self.ids[0].tolist()))
+        if self.uncapped is not None and key in self.uncapped:
+            route, self.value = self.uncapped[key]
+            self.route = {l: r.clone() for l, r in route.items()}
+            self._route_changed()
+        else:
+            budget = self.config.budget
+            self.config = self.config.model_copy(update={"budget": None})
+            try:
+                self._fast_sweeps()
+            finally:
+                self.config = self.config.model_copy(update={"budget": budget})
+            if self.uncapped is not None:
+                self.uncapped[key] = ({l: r.clone() for l, r in self.route.items()}, self.value)
+        self.prune(self.config.budget)
         if strategy == "best" and kept[1] > self.value:
             self.route, self.value = kept
             self._route_changed()
@@ -308,14 +322,16 @@ class Fsour(Attack[FsourConfig]):
     name = "fsour"
     config_class = FsourConfig
 
-    def __init__(self, config: FsourConfig | None = None, generation: GenerationConfig | None = None) -> None:
+    def __init__(self, config: FsourConfig | None = None, generation: GenerationConfig | None = None,
+                 uncapped: UncappedRoutes | None = None) -> None:
         super().__init__(config)
         self.generation = generation or GenerationConfig()
+        self.uncapped = uncapped
         self.judge: Judge | None = JUDGES.get(self.config.judge)() if self.config.judge else None
 
     def search(self, loaded: LoadedModel, prompt: Prompt, seed: int) -> RouteSearch:
         problem = TargetProblem.build(loaded, prompt.text, str(prompt.metadata.get("target") or DEFAULT_TARGET))
-        search = RouteSearch(loaded, problem, self.config, seed)
+        search = RouteSearch(loaded, problem, self.config, seed, self.uncapped)
         search.reference() if self.config.mode == "reference" else search.fast()
         return search
 

@@ -32,7 +32,7 @@ ROUTE_POOL = "route_pool.jsonl"
 
 
 def default_route_search() -> FsourConfig:
-    return FsourConfig(candidates=32, force_decode=True, budget=8, restarts=0)
+    return FsourConfig(candidates=32, force_decode=True, budget=8, restarts=0, budget_strategy="prune")
 
 
 class HardeningConfig(BaseModel):
@@ -48,7 +48,7 @@ class HardeningConfig(BaseModel):
     route_search: FsourConfig = Field(default_factory=default_route_search, description="F-SOUR settings of the routes trained against (its budget is the training budget)")
     refresh_every: int = Field(10, ge=0, description="re-search routes against the current routers every N steps (0: never)")
     refresh_prompts: int = Field(16, ge=1, description="harmful prompts re-searched per refresh (rotating through the set)")
-    initial_routes: Literal["search", "none"] = Field("search", description="search routes on the original model before step 1")
+    initial_routes: Literal["search", "none"] = Field("search", description="search routes for the first refresh_prompts prompts on the original model before step 1")
     routes_per_prompt: int = Field(4, ge=1, description="routes kept per prompt in the pool (newest first)")
     mask_routers: int = Field(2, ge=0, description="top-RoSais routers masked by the mask_refusal term")
     max_response_tokens: int = Field(48, ge=1, description="response tokens trained per sequence")
@@ -112,14 +112,16 @@ class RouteRefresh(TrainerCallback):
         if not self.every or state.global_step % self.every or state.global_step >= state.max_steps:
             return
         started = time.perf_counter()
-        index = state.global_step // self.every
+        self.search(state.global_step // self.every)
+        self.seconds += time.perf_counter() - started
+        self.refreshes += 1
+
+    def search(self, index: int) -> None:
+        """Search the index-th chunk of prompts (rotating through the set); each rank takes its share."""
         chunk = [self.prompts[(index * self.count + i) % len(self.prompts)] for i in range(min(self.count, len(self.prompts)))]
         rank, world = _rank_world()
         config = self.config.model_copy(update={"seed": self.config.seed + index})
-        found = gather_routes(search_routes(self.loaded, chunk[rank::world], config))
-        self.pool.add(found)
-        self.seconds += time.perf_counter() - started
-        self.refreshes += 1
+        self.pool.add(gather_routes(search_routes(self.loaded, chunk[rank::world], config)))
 
 
 def _rank_world() -> tuple[int, int]:
@@ -185,12 +187,11 @@ def train_routers(
         pool_path.unlink(missing_ok=True)
     pool = RoutePool(config.routes_per_prompt, pool_path)
     rank, world = _rank_world()
-    if config.initial_routes == "search" and not len(pool) and config.loss.adversarial_refusal:
-        prompts = [s.prompt for s in harmful]
-        pool.add(gather_routes(search_routes(loaded, prompts[rank::world], config.route_search)))
-    initial_seconds = time.perf_counter() - started
     objective = HardeningObjective(loaded, config.loss, reference, mask_layers)
     refresh = RouteRefresh(loaded, harmful, pool, config.route_search, config.refresh_every if config.loss.adversarial_refusal else 0, config.refresh_prompts)
+    if config.initial_routes == "search" and not len(pool) and config.loss.adversarial_refusal:
+        refresh.search(0)  # step 0: routes found on the original model, for the first chunk of prompts
+    initial_seconds = time.perf_counter() - started
     rows = Dataset.from_dict({"row": list(range(max(len(harmful), len(benign))))})
     trainer = HardeningTrainer(
         model=loaded.model, args=training_arguments(config, out_dir / "trainer", deepspeed), train_dataset=rows,
