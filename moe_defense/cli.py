@@ -5,15 +5,9 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 from moe_defense.errors import ConfigError, MoEDefenseError
-
-# The verbs of DESIGN.md that are not built yet say so and exit non-zero instead of pretending.
-PLANNED_VERBS: dict[str, str] = {
-    "ablate": "run a defense x attack grid from a YAML file",
-    "report": "render report.md / report.html with plots from a run or grid directory",
-}
 
 
 def _inspect(args: argparse.Namespace) -> int:
@@ -105,12 +99,30 @@ def _add_harden_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", help="override the recipe's model (e.g. tiny:<model_type> for a dry run)")
 
 
-def _planned(verb: str) -> Callable[[argparse.Namespace], int]:
-    def run(args: argparse.Namespace) -> int:
-        print(f"moe-defense {verb}: not built yet in this version ({PLANNED_VERBS[verb]}).", file=sys.stderr)
-        return 2
+def _ablate(args: argparse.Namespace) -> int:
+    from pathlib import Path
 
-    return run
+    from moe_defense.ablate import load_grid, run_grid
+    from moe_defense.runner.rundir import default_out_dir
+
+    load_grid(args.grid, args.reduced)  # every cell's recipe is checked before any model loads
+    out = Path(args.out) if args.out else default_out_dir("ablate")
+    summary = run_grid(args.grid, out, reduced=args.reduced)
+    print((out / "report.md").read_text())
+    if summary["cells_missing"]:
+        print(f"cells still running or unfinished: {', '.join(summary['cells_missing'])} (rerun to continue)")
+    print(f"grid directory: {out}")
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from moe_defense.report import render
+
+    path = render(Path(args.directory))
+    print(f"wrote {path} and {path.with_suffix('.html')}")
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -153,10 +165,14 @@ def build_parser() -> argparse.ArgumentParser:
     _add_harden_arguments(demo)
     demo.set_defaults(run=_harden, recipe="recipes/demo.yaml")
 
-    for verb, summary in PLANNED_VERBS.items():
-        planned = verbs.add_parser(verb, help=f"{summary} [not built yet]")
-        planned.add_argument("rest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
-        planned.set_defaults(run=_planned(verb))
+    ablate = verbs.add_parser("ablate", help="run a defense x attack x seed grid (one harden run per cell; resumable, parallel-safe)")
+    ablate.add_argument("grid", help="grid YAML (see recipes/ablations/)")
+    ablate.add_argument("--out", help="grid directory (default runs/ablate-<time>); rerun on it to resume")
+    ablate.add_argument("--reduced", action="store_true", help="apply the grid's `reduced` overrides (CI-sized)")
+    ablate.set_defaults(run=_ablate)
+    report = verbs.add_parser("report", help="render report.md / report.html with plots from a harden run or grid directory")
+    report.add_argument("directory", help="run directory of `harden`/`demo`, or a grid directory of `ablate`")
+    report.set_defaults(run=_report)
     return parser
 
 

@@ -13,6 +13,7 @@ Every stage resumes: searches and generations already on disk are not recomputed
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -26,6 +27,7 @@ from tqdm import tqdm
 
 from moe_defense import load_model
 from moe_defense.attacks.base import ATTACKS
+from moe_defense.attacks.expert_silence import expert_usage
 from moe_defense.attacks.fsour import Fsour, UncappedRoutes
 from moe_defense.attacks.rosais import rosais
 from moe_defense.attacks.suite import ARTIFACTS, run_attack
@@ -48,10 +50,11 @@ from moe_defense.recipe import Recipe, resolve_path
 from moe_defense.report import write_harden_report
 from moe_defense.runner.cli import build_judges, is_demo_set
 from moe_defense.runner.evaluate import evaluate, process_info
-from moe_defense.runner.rundir import atomic_write, provenance
+from moe_defense.runner.rundir import atomic_write, exclusive, provenance
 
 HARDENED_MODEL = "hardened_model"
 TRAIN_FACTS = "train.json"
+ORIGINAL_ROWS = "original_rows.json"  # the original phase's summary rows + routing stats (its completion marker)
 ADAPTIVE_SEED_OFFSET = 1000  # the re-attack on the hardened model uses new seeds
 
 
@@ -94,9 +97,11 @@ def benign_nll(loaded: LoadedModel, sequences: list[TrainingSequence], batch_siz
 class Harden:
     """One harden run: the recipe, its prompt sets and judges, and the run directory."""
 
-    def __init__(self, recipe: Recipe, out: Path, resume: bool = False, progress: bool = True) -> None:
+    def __init__(self, recipe: Recipe, out: Path, resume: bool = False, progress: bool = True, original_dir: Path | None = None) -> None:
         self.recipe = recipe
         self.out = out
+        # the original model's suite; an ablation grid shares one per seed between its cells
+        self.original_dir = original_dir or out / "original"
         self.resume = resume
         self.progress = progress
         d = recipe.data
@@ -113,18 +118,21 @@ class Harden:
         self.uncapped: dict[str, UncappedRoutes] = {}
 
     # --- the attack suite --------------------------------------------------------------------
+    def _dir(self, phase: str) -> Path:
+        return self.original_dir if phase == "original" else self.out / phase
+
     def _row(self, summary: dict[str, Any], phase: str, label: str) -> dict[str, Any]:
         row = summary["phases"][phase][label]
         self.rows[phase][label] = row
         return row
 
     def _evaluate(self, loaded: LoadedModel, phase: str, label: str, prompt_set: PromptSet) -> dict[str, Any]:
-        summary = evaluate(loaded, prompt_set, self.judges, gen_config=self.recipe.generation, out_dir=self.out / phase / label,
+        summary = evaluate(loaded, prompt_set, self.judges, gen_config=self.recipe.generation, out_dir=self._dir(phase) / label,
                            resume=self.resume, attack_name=label, phase=phase, progress=self.progress)
         return self._row(summary, phase, label)
 
     def _attack(self, loaded: LoadedModel, phase: str, label: str, attack) -> dict[str, Any]:
-        summary = run_attack(loaded, self.sets["harmful_eval"], attack, self.judges, out_dir=self.out / phase / label,
+        summary = run_attack(loaded, self.sets["harmful_eval"], attack, self.judges, out_dir=self._dir(phase) / label,
                              gen_config=self.recipe.generation, resume=self.resume, label=label, phase=phase, progress=self.progress)
         return self._row(summary, phase, label)
 
@@ -163,6 +171,40 @@ class Harden:
                 replay = ATTACKS.get("route-replay")
                 self._attack(loaded, phase, name, replay(replay.config_class(artifacts=str(replay_from / ARTIFACTS), force_transfer=True)))
 
+    def routing_stats(self, loaded: LoadedModel, phase: str) -> dict[str, Any]:
+        """RoSais per router and expert usage on harmful vs benign prompts, for the report's plots."""
+        path = self._dir(phase) / "routing_stats.json"
+        if self.resume and path.is_file():
+            return json.loads(path.read_text())
+        layers = loaded.adapter.moe_layers()
+        harmful = self.sets["harmful_eval"].prompts
+        stats = {
+            "rosais": {str(k): v for k, v in rosais(loaded, harmful, progress=False).scores.items()},
+            "usage": {
+                kind: {str(layer): values.tolist() for layer, values in expert_usage(loaded, [p.text for p in prompts], layers).items()}
+                for kind, prompts in (("harmful", harmful), ("benign", self.sets["benign_eval"].prompts))
+            },
+        }
+        if process_info().is_main:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write(path, json.dumps(stats, indent=2) + "\n")
+        return stats
+
+    def original_phase(self, loaded: LoadedModel) -> dict[str, Any]:
+        """The suite on the original model, once: later runs sharing `original_dir` read its rows."""
+        marker = self.original_dir / ORIGINAL_ROWS
+        single = process_info().world == 1  # ranks of one data-parallel run cooperate instead of locking each other out
+        with exclusive(self.original_dir / ".lock") if single else contextlib.nullcontext():  # one run computes, others wait and read
+            if marker.is_file() and (self.resume or self.original_dir != self.out / "original"):
+                stored = json.loads(marker.read_text())
+                self.rows["original"] = stored["rows"]
+                return stored["routing"]
+            self.suite(loaded, "original")
+            routing = self.routing_stats(loaded, "original")
+            if process_info().is_main:
+                atomic_write(marker, json.dumps({"rows": self.rows["original"], "routing": routing}, default=str) + "\n")
+            return routing
+
     # --- stages ------------------------------------------------------------------------------
     def b80(self) -> tuple[int | None, bool]:
         """Smallest verified budget whose original ASR reaches the threshold; (budget, reached)."""
@@ -191,7 +233,7 @@ class Harden:
         check_output_location(self.out / HARDENED_MODEL, recipe.model)
         original_fingerprint = loaded.fingerprint()
 
-        self.suite(loaded, "original")
+        routing = {"original": self.original_phase(loaded)}
         b80, reached = self.b80()
         budget = self.train_budget(b80, reached)
 
@@ -204,10 +246,12 @@ class Harden:
         else:
             loaded, training, diff, patch_bytes = self.harden(loaded, budget, original_fingerprint)
 
-        self.suite(loaded, "hardened", replay_from=self.out / "original" / budget_label(b80 if reached else budget))
+        self.suite(loaded, "hardened", replay_from=self.original_dir / budget_label(b80 if reached else budget))
         nll_after = benign_nll(loaded, benign_eval_answers)
+        routing["hardened"] = self.routing_stats(loaded, "hardened")
 
         summary = self.summary(b80, reached, budget, diff, training, patch_bytes, (nll_before, nll_after))
+        summary["routing"] = routing
         summary["seconds"] = round(time.perf_counter() - started, 1)
         if info.is_main:
             atomic_write(self.out / "summary.json", json.dumps(summary, indent=2, default=str) + "\n")

@@ -9,13 +9,15 @@ any difference, naming the keys, so one results file never mixes two configurati
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import fcntl
 import json
 import os
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -236,3 +238,20 @@ class RunDir:
 
     def write_report(self, text: str) -> None:
         atomic_write(self.path / REPORT, text)
+
+
+@contextlib.contextmanager
+def exclusive(path: Path, wait: bool = True) -> Iterator[bool]:
+    """An advisory file lock (flock): yields True when held, False when another process holds it and
+    `wait` is off. The kernel drops it when the holder dies, so a killed run never leaves a stale lock."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)

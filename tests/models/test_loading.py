@@ -110,10 +110,5 @@ def test_cli_reports_errors_without_a_traceback(capsys):
     assert "dense model" in err and "Traceback" not in err
 
 
-def test_unbuilt_verbs_say_so_and_fail(capsys):
-    assert main(["ablate"]) == 2
-    assert "not built yet" in capsys.readouterr().err
-
-
 def test_remote_code_is_off_by_default():
     assert LoadOptions().trust_remote_code is False

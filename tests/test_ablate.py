@@ -1,0 +1,85 @@
+"""Ablation grids: bad grids fail before any model loads; the reduced demo grid runs, resumes and reports."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from moe_defense.ablate import load_grid, merge, run_grid
+from moe_defense.cli import main
+from moe_defense.errors import ConfigError
+from moe_defense.report import render
+
+REPO = Path(__file__).resolve().parents[1]
+DEMO_GRID = REPO / "recipes" / "ablations" / "demo-grid.yaml"
+
+
+def _grid(tmp_path: Path, **changes) -> Path:
+    payload = {**yaml.safe_load(DEMO_GRID.read_text()), "recipe": str(REPO / "recipes" / "demo.yaml"), **changes}
+    path = tmp_path / "grid.yaml"
+    path.write_text(yaml.safe_dump(payload))
+    return path
+
+
+def test_merge_is_recursive_and_replaces_lists():
+    assert merge({"a": {"b": 1, "c": [1]}, "d": 2}, {"a": {"c": [2]}}) == {"a": {"b": 1, "c": [2]}, "d": 2}
+
+
+def test_demo_grid_validates_every_cell():
+    grid, cells = load_grid(DEMO_GRID, reduced=True)
+    assert len(cells) == len(grid.defenses) * len(grid.seeds)
+    assert cells[("none", 0)].defense is None
+    assert cells[("all-parameters", 1)].defense.trainable == "all" and cells[("all-parameters", 1)].seed == 1
+    assert cells[("no-refresh", 0)].defense.refresh_every == 0 and cells[("no-refresh", 0)].defense.steps == 3
+
+
+@pytest.mark.parametrize(
+    ("changes", "named"),
+    [
+        ({"defenses": {"x": {"kind": "magic"}}}, "defenses.x.kind"),
+        ({"defenses": {"x": {"kind": "router-hardening", "args": {"trainable": "everything"}}}}, "defense.trainable"),
+        ({"verify": {"attacks": ["fsour", "teleport"]}}, "verify.attacks"),
+        ({"seeds": "three"}, "seeds"),
+        ({"recipe": "recipes/missing.yaml"}, "does not exist"),
+    ],
+)
+def test_bad_grid_is_one_clear_error(tmp_path, changes, named):
+    with pytest.raises(ConfigError) as error:
+        load_grid(_grid(tmp_path, **changes))
+    assert named in str(error.value)
+
+
+def test_cli_rejects_a_bad_grid_before_any_model_loads(tmp_path, capsys):
+    out = tmp_path / "grid-run"
+    assert main(["ablate", str(_grid(tmp_path, verify={"attacks": ["teleport"]})), "--out", str(out)]) == 1
+    assert "teleport" in capsys.readouterr().err and not out.exists()
+
+
+def test_reduced_grid_runs_resumes_and_renders(organism, tmp_path):
+    grid = _grid(tmp_path, seeds=[0], defenses={
+        "none": {"kind": "none"},
+        "router-hardening": {"kind": "router-hardening"},
+    }, verify={"attacks": ["none", "router-mask-random", "fsour", "fsour-transfer", "expert-silence"]})
+    out = tmp_path / "grid-run"
+    summary = run_grid(grid, out, reduced=True, progress=False)
+    assert summary["cells_missing"] == [] and summary["defenses"] == ["none", "router-hardening"]
+    assert {"none", "router-mask-random1", "fsour@2", "fsour@inf", "fsour-transfer", "expert-silence"} <= set(summary["matrix"]["router-hardening"])
+    assert (out / "original" / "seed-0" / "original_rows.json").is_file()  # computed once, shared by both cells
+    # a "killed" cell: drop its summary, rerun; only that cell runs again and nothing else is recomputed
+    cell = out / "cells" / "router-hardening" / "seed-0"
+    (cell / "summary.json").unlink()
+    stamp = (out / "cells" / "none" / "seed-0" / "summary.json").stat().st_mtime_ns
+    again = run_grid(grid, out, reduced=True, progress=False)
+    assert again["matrix"] == summary["matrix"]
+    assert (out / "cells" / "none" / "seed-0" / "summary.json").stat().st_mtime_ns == stamp
+    for png in ("grid_matrix.png", "grid_asr_bars.png", "grid_asr_vs_budget.png"):
+        assert (out / png).stat().st_size > 10_000
+    for png in ("asr_vs_budget.png", "rosais.png", "expert_usage.png"):
+        assert (cell / png).stat().st_size > 10_000
+    html = (out / "report.html").read_text()
+    assert html.count("data:image/png;base64,") == 3  # self-contained
+    assert render(out) == out / "report.md" and render(cell) == cell / "report.md"
+    assert json.loads((cell / "summary.json").read_text())["router_params_changed"] == 4
