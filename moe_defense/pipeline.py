@@ -166,7 +166,9 @@ class Harden:
                     self._attack(loaded, phase, f"router-mask-{'top' if selection == 'rosais' else 'random'}{n}", router_mask(config))
             elif name == "expert-silence":
                 silence = ATTACKS.get("expert-silence")
-                self._attack(loaded, phase, name, silence(silence.config_class(benign_set=self.recipe.data.benign_eval.name)))
+                benign = self.recipe.data.benign_eval
+                config = silence.config_class(benign_set=benign.name, benign_data_file=benign.data_file, benign_limit=benign.limit or 64)
+                self._attack(loaded, phase, name, silence(config))
             elif name == "fsour-transfer" and replay_from is not None and (replay_from / ARTIFACTS).is_file():
                 replay = ATTACKS.get("route-replay")
                 self._attack(loaded, phase, name, replay(replay.config_class(artifacts=str(replay_from / ARTIFACTS), force_transfer=True)))
@@ -229,7 +231,7 @@ class Harden:
         self.out.mkdir(parents=True, exist_ok=True)
         if info.is_main:
             atomic_write(self.out / "config.yaml", yaml.safe_dump({"recipe": recipe.model_dump(mode="json"), **provenance()}, sort_keys=False))
-        loaded = load_model(recipe.model, LoadOptions(seed=recipe.seed, trust_remote_code=recipe.trust_remote_code, device=info.device))
+        loaded = load_model(recipe.model, LoadOptions(seed=recipe.seed, trust_remote_code=recipe.trust_remote_code, device=recipe.device_map or info.device))
         check_output_location(self.out / HARDENED_MODEL, recipe.model)
         original_fingerprint = loaded.fingerprint()
 
@@ -264,7 +266,7 @@ class Harden:
         recipe, info = self.recipe, process_info()
         assert recipe.defense is not None
         generation, cap = recipe.generation, recipe.defense.max_response_tokens
-        harmful = own_refusals(loaded, self.sets["harmful_train"].prompts, self.judges[0], generation, cap)
+        harmful = own_refusals(loaded, self.sets["harmful_train"].prompts, self.judges[0], generation, cap, recipe.defense.refusal_fallback)
         benign = own_answers(loaded, self.benign_train, generation, cap)
         mask_layers = []
         if recipe.defense.loss.mask_refusal and recipe.defense.mask_routers:

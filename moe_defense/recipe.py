@@ -113,6 +113,13 @@ class Recipe(Strict):
     verify: VerifyConfig = Field(default_factory=VerifyConfig)
     deepspeed: str | None = Field(None, description="DeepSpeed config JSON (e.g. train/ds/zero2.json); null: plain Trainer")
     trust_remote_code: bool = Field(False, description="allow the checkpoint's own Python code")
+    device_map: str | None = Field(None, description="transformers device_map (e.g. auto: shard a model too large for one GPU); null: one device per process")
+
+    @model_validator(mode="after")
+    def _sharding_alone(self) -> Recipe:
+        if self.device_map is not None and self.deepspeed is not None:
+            raise ValueError("device_map (model sharding) and deepspeed (data parallel) exclude each other; set one")
+        return self
 
     @field_validator("judges")
     @classmethod

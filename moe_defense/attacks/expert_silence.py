@@ -28,6 +28,7 @@ class ExpertSilenceConfig(AttackConfig):
     layers: list[int] | None = Field(None, description="MoE layers to silence in; None = all")
     benign_set: str = Field("demo-benign", description="registered set or file of benign prompts to contrast with")
     benign_limit: int = Field(64, ge=1, description="benign prompts used for the contrast")
+    benign_data_file: str | None = Field(None, description="local copy of a registered benign set")
 
 
 def expert_usage(loaded: LoadedModel, texts: Sequence[str], layers: Sequence[int]) -> dict[int, torch.Tensor]:
@@ -51,7 +52,7 @@ class ExpertSilence(Attack[ExpertSilenceConfig]):
 
     def silenced(self, loaded: LoadedModel, prompts: Sequence[Prompt]) -> dict[int, list[int]]:
         layers = [loaded.adapter.layer_of(l) for l in self.config.layers] if self.config.layers else loaded.adapter.moe_layers()
-        benign = load_prompts(self.config.benign_set, limit=self.config.benign_limit)
+        benign = load_prompts(self.config.benign_set, limit=self.config.benign_limit, data_file=self.config.benign_data_file)
         harmful_usage = expert_usage(loaded, [p.text for p in prompts], layers)
         benign_usage = expert_usage(loaded, [p.text for p in benign.prompts], layers)
         keep = loaded.adapter.num_experts - loaded.adapter.top_k  # never block so many that top-k is impossible

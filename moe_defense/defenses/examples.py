@@ -58,16 +58,26 @@ def to_sequences(loaded: LoadedModel, prompts: Sequence[Prompt], responses: Sequ
 
 
 def own_refusals(
-    loaded: LoadedModel, prompts: Sequence[Prompt], judge: Judge, generation: GenerationConfig, max_response_tokens: int
+    loaded: LoadedModel, prompts: Sequence[Prompt], judge: Judge, generation: GenerationConfig, max_response_tokens: int,
+    fallback: str | None = None,
 ) -> list[TrainingSequence]:
-    """The model's own answers to harmful `prompts`, kept where `judge` scores them as refusals."""
+    """The model's own answers to harmful `prompts`, kept where `judge` scores them as refusals.
+
+    Prompts the model does not refuse are dropped, or, with `fallback`, trained towards that refusal
+    text (hardening then also teaches refusals the model lacked: say so when you report results)."""
     responses = generate(loaded, [p.text for p in prompts], generation, progress=False)
     verdicts = judge.judge_batch([JudgeItem(p.text, r, p.metadata) for p, r in zip(prompts, responses, strict=True)])
-    kept = [(p, r) for p, r, v in zip(prompts, responses, verdicts, strict=True) if v.status == "scored" and not v.jailbroken]
+    kept = []
+    for prompt, response, verdict in zip(prompts, responses, verdicts, strict=True):
+        if verdict.status == "scored" and not verdict.jailbroken:
+            kept.append((prompt, response))
+        elif fallback is not None:
+            kept.append((prompt, fallback))
     if not kept:
         raise DataError(
             f"the model refused none of the {len(prompts)} harmful training prompts (judge {judge.name!r}); "
-            "hardening trains the refusals the model already gives, so it needs a safety-aligned model."
+            "hardening trains the refusals the model already gives, so it needs a safety-aligned model "
+            "(or set defense.refusal_fallback to a refusal text to train towards)."
         )
     return to_sequences(loaded, [p for p, _ in kept], [r for _, r in kept], max_response_tokens)
 

@@ -52,6 +52,7 @@ class HardeningConfig(BaseModel):
     routes_per_prompt: int = Field(4, ge=1, description="routes kept per prompt in the pool (newest first)")
     mask_routers: int = Field(2, ge=0, description="top-RoSais routers masked by the mask_refusal term")
     max_response_tokens: int = Field(48, ge=1, description="response tokens trained per sequence")
+    refusal_fallback: str | None = Field(None, description="refusal trained on harmful prompts the model does not refuse (None: drop them)")
     save_steps: int = Field(50, ge=1, description="checkpoint every N steps (for --resume)")
     seed: int = Field(0, description="seed of data order, route sampling and searches")
 

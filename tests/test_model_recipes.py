@@ -1,0 +1,68 @@
+"""Every real-family recipe runs end to end with its model swapped for the matching tiny:<model_type>."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import yaml
+
+from moe_defense.ablate import merge
+from moe_defense.pipeline import Harden, launch_environment
+from moe_defense.recipe import Recipe, load_recipe
+
+REPO = Path(__file__).resolve().parents[1]
+MODEL_RECIPES = sorted((REPO / "recipes" / "models").glob("*.yaml"))
+
+
+def _tiny_type(path: Path) -> str:
+    """The recipe's model_type, from its header (`# model_type <type>.`)."""
+    for line in path.read_text().splitlines():
+        if line.startswith("# model_type "):
+            return line.split()[2].rstrip(".")
+    raise AssertionError(f"{path.name} does not state its model_type")
+
+
+def _local(shared: Path, name: str, file: str, limit: int) -> dict:
+    return {"name": name, "data_file": str(shared / file), "limit": limit}
+
+
+@pytest.fixture
+def restore_environment():
+    saved = dict(os.environ)
+    yield
+    os.environ.clear()
+    os.environ.update(saved)
+
+
+@pytest.mark.parametrize("path", MODEL_RECIPES, ids=lambda p: p.stem)
+def test_model_recipe_runs_on_its_tiny_architecture(path, shared_data, tmp_path, restore_environment):
+    recipe = load_recipe(path)
+    assert recipe.model.count("/") == 1  # a hub id: the GPU user's starting point
+    model_type = _tiny_type(path)
+    small = {
+        "model": f"tiny:{model_type}",
+        "judges": ["keyword"], "judge_url": None, "judge_model": None,
+        "generation": {"max_new_tokens": 8, "batch_size": 8},
+        "device_map": None,
+        "data": {
+            "harmful_train": _local(shared_data, "advbench", "advbench_harmful_behaviors.csv", 3),
+            "benign_train": [_local(shared_data, "jbb-benign", "jbb_benign_behaviors.csv", 3)],
+            "harmful_eval": _local(shared_data, "jbb-harmful", "jbb_harmful_behaviors.csv", 2),
+            "benign_eval": _local(shared_data, "jbb-benign", "jbb_benign_behaviors.csv", 3),
+            "over_refusal": _local(shared_data, "xstest", "xstest_prompts.csv", 3),
+        },
+        "defense": {"steps": 2, "batch_size": 2, "refresh_every": 1, "refresh_prompts": 1, "max_response_tokens": 6,
+                    "refusal_fallback": "I cannot help with that.", "route_search": {"candidates": 4, "budget_strategy": "greedy"}},
+        "verify": {"fsour": {"candidates": 4, "restarts": 0, "judge": None, "budget_strategy": "greedy"}, "budgets": [2], "router_mask_n": [1]},
+    }
+    tiny = Recipe.model_validate(merge(recipe.model_dump(mode="json"), small))
+    launch_environment(tiny.deepspeed is not None)
+    summary = Harden(tiny, tmp_path / "run", progress=False).run()
+    assert summary["router_params_changed"] >= 1 and summary["other_params_changed"] == 0
+    assert set(summary["phases"]["hardened"]) >= {"none", "fsour@2", "router-mask-top1"}
+    stored = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["recipe"]
+    assert stored["model"] == f"tiny:{model_type}" and stored["deepspeed"] == recipe.deepspeed
+    assert json.loads((tmp_path / "run" / "train" / "train.json").read_text())["steps"] == 2
