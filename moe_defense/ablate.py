@@ -35,8 +35,8 @@ class DefenseSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    kind: Literal["none", "router-hardening"] = Field(description="none (baseline) or router-hardening")
-    args: dict[str, Any] = Field(default_factory=dict, description="HardeningConfig fields overriding the recipe's defense")
+    kind: Literal["none", "router-hardening", "route-disabling"] = Field(description="none (baseline), router-hardening or route-disabling")
+    args: dict[str, Any] = Field(default_factory=dict, description="HardeningConfig (router-hardening) or RouteDisablingConfig (route-disabling) fields")
 
 
 class GridConfig(BaseModel):
@@ -77,7 +77,8 @@ def load_grid(path: str | Path, reduced: bool = False) -> tuple[GridConfig, dict
     for name, spec in grid.defenses.items():
         for seed in grid.seeds:
             payload = {**base, "seed": seed}
-            payload["defense"] = None if spec.kind == "none" else merge(base["defense"] or {}, spec.args)
+            payload["defense"] = merge(base["defense"] or {}, spec.args) if spec.kind == "router-hardening" else None
+            payload["route_disabling"] = spec.args if spec.kind == "route-disabling" else None
             try:
                 cells[(name, seed)] = Recipe.model_validate(payload)
             except ValidationError as error:

@@ -41,6 +41,8 @@ from moe_defense.defenses.checkpoint import (
     tensor_digests,
 )
 from moe_defense.defenses.examples import IGNORE, TrainingSequence, collate, own_answers, own_refusals
+from moe_defense.defenses.route_disabling import benign_set_counts, fit_route_guard
+from moe_defense.defenses.routes import search_routes
 from moe_defense.defenses.trainer import train_routers
 from moe_defense.judges import Judge
 from moe_defense.models import LoadedModel, LoadOptions
@@ -48,12 +50,14 @@ from moe_defense.models.loading import load_pretrained
 from moe_defense.models.params import trainable_parameters
 from moe_defense.recipe import Recipe, resolve_path
 from moe_defense.report import write_harden_report
+from moe_defense.routing.guard import RouteGuard, guarded
 from moe_defense.runner.cli import build_judges, is_demo_set
 from moe_defense.runner.evaluate import evaluate, process_info
 from moe_defense.runner.rundir import atomic_write, exclusive, provenance
 
 HARDENED_MODEL = "hardened_model"
 TRAIN_FACTS = "train.json"
+ROUTE_GUARD = "route_guard.json"  # the fitted route-disabling guard (banned expert sets per layer)
 ORIGINAL_ROWS = "original_rows.json"  # the original phase's summary rows + routing stats (its completion marker)
 ADAPTIVE_SEED_OFFSET = 1000  # the re-attack on the hardened model uses new seeds
 
@@ -248,9 +252,12 @@ class Harden:
         else:
             loaded, training, diff, patch_bytes = self.harden(loaded, budget, original_fingerprint)
 
-        self.suite(loaded, "hardened", replay_from=self.original_dir / budget_label(b80 if reached else budget))
-        nll_after = benign_nll(loaded, benign_eval_answers)
-        routing["hardened"] = self.routing_stats(loaded, "hardened")
+        with contextlib.ExitStack() as defended:
+            if recipe.route_disabling is not None:
+                defended.enter_context(guarded(loaded, self.route_guard(loaded, budget)))
+            self.suite(loaded, "hardened", replay_from=self.original_dir / budget_label(b80 if reached else budget))
+            nll_after = benign_nll(loaded, benign_eval_answers)
+            routing["hardened"] = self.routing_stats(loaded, "hardened")
 
         summary = self.summary(b80, reached, budget, diff, training, patch_bytes, (nll_before, nll_after))
         summary["routing"] = routing
@@ -294,6 +301,17 @@ class Harden:
         loaded.spec = str(self.out / HARDENED_MODEL)  # the hardened phase's runs name the checkpoint they test
         return loaded, training, diff, (self.out / ROUTER_PATCH).stat().st_size
 
+    def route_guard(self, loaded: LoadedModel, budget: int | None) -> RouteGuard:
+        """Fit route disabling on unsafe routes of TRAINING prompts (searched on the model as it is now)."""
+        config = self.recipe.route_disabling
+        assert config is not None
+        search = self.recipe.verify.fsour.model_copy(update={"budget": budget, "restarts": 0, "judge": None, "seed": self.recipe.seed})
+        artifacts = search_routes(loaded, self.sets["harmful_train"].prompts[: config.fit_prompts], search)
+        guard, facts = fit_route_guard(artifacts, benign_set_counts(loaded, self.benign_train[:64]), config)
+        if process_info().is_main:
+            atomic_write(self.out / ROUTE_GUARD, json.dumps(facts, indent=2) + "\n")
+        return guard
+
     def summary(self, b80: int | None, reached: bool, budget: int | None, diff: dict, training: dict, patch_bytes: int, nll: tuple[float, float]) -> dict[str, Any]:
         before, after = self.rows["original"], self.rows["hardened"]
         key = budget_label(b80 if reached else budget)
@@ -311,6 +329,7 @@ class Harden:
             "model": self.recipe.model,
             "judge": self.recipe.judges[0],
             "trainable": self.recipe.defense.trainable if self.recipe.defense else "none",
+            "route_disabling": self.recipe.route_disabling is not None,
             "budget_b80": b80 if reached else None,
             "b80_reached": reached,
             "b80_note": None if reached else f"no verified budget reached ASR {self.recipe.verify.asr_threshold} on the original model; trained at budget {budget}",

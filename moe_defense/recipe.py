@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from moe_defense.attacks.fsour import FsourConfig
 from moe_defense.data import PROMPT_SETS, PromptSet, load_prompts
+from moe_defense.defenses.route_disabling import RouteDisablingConfig
 from moe_defense.defenses.trainer import HardeningConfig
 from moe_defense.errors import ConfigError, describe_validation
 from moe_defense.judges import JUDGES
@@ -109,6 +110,7 @@ class Recipe(Strict):
     generation: GenerationConfig = Field(default_factory=lambda: GenerationConfig(max_new_tokens=48, batch_size=64))
     data: RecipeData
     defense: HardeningConfig | None = Field(default_factory=HardeningConfig, description="router hardening; null: no defense (baseline)")
+    route_disabling: RouteDisablingConfig | None = Field(None, description="inference-time route guard fitted on training routes (null: off)")
     train_budget: int | Literal["b80"] = Field("b80", description="budget of the routes trained against (b80: the measured B80)")
     verify: VerifyConfig = Field(default_factory=VerifyConfig)
     deepspeed: str | None = Field(None, description="DeepSpeed config JSON (e.g. train/ds/zero2.json); null: plain Trainer")

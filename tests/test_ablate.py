@@ -62,10 +62,13 @@ def test_reduced_grid_runs_resumes_and_renders(organism, tmp_path):
     grid = _grid(tmp_path, seeds=[0], defenses={
         "none": {"kind": "none"},
         "router-hardening": {"kind": "router-hardening"},
+        "route-disabling": {"kind": "route-disabling", "args": {"sets_per_layer": 2, "min_count": 1, "fit_prompts": 2}},
     }, verify={"attacks": ["none", "router-mask-random", "fsour", "fsour-transfer", "expert-silence"]})
     out = tmp_path / "grid-run"
     summary = run_grid(grid, out, reduced=True, progress=False)
-    assert summary["cells_missing"] == [] and summary["defenses"] == ["none", "router-hardening"]
+    assert summary["cells_missing"] == [] and summary["defenses"] == ["none", "router-hardening", "route-disabling"]
+    guard = json.loads((out / "cells" / "route-disabling" / "seed-0" / "route_guard.json").read_text())
+    assert guard["banned"] and guard["artifacts"] == 2
     assert {"none", "router-mask-random1", "fsour@2", "fsour@inf", "fsour-transfer", "expert-silence"} <= set(summary["matrix"]["router-hardening"])
     assert (out / "original" / "seed-0" / "original_rows.json").is_file()  # computed once, shared by both cells
     # a "killed" cell: drop its summary, rerun; only that cell runs again and nothing else is recomputed

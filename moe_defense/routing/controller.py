@@ -21,6 +21,7 @@ from moe_defense.models.adapters import RouterAdapter
 from moe_defense.routing.step import StepInfo, step_from_inputs
 
 if TYPE_CHECKING:
+    from moe_defense.routing.guard import RouteGuard
     from moe_defense.routing.interventions import Intervention
     from moe_defense.routing.record import RoutingRecorder
 
@@ -33,12 +34,13 @@ class RoutingController:
         self.adapter = adapter
         self.interventions: list[Intervention] = []
         self.recorders: list[RoutingRecorder] = []
+        self.guards: list[RouteGuard] = []
         self.step: StepInfo | None = None
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
 
     @property
     def active(self) -> bool:
-        return bool(self.interventions or self.recorders)
+        return bool(self.interventions or self.recorders or self.guards)
 
     def _install(self) -> None:
         try:
@@ -57,7 +59,7 @@ class RoutingController:
     @contextmanager
     def attach(self, kind: str, item: Any) -> Iterator[None]:
         """Keep `item` (an intervention or recorder) active for the duration of the block."""
-        bucket = self.interventions if kind == "intervention" else self.recorders
+        bucket = {"intervention": self.interventions, "recorder": self.recorders, "guard": self.guards}[kind]
         if not self.active:
             self._install()
         bucket.append(item)
@@ -116,6 +118,12 @@ class RoutingController:
                 router, routed_logits, blocked if blocked.any() else None, weights.dtype
             )
             routed_logits = routed_logits.masked_fill(blocked, float("-inf"))
+        for guard in self.guards:  # a defense acts last: it sees what the experts would execute
+            revert = guard.revert(layer, logits, indices)
+            if revert is not None and bool(revert.any()):
+                own_weights, own_indices = self.adapter.select(router, logits, None, weights.dtype)
+                indices = torch.where(revert[:, None], own_indices, indices)
+                weights = torch.where(revert[:, None], own_weights, weights)
         for recorder in self.recorders:
             recorder.record(layer, step, logits, weights, indices)
         return routed_logits, weights, indices
