@@ -27,6 +27,7 @@ from moe_defense.defenses.objective import HardeningObjective, HarmfulBatch, Los
 from moe_defense.defenses.routes import RoutePool, gather_routes, search_routes
 from moe_defense.models.loading import LoadedModel
 from moe_defense.models.params import TrainableScope, set_trainable
+from moe_defense.models.training import trainer_defaults
 
 ROUTE_POOL = "route_pool.jsonl"
 
@@ -143,27 +144,12 @@ def router_digest(loaded: LoadedModel) -> str:
 def training_arguments(config: HardeningConfig, out_dir: Path, deepspeed: str | dict | None) -> TrainingArguments:
     return TrainingArguments(
         output_dir=str(out_dir),
-        max_steps=config.steps,
-        per_device_train_batch_size=config.batch_size,
-        learning_rate=config.learning_rate,
-        lr_scheduler_type="cosine",
-        warmup_steps=max(1, config.steps // 20),
-        weight_decay=0.0,
-        optim="adamw_torch",
-        bf16=False,
-        fp16=False,
-        use_cpu=not torch.cuda.is_available(),
-        seed=config.seed,
-        data_seed=config.seed,
-        logging_steps=max(1, config.steps // 10),
+        **trainer_defaults(steps=config.steps, batch_size=config.batch_size, learning_rate=config.learning_rate, seed=config.seed),
         save_strategy="steps",
         save_steps=config.save_steps,
         save_total_limit=1,
-        report_to=[],
         remove_unused_columns=False,
-        dataloader_num_workers=0,
         deepspeed=deepspeed,
-        disable_tqdm=False,
     )
 
 

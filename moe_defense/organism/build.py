@@ -29,6 +29,7 @@ from moe_defense.data.demo_corpus import (
     safety_examples,
 )
 from moe_defense.models.params import TrainableScope, set_trainable
+from moe_defense.models.training import trainer_defaults
 from moe_defense.organism.config import OrganismConfig
 from moe_defense.organism.tokenizer import word_level_tokenizer
 
@@ -86,29 +87,14 @@ def _sft(
     set_trainable(model, trainable)
     args = SFTConfig(
         output_dir=str(work_dir),
-        max_steps=steps,
-        per_device_train_batch_size=config.batch_size,
-        learning_rate=lr,
-        lr_scheduler_type="cosine",
-        warmup_steps=max(1, steps // 20),
-        weight_decay=0.0,
-        optim="adamw_torch",
-        bf16=False,
-        fp16=False,
-        use_cpu=not torch.cuda.is_available(),
-        seed=config.seed,
-        data_seed=config.seed,
-        logging_steps=max(1, steps // 10),
+        **trainer_defaults(steps=steps, batch_size=config.batch_size, learning_rate=lr, seed=config.seed),
         save_strategy="no",
-        report_to=[],
-        dataloader_num_workers=0,
         max_length=64,
         activation_checkpointing=False,  # TRL turns it on by default; it triples step time here
         completion_only_loss=True,
         # TRL 1.16 turns on the MoE load-balancing loss by itself and it crashes on transformers 5.24
         # Mixtral batches (token-count mismatch in load_balancing_loss_func); the organism trains without it.
         router_aux_loss_coef=0.0,
-        disable_tqdm=False,
     )
     trainer = SFTTrainer(model=model, args=args, train_dataset=_dataset(pairs, config.seed), processing_class=tokenizer)
     trainer.train()
