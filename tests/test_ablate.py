@@ -28,6 +28,13 @@ def test_merge_is_recursive_and_replaces_lists():
     assert merge({"a": {"b": 1, "c": [1]}, "d": 2}, {"a": {"c": [2]}}) == {"a": {"b": 1, "c": [2]}, "d": 2}
 
 
+@pytest.mark.parametrize("path", sorted((REPO / "recipes" / "ablations").glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_grids_validate(path):
+    for reduced in (False, True):
+        grid, cells = load_grid(path, reduced)
+        assert len(cells) == len(grid.defenses) * len(grid.seeds)
+
+
 def test_demo_grid_validates_every_cell():
     grid, cells = load_grid(DEMO_GRID, reduced=True)
     assert len(cells) == len(grid.defenses) * len(grid.seeds)

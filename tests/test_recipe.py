@@ -11,7 +11,7 @@ from moe_defense.cli import main
 from moe_defense.errors import ConfigError
 from moe_defense.recipe import load_recipe
 
-RECIPES = sorted((Path(__file__).resolve().parents[1] / "recipes").rglob("*.yaml"))
+RECIPES = sorted(p for p in (Path(__file__).resolve().parents[1] / "recipes").rglob("*.yaml") if p.parent.name != "ablations")
 MINIMAL = {
     "model": "organism",
     "data": {
