@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
 from moe_defense.ablate import merge
-from moe_defense.pipeline import Harden, launch_environment
 from moe_defense.recipe import Recipe, load_recipe
 
 REPO = Path(__file__).resolve().parents[1]
@@ -29,16 +30,8 @@ def _local(shared: Path, name: str, file: str, limit: int) -> dict:
     return {"name": name, "data_file": str(shared / file), "limit": limit}
 
 
-@pytest.fixture
-def restore_environment():
-    saved = dict(os.environ)
-    yield
-    os.environ.clear()
-    os.environ.update(saved)
-
-
 @pytest.mark.parametrize("path", MODEL_RECIPES, ids=lambda p: p.stem)
-def test_model_recipe_runs_on_its_tiny_architecture(path, shared_data, tmp_path, restore_environment):
+def test_model_recipe_runs_on_its_tiny_architecture(path, shared_data, tmp_path):
     recipe = load_recipe(path)
     assert recipe.model.count("/") == 1  # a hub id: the GPU user's starting point
     model_type = _tiny_type(path)
@@ -59,8 +52,13 @@ def test_model_recipe_runs_on_its_tiny_architecture(path, shared_data, tmp_path,
         "verify": {"fsour": {"candidates": 4, "restarts": 0, "judge": None, "budget_strategy": "greedy"}, "budgets": [2], "router_mask_n": [1]},
     }
     tiny = Recipe.model_validate(merge(recipe.model_dump(mode="json"), small))
-    launch_environment(tiny.deepspeed is not None)
-    summary = Harden(tiny, tmp_path / "run", progress=False).run()
+    tiny_path = tmp_path / "tiny.yaml"
+    tiny_path.write_text(yaml.safe_dump(tiny.model_dump(mode="json")))
+    # its own process: an in-process DeepSpeed run would leave a process group and accelerate state behind
+    command = [sys.executable, "-m", "moe_defense.cli", "harden", str(tiny_path), "--out", str(tmp_path / "run")]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "2"})
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["router_params_changed"] >= 1 and summary["other_params_changed"] == 0
     assert set(summary["phases"]["hardened"]) >= {"none", "fsour@2", "router-mask-top1"}
     stored = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["recipe"]

@@ -28,7 +28,7 @@ ATTACK_FLAGS = {
     "mode": "mode", "candidates": "candidates", "restarts": "restarts", "budget": "budget",
     "force_decode": "force_decode", "layers": "layers", "in_loop_judge": "judge", "n": "n",
     "selection": "selection", "artifacts": "artifacts", "force_transfer": "force_transfer", "per_layer": "per_layer",
-    "benign_set": "benign_set", "sweeps": "sweeps",
+    "benign_set": "benign_set", "sweeps": "sweeps", "budget_strategy": "budget_strategy",
 }
 
 
@@ -42,6 +42,7 @@ def add_attack_parser(subparsers: Any) -> None:
     knobs.add_argument("--restarts", type=int, help="fsour: judged restarts with a new seed (default 5)")
     knobs.add_argument("--sweeps", type=int, help="fsour fast: passes over the (token, layer) pairs (default 1)")
     knobs.add_argument("--budget", type=int, help="fsour: max forced (token, layer) pairs (default: no cap)")
+    knobs.add_argument("--budget-strategy", choices=["greedy", "prune", "best"], help="fsour fast under --budget: add pairs greedily, prune an uncapped route, or both (default best)")
     knobs.add_argument("--budget-sweep", help="fsour: comma-separated budgets, one run each, for the ASR-vs-budget curve")
     knobs.add_argument("--force-decode", action="store_true", default=None, help="fsour: also force routes at answer positions")
     knobs.add_argument("--layers", type=int, nargs="+", help="MoE layers the attack may touch (default: all)")
