@@ -119,27 +119,30 @@ def aggregate(out: Path, grid: GridConfig) -> dict[str, Any]:
     utility: dict[str, dict[str, Any]] = {}
     curves: dict[str, dict[str, Any]] = {}
     missing = []
-    original: dict[str, list[float]] = {}
+    original_by_seed: dict[int, dict[str, Any]] = {}  # one original suite per seed, shared by every cell
+    original_utility: dict[int, dict[str, Any]] = {}
     for name in grid.defenses:
         summaries = []
         for seed in grid.seeds:
             path = out / "cells" / name / f"seed-{seed}" / "summary.json"
             if path.is_file():
                 summaries.append(json.loads(path.read_text()))
+                original_by_seed.setdefault(seed, summaries[-1]["phases"]["original"])
+                original_utility.setdefault(seed, summaries[-1]["utility"]["original"])
             else:
                 missing.append(f"{name}/seed-{seed}")
         if not summaries:
             continue
         attacks = [a for a in summaries[0]["phases"]["hardened"] if a not in ("benign", "over-refusal")]
         matrix[name] = {a: _interval([s["phases"]["hardened"].get(a, {}).get("asr") for s in summaries]) for a in attacks}
-        for a in attacks:
-            original.setdefault(a, []).extend(s["phases"]["original"].get(a, {}).get("asr") for s in summaries)
         utility[name] = {key: _interval([s["utility"]["hardened"][key] for s in summaries]) for key in ("benign_compliance", "over_refusal", "benign_nll")}
         curves[name] = {b: _interval([s["asr_vs_budget"]["hardened"][b] for s in summaries]) for b in summaries[0]["asr_vs_budget"].get("hardened", {})}
     summary = {
         "cells_missing": missing,
         "defenses": list(matrix),
-        "original": {a: _interval(v) for a, v in original.items()},
+        "original": {a: _interval([rows.get(a, {}).get("asr") for rows in original_by_seed.values()])
+                     for a in dict.fromkeys(a for rows in original_by_seed.values() for a in rows if a not in ("benign", "over-refusal"))},
+        "original_utility": {key: _interval([u[key] for u in original_utility.values()]) for key in ("benign_compliance", "over_refusal", "benign_nll")},
         "matrix": matrix,
         "utility": utility,
         "asr_vs_budget": curves,

@@ -228,6 +228,9 @@ def plot_grid_curves(summary: dict[str, Any], path: Path) -> None:
     """Adaptive F-SOUR ASR vs budget after each defense."""
     plt = _pyplot()
     figure, axes = plt.subplots(figsize=(6, 3.6), dpi=120)
+    first = next(iter(summary["asr_vs_budget"].values()))
+    original = [summary["original"].get(b, {}).get("mean") for b in first]
+    axes.plot(range(len(original)), [float("nan") if v is None else v for v in original], "k--", label="original (no defense)")
     for defense, curve in summary["asr_vs_budget"].items():
         labels = [b.split("@", 1)[1] for b in curve]
         axes.plot(range(len(labels)), [c["mean"] if c["mean"] is not None else float("nan") for c in curve.values()], "o-", label=defense)
@@ -254,7 +257,8 @@ def write_grid_report(out: Path, summary: dict[str, Any]) -> Path:
         utility = ("benign_compliance", "over_refusal", "benign_nll")
         lines.append("| defense | " + " | ".join(attacks) + " | " + " | ".join(u.replace("_", " ") for u in utility) + " |")
         lines.append("| --- " * (1 + len(attacks) + len(utility)) + "|")
-        lines.append("| original (no defense) | " + " | ".join(_cell(summary["original"].get(a)) for a in attacks) + " |" + " - |" * len(utility))
+        lines.append("| original (no defense) | " + " | ".join(_cell(summary["original"].get(a)) for a in attacks) + " | "
+                     + " | ".join(_cell(summary["original_utility"].get(u)) for u in utility) + " |")
         for defense in summary["defenses"]:
             row = [_cell(summary["matrix"][defense].get(a)) for a in attacks] + [_cell(summary["utility"][defense][u]) for u in utility]
             lines.append(f"| {defense} | " + " | ".join(row) + " |")
