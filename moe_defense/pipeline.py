@@ -220,6 +220,17 @@ class Harden:
                 return budget, True
         return None, False
 
+    def headline_label(self, b80: int | None, reached: bool, budget: int | None) -> str:
+        """The F-SOUR run the headline (and the transfer replay) uses: B80 when reached, else the largest
+        verified budget not above the training budget (the smallest verified one if none is)."""
+        if reached:
+            return budget_label(b80)
+        verified = self.recipe.verify.budgets
+        if budget is None or budget in verified:
+            return budget_label(budget)
+        below = [b for b in verified if b is not None and b <= budget]
+        return budget_label(max(below) if below else next(b for b in verified if b is not None) if any(b is not None for b in verified) else None)
+
     def train_budget(self, b80: int | None, reached: bool) -> int | None:
         if self.recipe.train_budget != "b80":
             return self.recipe.train_budget
@@ -255,7 +266,7 @@ class Harden:
         with contextlib.ExitStack() as defended:
             if recipe.route_disabling is not None:
                 defended.enter_context(guarded(loaded, self.route_guard(loaded, budget)))
-            self.suite(loaded, "hardened", replay_from=self.original_dir / budget_label(b80 if reached else budget))
+            self.suite(loaded, "hardened", replay_from=self.original_dir / self.headline_label(b80, reached, budget))
             nll_after = benign_nll(loaded, benign_eval_answers)
             routing["hardened"] = self.routing_stats(loaded, "hardened")
 
@@ -314,7 +325,7 @@ class Harden:
 
     def summary(self, b80: int | None, reached: bool, budget: int | None, diff: dict, training: dict, patch_bytes: int, nll: tuple[float, float]) -> dict[str, Any]:
         before, after = self.rows["original"], self.rows["hardened"]
-        key = budget_label(b80 if reached else budget)
+        key = self.headline_label(b80, reached, budget)
         has_curve = "fsour" in self.recipe.verify.attacks
         utility = {
             phase: {
@@ -332,7 +343,7 @@ class Harden:
             "route_disabling": self.recipe.route_disabling is not None,
             "budget_b80": b80 if reached else None,
             "b80_reached": reached,
-            "b80_note": None if reached else f"no verified budget reached ASR {self.recipe.verify.asr_threshold} on the original model; trained at budget {budget}",
+            "b80_note": None if reached else f"no verified budget reached ASR {self.recipe.verify.asr_threshold} on the original model; trained at budget {budget}; headline at {key}",
             "train_budget": budget,
             "asr_at_b80": {"original": before[key]["asr"], "hardened": after[key]["asr"], "attack": key} if has_curve else None,
             "asr_vs_budget": curve,
