@@ -25,6 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from moe_defense.errors import ConfigError, describe_validation
 from moe_defense.pipeline import Harden
 from moe_defense.recipe import Recipe, load_recipe, resolve_path
+from moe_defense.report import write_grid_report
 from moe_defense.runner.rundir import atomic_write, exclusive
 
 GRID_SUMMARY = "grid_summary.json"
@@ -149,7 +150,5 @@ def aggregate(out: Path, grid: GridConfig) -> dict[str, Any]:
         "judge": load_recipe(grid.recipe).judges[0],
     }
     atomic_write(out / GRID_SUMMARY, json.dumps(summary, indent=2) + "\n")
-    from moe_defense.report import write_grid_report
-
     write_grid_report(out, summary)
     return summary

@@ -41,6 +41,7 @@ from moe_defense.defenses.checkpoint import (
     tensor_digests,
 )
 from moe_defense.defenses.examples import IGNORE, TrainingSequence, collate, own_answers, own_refusals
+from moe_defense.defenses.objective import response_ce
 from moe_defense.defenses.route_disabling import benign_set_counts, fit_route_guard
 from moe_defense.defenses.routes import search_routes
 from moe_defense.defenses.trainer import train_routers
@@ -90,11 +91,11 @@ def benign_nll(loaded: LoadedModel, sequences: list[TrainingSequence], batch_siz
     pad = loaded.tokenizer.pad_token_id
     for start in range(0, len(sequences), batch_size):
         batch = {k: v.to(loaded.device) for k, v in collate(sequences[start : start + batch_size], pad).items()}
-        logits = loaded.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1].float()
-        targets = batch["labels"][:, 1:]
-        losses = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=IGNORE, reduction="sum")
-        total += float(losses)
-        count += int((targets != IGNORE).sum())
+        logits = loaded.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        tokens = int((batch["labels"][:, 1:] != IGNORE).sum())
+        if tokens:
+            total += float(response_ce(logits, batch["labels"])) * tokens  # the training loss's mean, re-weighted to a sum
+            count += tokens
     return total / max(count, 1)
 
 
@@ -226,10 +227,11 @@ class Harden:
         if reached:
             return budget_label(b80)
         verified = self.recipe.verify.budgets
-        if budget is None or budget in verified:
+        if budget in verified:
             return budget_label(budget)
-        below = [b for b in verified if b is not None and b <= budget]
-        return budget_label(max(below) if below else next(b for b in verified if b is not None) if any(b is not None for b in verified) else None)
+        capped = sorted(b for b in verified if b is not None)  # not empty: budget is not in `verified`
+        below = [b for b in capped if budget is not None and b <= budget]
+        return budget_label(below[-1] if below else capped[0])
 
     def train_budget(self, b80: int | None, reached: bool) -> int | None:
         if self.recipe.train_budget != "b80":

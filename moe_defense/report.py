@@ -41,15 +41,24 @@ def plot_asr_vs_budget(summary: dict[str, Any], path: Path) -> None:
     if summary.get("budget_b80") is not None:
         labels = [label.split("@", 1)[1] for label in summary["asr_vs_budget"]["original"]]
         axes.axvline(labels.index(str(summary["budget_b80"])), color="grey", linestyle=":", label="B80")
+    _budget_axes(axes, f"ASR ({summary['judge']} judge)")
+    axes.set_title(f"adaptive F-SOUR, {summary['trainable']} hardening")
+    axes.legend()
+    _save(figure, path)
+
+
+def _budget_axes(axes, ylabel: str) -> None:
+    """ASR axes over attack budgets, shared by the run and grid curves."""
     axes.set_ylim(-0.02, 1.02)
     axes.set_xlabel("attack budget (forced token-layer pairs)")
-    axes.set_ylabel(f"ASR ({summary['judge']} judge)")
-    axes.set_title(f"adaptive F-SOUR, {summary['trainable']} hardening")
+    axes.set_ylabel(ylabel)
     axes.grid(alpha=0.3)
-    axes.legend()
+
+
+def _save(figure, path: Path) -> None:
     figure.tight_layout()
     figure.savefig(path)
-    plt.close(figure)
+    _pyplot().close(figure)
 
 
 def _pyplot():
@@ -76,9 +85,7 @@ def plot_rosais(summary: dict[str, Any], path: Path) -> None:
     axes.axhline(0, color="black", linewidth=0.6)
     axes.legend()
     axes.set_title("router safety importance before / after")
-    figure.tight_layout()
-    figure.savefig(path)
-    plt.close(figure)
+    _save(figure, path)
 
 
 def plot_expert_usage(summary: dict[str, Any], path: Path) -> None:
@@ -97,9 +104,7 @@ def plot_expert_usage(summary: dict[str, Any], path: Path) -> None:
             grid[row][col].set_yticks(range(len(usage)), list(usage))
             figure.colorbar(image, ax=grid[row][col], fraction=0.046)
     figure.suptitle("fraction of prompt tokens routed to each expert")
-    figure.tight_layout()
-    figure.savefig(path)
-    plt.close(figure)
+    _save(figure, path)
 
 
 def markdown_to_html(markdown: str, base: Path, title: str) -> str:
@@ -198,9 +203,7 @@ def plot_grid_matrix(summary: dict[str, Any], path: Path) -> None:
                 axes.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=7)
     figure.colorbar(image, ax=axes, label=f"ASR ({summary['judge']})")
     axes.set_title("ASR after each defense (adaptive attacks)")
-    figure.tight_layout()
-    figure.savefig(path)
-    plt.close(figure)
+    _save(figure, path)
 
 
 def plot_grid_bars(summary: dict[str, Any], path: Path) -> None:
@@ -219,9 +222,7 @@ def plot_grid_bars(summary: dict[str, Any], path: Path) -> None:
     axes.set_ylim(0, 1.05)
     axes.set_ylabel(f"ASR ({summary['judge']})")
     axes.legend(fontsize=7)
-    figure.tight_layout()
-    figure.savefig(path)
-    plt.close(figure)
+    _save(figure, path)
 
 
 def plot_grid_curves(summary: dict[str, Any], path: Path) -> None:
@@ -235,14 +236,9 @@ def plot_grid_curves(summary: dict[str, Any], path: Path) -> None:
         labels = [b.split("@", 1)[1] for b in curve]
         axes.plot(range(len(labels)), [c["mean"] if c["mean"] is not None else float("nan") for c in curve.values()], "o-", label=defense)
         axes.set_xticks(range(len(labels)), labels)
-    axes.set_ylim(-0.02, 1.02)
-    axes.set_xlabel("attack budget (forced token-layer pairs)")
-    axes.set_ylabel(f"ASR ({summary['judge']})")
-    axes.grid(alpha=0.3)
+    _budget_axes(axes, f"ASR ({summary['judge']})")
     axes.legend(fontsize=7)
-    figure.tight_layout()
-    figure.savefig(path)
-    plt.close(figure)
+    _save(figure, path)
 
 
 def write_grid_report(out: Path, summary: dict[str, Any]) -> Path:

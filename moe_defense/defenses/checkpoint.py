@@ -19,13 +19,15 @@ from moe_defense.models.loading import LoadedModel
 ROUTER_PATCH = "router_patch.safetensors"
 
 
+def tensor_digest(tensor: torch.Tensor) -> str:
+    """sha256 of a tensor's bytes."""
+    data = tensor.detach().cpu().contiguous()
+    return hashlib.sha256(data.view(torch.uint8).numpy().tobytes() if data.numel() else b"").hexdigest()
+
+
 def tensor_digests(model: torch.nn.Module) -> dict[str, str]:
     """sha256 of every state-dict tensor's bytes."""
-    digests = {}
-    for name, tensor in model.state_dict().items():
-        data = tensor.detach().cpu().contiguous()
-        digests[name] = hashlib.sha256(data.view(torch.uint8).numpy().tobytes() if data.numel() else b"").hexdigest()
-    return digests
+    return {name: tensor_digest(tensor) for name, tensor in model.state_dict().items()}
 
 
 def tensor_diff(model: torch.nn.Module, before: dict[str, str], originals: dict[str, torch.Tensor], router_names: set[str]) -> dict[str, Any]:

@@ -8,6 +8,7 @@ searching its share of prompts, so the adversarial signal follows the model as i
 from __future__ import annotations
 
 import hashlib
+import json
 import random
 import time
 from collections import defaultdict
@@ -22,6 +23,7 @@ from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_utils import get_last_checkpoint
 
 from moe_defense.attacks.fsour import FsourConfig
+from moe_defense.defenses.checkpoint import tensor_digest
 from moe_defense.defenses.examples import TrainingSequence, collate
 from moe_defense.defenses.objective import HardeningObjective, HarmfulBatch, LossWeights, Reference
 from moe_defense.defenses.routes import RoutePool, gather_routes, search_routes
@@ -134,11 +136,8 @@ def _rank_world() -> tuple[int, int]:
 
 def router_digest(loaded: LoadedModel) -> str:
     """sha256 over the router tensors (names and bytes)."""
-    digest = hashlib.sha256()
-    for name, tensor in sorted(loaded.adapter.router_tensors(loaded.model).items()):
-        digest.update(name.encode())
-        digest.update(tensor.detach().float().cpu().contiguous().numpy().tobytes())
-    return digest.hexdigest()[:16]
+    digests = {name: tensor_digest(tensor) for name, tensor in loaded.adapter.router_tensors(loaded.model).items()}
+    return hashlib.sha256(json.dumps(digests, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def training_arguments(config: HardeningConfig, out_dir: Path, deepspeed: str | dict | None) -> TrainingArguments:
@@ -173,7 +172,7 @@ def train_routers(
     if not resume:
         pool_path.unlink(missing_ok=True)
     pool = RoutePool(config.routes_per_prompt, pool_path)
-    rank, world = _rank_world()
+    world = _rank_world()[1]
     objective = HardeningObjective(loaded, config.loss, reference, mask_layers)
     refresh = RouteRefresh(loaded, harmful, pool, config.route_search, config.refresh_every if config.loss.adversarial_refusal else 0, config.refresh_prompts)
     if config.initial_routes == "search" and not len(pool) and config.loss.adversarial_refusal:
