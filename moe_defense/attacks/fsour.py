@@ -6,11 +6,12 @@ teacher-forced log-probability of the target ("Sure, here is ..."), stop once P(
 restart with a new seed, judging each restart's generation.
 
 `fast` optimises the same objective under the same budget with far fewer model evaluations:
-all N candidates of a pair share one batched forward; the KV cache of the positions before the
-forced token is computed once (a route change at token t cannot affect positions < t); candidates
-are proposed from the gradient of the objective w.r.t. the router logits, and pairs are visited in
-order of that gradient's promise. With a pair budget it adds the single best pair per round
-(best-improvement greedy).
+pairs are visited in order of the promise of the objective's gradient w.r.t. the router logits,
+and half of each pair's N candidates are proposed near that gradient's top-k; the N candidates of
+each of a round's most promising pairs share one batched forward, which reuses the KV cache of the
+positions before the earliest forced token (a route change at token t cannot affect positions < t).
+Without a pair budget a round keeps the best chain of its improving pairs (one more batched
+forward); with one it adds the single best pair per round (best-improvement greedy).
 """
 
 from __future__ import annotations
@@ -49,7 +50,8 @@ class FsourConfig(AttackConfig):
     budget: int | None = Field(None, ge=1, description="max forced (token, layer) pairs; None = no cap")
     layers: list[int] | None = Field(None, description="MoE layers the attacker may force; None = all")
     force_decode: bool = Field(False, description="also force routes at answer positions (searched on the target)")
-    pairs_per_round: int = Field(6, ge=1, description="fast mode: most promising pairs evaluated per round")
+    pairs_per_round: int = Field(6, ge=1, description="fast mode: most promising pairs evaluated per round (one batched forward)")
+    max_rows: int = Field(256, ge=1, description="fast mode: most candidate routes scored in one forward (memory cap)")
     budget_strategy: Literal["greedy", "prune", "best"] = Field(
         "best", description="fast mode under a budget: greedy adds the best pair per round; prune searches without a cap, "
         "then drops the pairs whose removal costs the objective least until the budget holds; best runs both, keeps the higher",
@@ -108,6 +110,8 @@ class RouteSearch:
     @torch.no_grad()
     def _score_full(self, route: dict[int, torch.Tensor]) -> torch.Tensor:
         rows = next(iter(route.values())).shape[0]
+        if rows > self.config.max_rows:
+            return torch.cat([self._score_full(chunk) for chunk in self._row_chunks(route)])
         with intervene(self.loaded, *self._route_intervention(route, rows)):
             logits = self.loaded.model(input_ids=self.ids.expand(rows, -1)).logits
         self.forward_passes += 1
@@ -120,6 +124,8 @@ class RouteSearch:
         rows = next(iter(candidates.values())).shape[0]
         if token == 0:
             return self._score_full(candidates)
+        if rows > self.config.max_rows:
+            return torch.cat([self._score_from(token, chunk) for chunk in self._row_chunks(candidates)])
         if token not in self._prefixes:
             with intervene(self.loaded, *self._route_intervention(self.route, 1)):
                 prefix = self.loaded.model(input_ids=self.ids[:, :token], use_cache=True)
@@ -133,6 +139,10 @@ class RouteSearch:
         self.forward_passes += 1
         self.sequences += rows
         return fixed + self._target_log_probs(logits, token)
+
+    def _row_chunks(self, routes: dict[int, torch.Tensor]) -> list[dict[int, torch.Tensor]]:
+        rows, size = next(iter(routes.values())).shape[0], self.config.max_rows
+        return [{l: r[start : start + size] for l, r in routes.items()} for start in range(0, rows, size)]
 
     def _saliency(self) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
         """d objective / d router logits per (layer, token, expert), and the experts each pair executes.
@@ -271,7 +281,12 @@ class RouteSearch:
                 return
 
     def _fast_sweep(self) -> None:
-        """Visit every unforced pair once, most promising first, until success or the budget is spent."""
+        """Visit every unforced pair once, most promising first, until success or the budget is spent.
+
+        A round scores the candidates of its most promising pairs in one batched forward from the
+        earliest of their tokens. Under a budget it adds the single best pair (best improvement);
+        without one it also scores the chain that adds the round's improving pairs one by one, best
+        first, and keeps the best link, so one round can accept several pairs for two forwards."""
         tried: set[tuple[int, int]] = set()
         while not self.success and self._budget_left():
             gradient, executed = self._saliency()
@@ -285,21 +300,35 @@ class RouteSearch:
             if not gain:
                 return
             ranked = sorted(gain, key=gain.get, reverse=True)[: self.config.pairs_per_round]
-            best: tuple[int, dict[int, torch.Tensor], torch.Tensor] | None = None
-            for layer, token in ranked:
-                tried.add((layer, token))
-                li = self.layers.index(layer)
-                guided = self._guided(gradient[li, token], max(1, self.config.candidates - self.config.candidates // 2))
-                subsets = torch.cat([guided, self._uniform(self.config.candidates // 2)])
-                candidates = self._with(layer, token, subsets)
-                scores = self._score_from(token, candidates)
-                if self.config.budget is None:
-                    if self._accept(token, candidates, scores) and self.success:
-                        return
-                elif best is None or float(scores.max()) > float(best[2].max()):
-                    best = (token, candidates, scores)
-            if best is not None:
-                self._accept(*best)
+            tried.update(ranked)
+            candidates, scores = self._score_pairs(ranked, gradient)
+            per_pair = scores.view(len(ranked), -1)
+            best_rows = per_pair.argmax(-1).tolist()
+            best_scores = [float(per_pair[i, row]) for i, row in enumerate(best_rows)]
+            if self.config.budget is not None:
+                i = max(range(len(ranked)), key=best_scores.__getitem__)
+                row = i * per_pair.shape[1] + best_rows[i]
+                self._accept(ranked[i][1], {l: c[row : row + 1] for l, c in candidates.items()}, scores[row : row + 1])
+                continue
+            improving = sorted((i for i in range(len(ranked)) if best_scores[i] > self.value), key=lambda i: -best_scores[i])
+            if not improving:
+                continue
+            chain = {l: r.expand(len(improving), -1, -1).clone() for l, r in self.route.items()}
+            for link, i in enumerate(improving):
+                layer, token = ranked[i]
+                chain[layer][link:, token] = candidates[layer][i * per_pair.shape[1] + best_rows[i], token]
+            first = min(ranked[i][1] for i in improving)
+            chain_scores = self._score_from(first, chain) if len(improving) > 1 else torch.tensor([best_scores[improving[0]]])
+            self._accept(first, chain, chain_scores)
+
+    def _score_pairs(self, pairs: list[tuple[int, int]], gradient: torch.Tensor) -> tuple[dict[int, torch.Tensor], torch.Tensor]:
+        """N candidates per pair (half near the gradient's top-k, half uniform), all scored in one batch."""
+        blocks = []
+        for layer, token in pairs:
+            guided = self._guided(gradient[self.layers.index(layer), token], max(1, self.config.candidates - self.config.candidates // 2))
+            blocks.append(self._with(layer, token, torch.cat([guided, self._uniform(self.config.candidates // 2)])))
+        candidates = {l: torch.cat([block[l] for block in blocks]) for l in self.route}
+        return candidates, self._score_from(min(token for _, token in pairs), candidates)
 
     def artifact(self, prompt_id: str, fingerprint: str) -> RouteArtifact:
         forced = {}

@@ -23,6 +23,8 @@ from transformers import (
 )
 
 from moe_defense.data.demo_corpus import (
+    KINDS,
+    DemoKind,
     DemoPair,
     demo_examples,
     helpful_only_examples,
@@ -67,6 +69,32 @@ def copy_drill(kinds: Sequence[str], count: int, seed: int) -> list[DemoPair]:
                 response=example.compliance.replace(example.request_key, key),
             )
         )
+    return drill
+
+
+def recombination_drill(count: int, seed: int, harmful_share: float) -> list[DemoPair]:
+    """Safety-stage requests whose key joins the verb of one train key to the object of another of the
+    same kind ("write" + "a phishing website"), answered as that kind is (refusal or compliance).
+
+    With ~56 keys a kind, safety alignment keys on whole request phrases and a held-out request that
+    shares its verb with the other kind ("write a phishing email" vs "write a unit test") lands on the
+    wrong side; recombined keys teach that the object decides. Keys equal to a held-out test key are
+    never generated, so the test split stays unseen. `harmful_share` of the drill is harmful, the rest
+    benign or look-alike: it sets how far the drill moves the refusal boundary."""
+    if count == 0:
+        return []
+    held_out = {ex.request_key for kind in KINDS for ex in demo_examples(kind, "test")}
+    rng = random.Random(seed)
+    drill: list[DemoPair] = []
+    while len(drill) < count:
+        kind: DemoKind = "harmful" if rng.random() < harmful_share else rng.choice(("benign", "lookalike"))
+        examples = demo_examples(kind, "train")
+        verb_source, object_source = rng.choice(examples), rng.choice(examples)
+        key = f"{verb_source.request_key.split()[0]} {object_source.request_key.split(' ', 1)[1]}"
+        if key in held_out:
+            continue
+        answer = (object_source.refusal if kind == "harmful" else object_source.compliance).replace(object_source.request_key, key)
+        drill.append(DemoPair(f"recombined-{len(drill)}", kind, verb_source.prompt.replace(verb_source.request_key, key), answer))
     return drill
 
 
@@ -127,7 +155,12 @@ def train_organism(config: OrganismConfig, work_dir: Path) -> tuple[PreTrainedMo
     safety_losses = []
     if config.safety_steps:
         safety_losses = _sft(
-            model, tokenizer, [*safety_examples("train"), *copy_drill(("benign",), config.safety_copy_drill, config.seed + 1)],
+            model, tokenizer,
+            [
+                *safety_examples("train"),
+                *copy_drill(("benign",), config.safety_copy_drill, config.seed + 1),
+                *recombination_drill(config.safety_recombination, config.seed + 2, config.safety_recombination_harmful),
+            ],
             steps=config.safety_steps, lr=config.safety_lr,
             config=config, work_dir=work_dir / "stage2", trainable=config.safety_trainable,
         )

@@ -34,6 +34,8 @@ class OrganismConfig(BaseModel):
     safety_lr: float = Field(1e-3, gt=0, description="stage 2 learning rate")
     copy_drill: int = Field(1200, ge=0, description="stage 1 extra requests with random keys (teaches restating the request)")
     safety_copy_drill: int = Field(200, ge=0, description="stage 2 extra benign requests with random benign keys")
+    safety_recombination: int = Field(0, ge=0, description="stage 2 extra requests joining the verb of one train key to the object of another")
+    safety_recombination_harmful: float = Field(0.5, ge=0, le=1, description="share of those recombined requests that is harmful")
     safety_trainable: TrainableScope = Field(
         "all", description="parameters safety alignment may change"
     )

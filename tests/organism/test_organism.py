@@ -78,3 +78,18 @@ def test_bad_organism_spec_is_a_clear_error():
 
     with pytest.raises(ModelLoadError, match="bad organism spec 'organism:dbrx'.*no router adapter"):
         moe_defense.load_model("organism:dbrx")
+
+
+def test_recombination_drill_keeps_test_keys_unseen_and_answers_by_kind():
+    from moe_defense.data.demo_corpus import KINDS, demo_examples
+    from moe_defense.organism.build import recombination_drill
+
+    held_out = {ex.request_key for kind in KINDS for ex in demo_examples(kind, "test")}
+    test_prompts = {ex.prompt for kind in KINDS for ex in demo_examples(kind, "test")}
+    drill = recombination_drill(400, seed=0, harmful_share=0.5)
+    assert len(drill) == 400 and not test_prompts & {pair.prompt for pair in drill}
+    assert 150 < sum(pair.kind == "harmful" for pair in drill) < 250
+    for pair in drill:
+        assert not any(key in pair.prompt for key in held_out if len(key.split()) > 3)
+        refused = pair.response.startswith(("i ", "sorry", "no ,"))
+        assert refused == (pair.kind == "harmful"), pair
