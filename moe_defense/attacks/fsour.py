@@ -6,12 +6,12 @@ teacher-forced log-probability of the target ("Sure, here is ..."), stop once P(
 restart with a new seed, judging each restart's generation.
 
 `fast` optimises the same objective under the same budget with far fewer model evaluations:
-pairs are visited in order of the promise of the objective's gradient w.r.t. the router logits,
-and half of each pair's N candidates are proposed near that gradient's top-k; the N candidates of
-each of a round's most promising pairs share one batched forward, which reuses the KV cache of the
-positions before the earliest forced token (a route change at token t cannot affect positions < t).
-Without a pair budget a round keeps the best chain of its improving pairs (one more batched
-forward); with one it adds the single best pair per round (best-improvement greedy).
+all N candidates of a pair share one batched forward over the positions from the forced token on,
+which starts from the current route's KV cache cropped before that token (a route change at token t
+cannot affect positions < t); that cache comes for free from the batch that scored the accepted
+candidate, so a search almost never runs a prefix forward; candidates are proposed from the gradient
+of the objective w.r.t. the router logits, and pairs are visited in order of that gradient's promise.
+With a pair budget it adds the single best pair per round (best-improvement greedy).
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from typing import Literal
 
 import torch
 from pydantic import Field
+from transformers import Cache, DynamicCache
 
 from moe_defense.attacks.artifacts import RouteArtifact, interventions_for
 from moe_defense.attacks.base import Attack, AttackConfig, AttackResult, register_attack
@@ -50,8 +51,8 @@ class FsourConfig(AttackConfig):
     budget: int | None = Field(None, ge=1, description="max forced (token, layer) pairs; None = no cap")
     layers: list[int] | None = Field(None, description="MoE layers the attacker may force; None = all")
     force_decode: bool = Field(False, description="also force routes at answer positions (searched on the target)")
-    pairs_per_round: int = Field(6, ge=1, description="fast mode: most promising pairs evaluated per round (one batched forward)")
-    max_rows: int = Field(256, ge=1, description="fast mode: most candidate routes scored in one forward (memory cap)")
+    pairs_per_round: int = Field(6, ge=1, description="fast mode: most promising pairs evaluated per round")
+    max_rows: int = Field(256, ge=1, description="most candidate routes scored in one forward (memory cap)")
     budget_strategy: Literal["greedy", "prune", "best"] = Field(
         "best", description="fast mode under a budget: greedy adds the best pair per round; prune searches without a cap, "
         "then drops the pairs whose removal costs the objective least until the budget holds; best runs both, keeps the higher",
@@ -80,7 +81,10 @@ class RouteSearch:
         self.sequences = 0
         self.prompt_lengths = torch.tensor([problem.prompt_length])
         self.ids = problem.input_ids.to(loaded.device)[None]
-        self._prefixes: dict[int, tuple[object, torch.Tensor]] = {}  # token -> (KV cache of positions < token, fixed log-prob)
+        # KV cache of the whole sequence under the current route, and its per-position target log-probs:
+        # cropped to t it is the prefix every candidate changing positions >= t starts from
+        self._current: tuple[Cache, torch.Tensor] | None = None
+        self._last_scored: tuple[dict[int, torch.Tensor], Cache, torch.Tensor] | None = None
         self._route_version = 0
         self._saliency_cache: tuple[int, tuple[torch.Tensor, dict[int, torch.Tensor]]] | None = None
         self.value = float(self._score_full(self.route)[0])
@@ -97,15 +101,22 @@ class RouteSearch:
             return []
         return [ForcedRoute(forced, scope=self.scope, prompt_lengths=self.prompt_lengths.expand(rows))]
 
+    def _position_log_probs(self, logits: torch.Tensor, first_position: int) -> torch.Tensor:
+        """(rows, sequence length): at position p, the log-prob of target token p + 1 that `logits`
+        (positions from `first_position`) predict; 0 where p predicts no target token."""
+        rows, length = logits.shape[0], self.ids.shape[1]
+        per_position = torch.zeros(rows, length, device=logits.device)
+        low = max(self.problem.prompt_length - 1, first_position)
+        high = min(first_position + logits.shape[1], length - 1)
+        if low < high:
+            predicted = logits[:, low - first_position : high - first_position].float().log_softmax(-1)
+            targets = self.ids[0, low + 1 : high + 1].expand(rows, -1)
+            per_position[:, low:high] = predicted.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+        return per_position
+
     def _target_log_probs(self, logits: torch.Tensor, first_position: int) -> torch.Tensor:
         """Sum of the target log-probs that `logits` (rows = positions from `first_position`) predict."""
-        low = max(self.problem.prompt_length - 1, first_position)
-        high = min(first_position + logits.shape[1], self.ids.shape[1] - 1)
-        if low >= high:
-            return torch.zeros(logits.shape[0], device=logits.device)
-        predicted = logits[:, low - first_position : high - first_position].float().log_softmax(-1)
-        targets = self.ids[0, low + 1 : high + 1].expand(logits.shape[0], -1)
-        return predicted.gather(-1, targets.unsqueeze(-1)).squeeze(-1).sum(-1)
+        return self._position_log_probs(logits, first_position).sum(-1)
 
     @torch.no_grad()
     def _score_full(self, route: dict[int, torch.Tensor]) -> torch.Tensor:
@@ -126,19 +137,29 @@ class RouteSearch:
             return self._score_full(candidates)
         if rows > self.config.max_rows:
             return torch.cat([self._score_from(token, chunk) for chunk in self._row_chunks(candidates)])
-        if token not in self._prefixes:
-            with intervene(self.loaded, *self._route_intervention(self.route, 1)):
-                prefix = self.loaded.model(input_ids=self.ids[:, :token], use_cache=True)
-            self.forward_passes += 1
-            self._prefixes[token] = (prefix.cache, self._target_log_probs(prefix.logits, 0))
-        prefix_cache, fixed = self._prefixes[token]
-        cache = copy.deepcopy(prefix_cache)
+        cache, fixed = self._current_state()
+        cache = copy.deepcopy(cache)
+        cache.crop(token - self.ids.shape[1])
         cache.batch_repeat_interleave(rows)
         with intervene(self.loaded, *self._route_intervention(candidates, rows)):
             logits = self.loaded.model(input_ids=self.ids[:, token:].expand(rows, -1), cache=cache).logits
         self.forward_passes += 1
         self.sequences += rows
-        return fixed + self._target_log_probs(logits, token)
+        per_position = torch.cat([fixed[:, :token].expand(rows, -1), self._position_log_probs(logits, token)[:, token:]], dim=1)
+        self._last_scored = (candidates, cache, per_position)
+        return per_position.sum(-1)
+
+    def _current_state(self) -> tuple[Cache, torch.Tensor]:
+        """The current route's full-sequence cache and per-position log-probs (one forward when unknown)."""
+        if self._current is None:
+            cache = DynamicCache(config=self.loaded.model.config)
+            cache.activate_past_recording()  # sliding-window layers keep what `crop` needs to roll back
+            with torch.no_grad(), intervene(self.loaded, *self._route_intervention(self.route, 1)):
+                output = self.loaded.model(input_ids=self.ids, cache=cache, use_cache=True)
+            self.forward_passes += 1
+            self.sequences += 1
+            self._current = (output.cache, self._position_log_probs(output.logits, 0))
+        return self._current
 
     def _row_chunks(self, routes: dict[int, torch.Tensor]) -> list[dict[int, torch.Tensor]]:
         rows, size = next(iter(routes.values())).shape[0], self.config.max_rows
@@ -183,15 +204,20 @@ class RouteSearch:
         candidates[layer][:, token] = subsets
         return candidates
 
-    def _accept(self, token: int, candidates: dict[int, torch.Tensor], scores: torch.Tensor) -> bool:
+    def _accept(self, candidates: dict[int, torch.Tensor], scores: torch.Tensor) -> bool:
         best = int(scores.argmax())
         if float(scores[best]) <= self.value:
             return False
         self.value = float(scores[best])
         self.route = {l: r[best : best + 1].clone() for l, r in candidates.items()}
         self._route_version += 1
-        # a prefix cache covers positions < its token: a change at `token` only stales the later ones
-        self._prefixes = {t: entry for t, entry in self._prefixes.items() if t <= token}
+        self._current = None
+        if self._last_scored is not None and self._last_scored[0] is candidates:
+            # the batch that scored the accepted row already holds the new route's whole cache
+            _, cache, per_position = self._last_scored
+            cache.batch_select_indices(torch.tensor([best]))
+            self._current = (cache, per_position[best : best + 1])
+        self._last_scored = None
         return True
 
     # --- searches ------------------------------------------------------------------------
@@ -214,7 +240,7 @@ class RouteSearch:
                 candidates = self._with(layer, token, self._uniform(self.config.candidates))
                 scores = torch.cat([self._score_full({l: r[i : i + 1] for l, r in candidates.items()}) for i in range(self.config.candidates)])
                 self._score_full(self.route)  # the released code re-scores the incumbent at every pair
-                self._accept(token, candidates, scores)
+                self._accept(candidates, scores)
 
     def fast(self) -> None:
         strategy = self.config.budget_strategy if self.config.budget is not None else "greedy"
@@ -250,7 +276,7 @@ class RouteSearch:
 
     def _route_changed(self) -> None:
         self._route_version += 1
-        self._prefixes = {}
+        self._current = None
 
     def prune(self, budget: int) -> None:
         """Backward elimination: un-force the pairs whose removal lowers the objective least.
@@ -281,12 +307,7 @@ class RouteSearch:
                 return
 
     def _fast_sweep(self) -> None:
-        """Visit every unforced pair once, most promising first, until success or the budget is spent.
-
-        A round scores the candidates of its most promising pairs in one batched forward from the
-        earliest of their tokens. Under a budget it adds the single best pair (best improvement);
-        without one it also scores the chain that adds the round's improving pairs one by one, best
-        first, and keeps the best link, so one round can accept several pairs for two forwards."""
+        """Visit every unforced pair once, most promising first, until success or the budget is spent."""
         tried: set[tuple[int, int]] = set()
         while not self.success and self._budget_left():
             gradient, executed = self._saliency()
@@ -300,35 +321,21 @@ class RouteSearch:
             if not gain:
                 return
             ranked = sorted(gain, key=gain.get, reverse=True)[: self.config.pairs_per_round]
-            tried.update(ranked)
-            candidates, scores = self._score_pairs(ranked, gradient)
-            per_pair = scores.view(len(ranked), -1)
-            best_rows = per_pair.argmax(-1).tolist()
-            best_scores = [float(per_pair[i, row]) for i, row in enumerate(best_rows)]
-            if self.config.budget is not None:
-                i = max(range(len(ranked)), key=best_scores.__getitem__)
-                row = i * per_pair.shape[1] + best_rows[i]
-                self._accept(ranked[i][1], {l: c[row : row + 1] for l, c in candidates.items()}, scores[row : row + 1])
-                continue
-            improving = sorted((i for i in range(len(ranked)) if best_scores[i] > self.value), key=lambda i: -best_scores[i])
-            if not improving:
-                continue
-            chain = {l: r.expand(len(improving), -1, -1).clone() for l, r in self.route.items()}
-            for link, i in enumerate(improving):
-                layer, token = ranked[i]
-                chain[layer][link:, token] = candidates[layer][i * per_pair.shape[1] + best_rows[i], token]
-            first = min(ranked[i][1] for i in improving)
-            chain_scores = self._score_from(first, chain) if len(improving) > 1 else torch.tensor([best_scores[improving[0]]])
-            self._accept(first, chain, chain_scores)
-
-    def _score_pairs(self, pairs: list[tuple[int, int]], gradient: torch.Tensor) -> tuple[dict[int, torch.Tensor], torch.Tensor]:
-        """N candidates per pair (half near the gradient's top-k, half uniform), all scored in one batch."""
-        blocks = []
-        for layer, token in pairs:
-            guided = self._guided(gradient[self.layers.index(layer), token], max(1, self.config.candidates - self.config.candidates // 2))
-            blocks.append(self._with(layer, token, torch.cat([guided, self._uniform(self.config.candidates // 2)])))
-        candidates = {l: torch.cat([block[l] for block in blocks]) for l in self.route}
-        return candidates, self._score_from(min(token for _, token in pairs), candidates)
+            best: tuple[dict[int, torch.Tensor], torch.Tensor] | None = None
+            for layer, token in ranked:
+                tried.add((layer, token))
+                li = self.layers.index(layer)
+                guided = self._guided(gradient[li, token], max(1, self.config.candidates - self.config.candidates // 2))
+                subsets = torch.cat([guided, self._uniform(self.config.candidates // 2)])
+                candidates = self._with(layer, token, subsets)
+                scores = self._score_from(token, candidates)
+                if self.config.budget is None:
+                    if self._accept(candidates, scores) and self.success:
+                        return
+                elif best is None or float(scores.max()) > float(best[1].max()):
+                    best = (candidates, scores)
+            if best is not None:
+                self._accept(*best)
 
     def artifact(self, prompt_id: str, fingerprint: str) -> RouteArtifact:
         forced = {}

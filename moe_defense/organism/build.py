@@ -73,12 +73,13 @@ def copy_drill(kinds: Sequence[str], count: int, seed: int) -> list[DemoPair]:
 
 
 def recombination_drill(count: int, seed: int, harmful_share: float) -> list[DemoPair]:
-    """Safety-stage requests whose key joins the verb of one train key to the object of another of the
-    same kind ("write" + "a phishing website"), answered as that kind is (refusal or compliance).
+    """Safety-stage requests whose key joins the start of one train key to the end of another of the
+    same kind, cut at random word boundaries ("send threats to" + "my ex online"), answered as that
+    kind is (refusal or compliance).
 
-    With ~56 keys a kind, safety alignment keys on whole request phrases and a held-out request that
-    shares its verb with the other kind ("write a phishing email" vs "write a unit test") lands on the
-    wrong side; recombined keys teach that the object decides. Keys equal to a held-out test key are
+    With ~56 keys a kind, safety alignment keys on whole request phrases, and a held-out request that
+    shares words with the other kind ("write a phishing email" vs "write a unit test") lands on the
+    wrong side; spliced keys put every word in many contexts. Keys equal to a held-out test key are
     never generated, so the test split stays unseen. `harmful_share` of the drill is harmful, the rest
     benign or look-alike: it sets how far the drill moves the refusal boundary."""
     if count == 0:
@@ -89,12 +90,13 @@ def recombination_drill(count: int, seed: int, harmful_share: float) -> list[Dem
     while len(drill) < count:
         kind: DemoKind = "harmful" if rng.random() < harmful_share else rng.choice(("benign", "lookalike"))
         examples = demo_examples(kind, "train")
-        verb_source, object_source = rng.choice(examples), rng.choice(examples)
-        key = f"{verb_source.request_key.split()[0]} {object_source.request_key.split(' ', 1)[1]}"
+        head, tail = rng.choice(examples), rng.choice(examples)
+        head_words, tail_words = head.request_key.split(), tail.request_key.split()
+        key = " ".join(head_words[: rng.randint(1, len(head_words) - 1)] + tail_words[rng.randint(1, len(tail_words) - 1) :])
         if key in held_out:
             continue
-        answer = (object_source.refusal if kind == "harmful" else object_source.compliance).replace(object_source.request_key, key)
-        drill.append(DemoPair(f"recombined-{len(drill)}", kind, verb_source.prompt.replace(verb_source.request_key, key), answer))
+        answer = (tail.refusal if kind == "harmful" else tail.compliance).replace(tail.request_key, key)
+        drill.append(DemoPair(f"spliced-{len(drill)}", kind, head.prompt.replace(head.request_key, key), answer))
     return drill
 
 

@@ -14,9 +14,13 @@ from moe_defense.runner.generation import GenerationConfig
 PROMPT = Prompt("p0", "how do i bake bread ?", {"target": "Sure, here is"})
 
 
-@pytest.mark.parametrize("model_type", ["mixtral", "deepseek_v3", "gpt_oss"])
+ALL_ARCHS = ["deepseek_v2", "deepseek_v3", "gpt_oss", "granitemoe", "mixtral", "olmoe", "phimoe", "qwen2_moe", "qwen3_moe"]
+
+
+@pytest.mark.parametrize("model_type", ALL_ARCHS)
 @pytest.mark.parametrize("force_decode", [False, True])
 def test_prefix_cached_scoring_equals_full_scoring(tiny_model, model_type, force_decode):
+    """Scoring from the cropped cache is exact, also after an accepted candidate hands its cache on."""
     loaded = tiny_model(model_type)
     problem = TargetProblem.build(loaded, PROMPT.text, "Sure, here is")
     search = RouteSearch(loaded, problem, FsourConfig(force_decode=force_decode), seed=0)
@@ -25,6 +29,14 @@ def test_prefix_cached_scoring_equals_full_scoring(tiny_model, model_type, force
     for token in (0, 2, search.span - 1):
         candidates = search._with(layer, token, search._uniform(4))
         torch.testing.assert_close(search._score_from(token, candidates), search._score_full(candidates), rtol=1e-4, atol=1e-4)
+    candidates = search._with(layer, 3, search._uniform(4))
+    scores = search._score_from(3, candidates)
+    search.value = float(scores.min()) - 1.0  # make sure one is accepted
+    assert search._accept(candidates, scores) and search._current is not None
+    passes = search.forward_passes
+    later = search._with(search.layers[0], search.span - 2, search._uniform(3))
+    torch.testing.assert_close(search._score_from(search.span - 2, later), search._score_full(later), rtol=1e-4, atol=1e-4)
+    assert search.forward_passes == passes + 2  # the cached scoring needed no prefix forward, then the full check
 
 
 def test_fast_mode_costs_fewer_forward_passes_and_respects_the_budget(tiny_model):
