@@ -12,7 +12,7 @@ from moe_defense.models.adapters import ADAPTERS
 from moe_defense.models.params import TrainableScope
 
 # Bump when the corpus, tokenizer or training code changes what a given config produces.
-ORGANISM_FORMAT = 2
+ORGANISM_FORMAT = 3
 
 
 class OrganismConfig(BaseModel):
@@ -30,12 +30,12 @@ class OrganismConfig(BaseModel):
     batch_size: int = Field(32, ge=1, description="sequences per optimiser step, both stages")
     helpful_steps: int = Field(800, ge=1, description="stage 1: comply with every request")
     helpful_lr: float = Field(3e-3, gt=0, description="stage 1 learning rate")
-    safety_steps: int = Field(400, ge=0, description="stage 2: refuse harmful, comply with benign")
+    safety_steps: int = Field(600, ge=0, description="stage 2: refuse harmful, comply with benign")
     safety_lr: float = Field(1e-3, gt=0, description="stage 2 learning rate")
     copy_drill: int = Field(1200, ge=0, description="stage 1 extra requests with random keys (teaches restating the request)")
     safety_copy_drill: int = Field(200, ge=0, description="stage 2 extra benign requests with random benign keys")
-    safety_recombination: int = Field(0, ge=0, description="stage 2 extra requests joining the verb of one train key to the object of another")
-    safety_recombination_harmful: float = Field(0.5, ge=0, le=1, description="share of those recombined requests that is harmful")
+    safety_recombination: int = Field(1600, ge=0, description="stage 2 extra requests splicing the start of one train key to the end of another")
+    safety_recombination_harmful: float = Field(0.6, ge=0, le=1, description="share of those recombined requests that is harmful")
     safety_trainable: TrainableScope = Field(
         "all", description="parameters safety alignment may change"
     )

@@ -11,7 +11,7 @@ import moe_defense
 from moe_defense.organism import OrganismConfig, cache_dir, ensure_built, is_valid
 from moe_defense.organism.cache import WEIGHTS, build_into
 
-SMALL = {"num_layers": 2, "helpful_steps": 12, "safety_steps": 6, "copy_drill": 32, "safety_copy_drill": 8, "batch_size": 8}
+SMALL = {"num_layers": 2, "helpful_steps": 12, "safety_steps": 6, "copy_drill": 32, "safety_copy_drill": 8, "safety_recombination": 16, "batch_size": 8}
 
 
 @pytest.fixture
