@@ -134,7 +134,17 @@ def _sft(
 
 
 def train_organism(config: OrganismConfig, work_dir: Path) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, dict[str, Any]]:
-    """Initialise and train both stages; returns the model, its tokenizer and training facts."""
+    """Initialise and train both stages with `config.threads` CPU threads; returns the model, its
+    tokenizer and training facts."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(config.threads)
+    try:
+        return _train(config, work_dir)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train(config: OrganismConfig, work_dir: Path) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, dict[str, Any]]:
     tokenizer = word_level_tokenizer()
     model_config = AutoConfig.for_model(
         config.arch,

@@ -40,6 +40,10 @@ class OrganismConfig(BaseModel):
         "all", description="parameters safety alignment may change"
     )
     seed: int = Field(0, description="seed of initialisation and data order")
+    threads: int = Field(
+        1, ge=1, description="CPU threads while training: float sums depend on the thread count, so pinning it "
+        "makes the weights independent of the machine's core count"
+    )
 
     @field_validator("arch")
     @classmethod
