@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import sys
 from collections.abc import Sequence
@@ -125,7 +126,17 @@ def _report(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
+# Verbs whose parsers import torch, transformers and datasets (for their set and judge names): built
+# only when asked for, so `moe-defense --help` and the other verbs start in well under a second.
+HEAVY_VERBS = {
+    "evaluate": ("moe_defense.runner.cli", "add_evaluate_parser", "measure refusal / compliance / ASR of a model on a prompt set"),
+    "attack": ("moe_defense.attacks.cli", "add_attack_parser", "run one routing attack, then generate and judge under it"),
+    "score": ("moe_defense.attacks.cli", "add_score_parser", "rank routers by safety importance (RoSais) on harmful prompts"),
+}
+
+
+def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
+    """The `moe-defense` parser for `argv`: only the heavy verb `argv` asks for is built in full."""
     parser = argparse.ArgumentParser(
         prog="moe-defense",
         description="Harden Mixture-of-Experts LLMs against unsafe routes: measure, harden routers, verify adaptively.",
@@ -150,12 +161,12 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--rebuild", action="store_true", help="rebuild even if a valid cache entry exists")
     build.set_defaults(run=_organism_build)
 
-    from moe_defense.attacks.cli import add_attack_parser, add_score_parser
-    from moe_defense.runner.cli import add_evaluate_parser
-
-    add_evaluate_parser(verbs)
-    add_attack_parser(verbs)
-    add_score_parser(verbs)
+    requested = next((arg for arg in argv if not arg.startswith("-")), None)
+    for name, (module, builder, summary) in HEAVY_VERBS.items():
+        if name == requested:
+            getattr(importlib.import_module(module), builder)(verbs)
+        else:
+            verbs.add_parser(name, help=summary)  # listed in --help; never parsed, since it was not asked for
 
     harden = verbs.add_parser("harden", help="attack suite, router-only adversarial fine-tuning, adaptive re-attack, from a recipe")
     harden.add_argument("recipe", help="recipe YAML (see recipes/)")
@@ -177,7 +188,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser(argv).parse_args(argv)
     try:
         return args.run(args)
     except MoEDefenseError as error:

@@ -33,7 +33,7 @@ ATTACK_FLAGS = {
 
 
 def add_attack_parser(subparsers: Any) -> None:
-    parser = subparsers.add_parser("attack", help="run one routing attack, then generate and judge under it")
+    parser = subparsers.add_parser("attack", description="Run one routing attack, then generate and judge under it.")
     add_run_arguments(parser)
     parser.add_argument("--attack", required=True, help=f"attack name ({', '.join(ATTACKS.names())})")
     knobs = parser.add_argument_group("attack settings (each applies to the attacks whose config has it)")
@@ -118,7 +118,7 @@ def run_attack_verb(args: argparse.Namespace) -> int:
 
 
 def add_score_parser(subparsers: Any) -> None:
-    parser = subparsers.add_parser("score", help="rank routers by safety importance (RoSais) on harmful prompts")
+    parser = subparsers.add_parser("score", description="Rank routers by safety importance (RoSais) on harmful prompts.")
     parser.add_argument("model", help="hub id, local path, tiny:<model_type> or organism")
     parser.add_argument("--data", required=True, help="harmful prompt set (registered name, file or hub id)")
     parser.add_argument("--split", help="train|test for the demo sets")
