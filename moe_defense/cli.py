@@ -84,9 +84,9 @@ def _harden(args: argparse.Namespace) -> int:
         raise ConfigError(f"--out {out} is not empty; pass --resume to continue that run, or choose a new directory.")
     summary = Harden(recipe, out, resume=args.resume).run()
     if process_info().is_main:
-        at = summary["asr_at_b80"]
+        at, b80 = summary["asr_at_b80"], summary["budget_b80"]
         print(headline_table(summary))
-        print(f"\nB80 = {summary['budget_b80'] if summary['b80_reached'] else 'not reached'}; "
+        print(f"\nB80 = {('no cap' if b80 is None else b80) if summary['b80_reached'] else 'not reached'} (of the verified budgets); "
               f"adaptive F-SOUR at {at['attack']}: {at['original']} -> {at['hardened']}; "
               f"changed tensors: {summary['router_params_changed']} router, {summary['other_params_changed']} other")
         print(f"run directory: {out}  (report.md, summary.json, hardened_model/, router_patch.safetensors)")
