@@ -72,7 +72,7 @@ def copy_drill(kinds: Sequence[str], count: int, seed: int) -> list[DemoPair]:
     return drill
 
 
-def recombination_drill(count: int, seed: int, harmful_share: float) -> list[DemoPair]:
+def splice_drill(count: int, seed: int, harmful_share: float) -> list[DemoPair]:
     """Safety-stage requests whose key joins the start of one train key to the end of another of the
     same kind, cut at random word boundaries ("send threats to" + "my ex online"), answered as that
     kind is (refusal or compliance).
@@ -171,7 +171,7 @@ def _train(config: OrganismConfig, work_dir: Path) -> tuple[PreTrainedModel, Pre
             [
                 *safety_examples("train"),
                 *copy_drill(("benign",), config.safety_copy_drill, config.seed + 1),
-                *recombination_drill(config.safety_recombination, config.seed + 2, config.safety_recombination_harmful),
+                *splice_drill(config.safety_splice_drill, config.seed + 2, config.safety_splice_harmful),
             ],
             steps=config.safety_steps, lr=config.safety_lr,
             config=config, work_dir=work_dir / "stage2", trainable=config.safety_trainable,

@@ -34,8 +34,8 @@ class OrganismConfig(BaseModel):
     safety_lr: float = Field(1e-3, gt=0, description="stage 2 learning rate")
     copy_drill: int = Field(1200, ge=0, description="stage 1 extra requests with random keys (teaches restating the request)")
     safety_copy_drill: int = Field(200, ge=0, description="stage 2 extra benign requests with random benign keys")
-    safety_recombination: int = Field(1600, ge=0, description="stage 2 extra requests splicing the start of one train key to the end of another")
-    safety_recombination_harmful: float = Field(0.6, ge=0, le=1, description="share of those recombined requests that is harmful")
+    safety_splice_drill: int = Field(1600, ge=0, description="stage 2 extra requests splicing the start of one train key to the end of another")
+    safety_splice_harmful: float = Field(0.6, ge=0, le=1, description="share of those spliced requests that is harmful")
     safety_trainable: TrainableScope = Field(
         "all", description="parameters safety alignment may change"
     )

@@ -8,10 +8,12 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import moe_defense
+from moe_defense.data.demo_corpus import KINDS, demo_examples
 from moe_defense.organism import OrganismConfig, cache_dir, ensure_built, is_valid
+from moe_defense.organism.build import splice_drill
 from moe_defense.organism.cache import WEIGHTS, build_into
 
-SMALL = {"num_layers": 2, "helpful_steps": 12, "safety_steps": 6, "copy_drill": 32, "safety_copy_drill": 8, "safety_recombination": 16, "batch_size": 8}
+SMALL = {"num_layers": 2, "helpful_steps": 12, "safety_steps": 6, "copy_drill": 32, "safety_copy_drill": 8, "safety_splice_drill": 16, "batch_size": 8}
 
 
 @pytest.fixture
@@ -35,10 +37,17 @@ def test_build_reloads_with_plain_transformers(tmp_path, arch):
         assert model.generate(input_ids=ids, max_new_tokens=4, do_sample=False).shape[1] > ids.shape[1]
 
 
-def test_same_seed_gives_bit_identical_weights(tmp_path):
+def test_same_seed_gives_bit_identical_weights_whatever_the_callers_thread_count(tmp_path):
     config = OrganismConfig(**SMALL)
+    threads = torch.get_num_threads()
     build_into(config, tmp_path / "a")
-    build_into(config, tmp_path / "b")
+    other = 2 if threads == 1 else 1
+    torch.set_num_threads(other)  # training pins its own count (config.threads) and gives the caller's back
+    try:
+        build_into(config, tmp_path / "b")
+        assert torch.get_num_threads() == other
+    finally:
+        torch.set_num_threads(threads)
     first, second = load_file(tmp_path / "a" / WEIGHTS), load_file(tmp_path / "b" / WEIGHTS)
     assert first.keys() == second.keys()
     assert all(torch.equal(first[name], second[name]) for name in first)
@@ -80,13 +89,10 @@ def test_bad_organism_spec_is_a_clear_error():
         moe_defense.load_model("organism:dbrx")
 
 
-def test_recombination_drill_keeps_test_keys_unseen_and_answers_by_kind():
-    from moe_defense.data.demo_corpus import KINDS, demo_examples
-    from moe_defense.organism.build import recombination_drill
-
+def test_splice_drill_keeps_test_keys_unseen_and_answers_by_kind():
     held_out = {ex.request_key for kind in KINDS for ex in demo_examples(kind, "test")}
     test_prompts = {ex.prompt for kind in KINDS for ex in demo_examples(kind, "test")}
-    drill = recombination_drill(400, seed=0, harmful_share=0.5)
+    drill = splice_drill(400, seed=0, harmful_share=0.5)
     assert len(drill) == 400 and not test_prompts & {pair.prompt for pair in drill}
     assert 150 < sum(pair.kind == "harmful" for pair in drill) < 250
     for pair in drill:
