@@ -85,12 +85,12 @@ def splice_drill(count: int, seed: int, harmful_share: float) -> list[DemoPair]:
     if count == 0:
         return []
     held_out = {ex.request_key for kind in KINDS for ex in demo_examples(kind, "test")}
+    train = {kind: demo_examples(kind, "train") for kind in KINDS}
     rng = random.Random(seed)
     drill: list[DemoPair] = []
     while len(drill) < count:
         kind: DemoKind = "harmful" if rng.random() < harmful_share else rng.choice(("benign", "lookalike"))
-        examples = demo_examples(kind, "train")
-        head, tail = rng.choice(examples), rng.choice(examples)
+        head, tail = rng.choice(train[kind]), rng.choice(train[kind])
         head_words, tail_words = head.request_key.split(), tail.request_key.split()
         key = " ".join(head_words[: rng.randint(1, len(head_words) - 1)] + tail_words[rng.randint(1, len(tail_words) - 1) :])
         if key in held_out:
