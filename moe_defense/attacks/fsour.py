@@ -210,8 +210,7 @@ class RouteSearch:
             return False
         self.value = float(scores[best])
         self.route = {l: r[best : best + 1].clone() for l, r in candidates.items()}
-        self._route_version += 1
-        self._current = None
+        self._route_changed()
         if self._last_scored is not None and self._last_scored[0] is candidates:
             # the batch that scored the accepted row already holds the new route's whole cache
             _, cache, per_position = self._last_scored
