@@ -16,7 +16,7 @@ import json
 import time
 
 import moe_defense
-from moe_defense.attacks import Fsour, FsourConfig
+from moe_defense.attacks import AttackContext, Fsour, FsourConfig
 from moe_defense.data.prompts import Prompt, load_prompts
 from moe_defense.models import ADAPTERS, build_tiny
 from moe_defense.runner.generation import GenerationConfig
@@ -24,9 +24,9 @@ from moe_defense.runner.generation import GenerationConfig
 
 def run_mode(loaded, prompts, mode: str, args, judge: str | None) -> dict:
     config = FsourConfig(mode=mode, candidates=args.candidates, restarts=0, budget=args.budget, seed=args.seed, judge=judge)
-    attack = Fsour(config, generation=GenerationConfig(max_new_tokens=args.max_new_tokens, batch_size=1))
+    attack = Fsour(config)
     started = time.perf_counter()
-    results = attack.run(loaded, prompts)
+    results = attack.run(loaded, prompts, AttackContext(generation=GenerationConfig(max_new_tokens=args.max_new_tokens, batch_size=1)))
     seconds = time.perf_counter() - started
     return {
         "asr": sum(r.extra["single_shot_success"] for r in results) / len(results),
@@ -47,6 +47,7 @@ def main() -> None:
     parser.add_argument("--candidates", type=int, default=10)
     parser.add_argument("--budget", type=int, default=None)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--judge", default="organism", help="in-loop judge of both modes (none: P(target) decides)")
     parser.add_argument("--max-new-tokens", type=int, default=48)
     parser.add_argument("--wide-model", default="tiny:olmoe")
     parser.add_argument("--wide-experts", type=int, default=64)
@@ -57,7 +58,7 @@ def main() -> None:
     loaded = moe_defense.load_model(args.model)
     prompts = load_prompts(args.data, limit=args.limit, seed=args.seed).prompts
     for mode in ("reference", "fast"):
-        figures[mode] = run_mode(loaded, prompts, mode, args, judge="organism" if args.model.startswith("organism") else None)
+        figures[mode] = run_mode(loaded, prompts, mode, args, judge=None if args.judge == "none" else args.judge)
         print(mode, figures[mode], flush=True)
     ref, fast = figures["reference"], figures["fast"]
     figures["fast_vs_reference_forward_ratio"] = round(fast["forward_passes"] / ref["forward_passes"], 3)

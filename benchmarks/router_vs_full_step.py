@@ -33,7 +33,7 @@ def _rss_kib(field: str) -> int:
 
 
 def child(args: argparse.Namespace) -> None:
-    from moe_defense.pipeline import launch_environment
+    from moe_defense.cli.launch import launch_environment
 
     launch_environment(deepspeed=True)
     import torch

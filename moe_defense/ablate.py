@@ -14,30 +14,21 @@ resumes where it stopped.
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
-from statistics import mean, stdev
-from typing import Any, Literal
+from typing import Any
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from moe_defense.defenses import DefenseSpec
 from moe_defense.errors import ConfigError, describe_validation
 from moe_defense.pipeline import Harden
 from moe_defense.recipe import Recipe, load_recipe, resolve_path
-from moe_defense.report import write_grid_report
+from moe_defense.registry import validated
+from moe_defense.report import GRID_SUMMARY, UTILITY, write_grid_report
+from moe_defense.runner.process import ProcessInfo
 from moe_defense.runner.rundir import atomic_write, exclusive
-
-GRID_SUMMARY = "grid_summary.json"
-
-
-class DefenseSpec(BaseModel):
-    """One row of the grid: a defense kind and its settings (merged over the base recipe's defense)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    kind: Literal["none", "router-hardening", "route-disabling"] = Field(description="none (baseline), router-hardening or route-disabling")
-    args: dict[str, Any] = Field(default_factory=dict, description="HardeningConfig (router-hardening) or RouteDisablingConfig (route-disabling) fields")
+from moe_defense.stats import over_seeds
 
 
 class GridConfig(BaseModel):
@@ -47,8 +38,11 @@ class GridConfig(BaseModel):
 
     recipe: str = Field(description="base recipe (data, judges, model, attack settings)")
     seeds: list[int] = Field([0], min_length=1, description="seeds; every cell runs once per seed")
-    defenses: dict[str, DefenseSpec] = Field(min_length=1, description="grid rows by name")
-    verify: dict[str, Any] = Field(default_factory=dict, description="VerifyConfig fields overriding the recipe's (the attacks)")
+    defenses: dict[str, DefenseSpec | list[DefenseSpec]] = Field(
+        min_length=1, description="grid rows by name: a defense {name, args} (args merged over the base recipe's defense of that "
+        "name), or a list of them applied in order"
+    )
+    verify: dict[str, Any] = Field(default_factory=dict, description="VerifyConfig fields replacing the recipe's (the attacks)")
     reduced: dict[str, Any] = Field(default_factory=dict, description="recipe overrides applied with --reduced (CI-sized grid)")
 
 
@@ -60,26 +54,34 @@ def merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
     return merged
 
 
+def _row_defenses(row: DefenseSpec | list[DefenseSpec], base: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The row's defenses, each one's args merged over the base recipe's args for the same defense."""
+    inherited = {spec["name"]: spec["args"] for spec in base}
+    specs = row if isinstance(row, list) else [row]
+    return [{"name": spec.name, "args": merge(inherited.get(spec.name, {}), spec.args)} for spec in specs]
+
+
 def load_grid(path: str | Path, reduced: bool = False) -> tuple[GridConfig, dict[tuple[str, int], Recipe]]:
     """The grid and every cell's recipe, all validated before any model loads."""
     path = resolve_path(str(path))
     if not path.is_file():
         raise ConfigError(f"grid {str(path)!r} does not exist (see recipes/ablations/).")
     try:
-        grid = GridConfig.model_validate(yaml.safe_load(path.read_text()) or {})
-    except (ValidationError, yaml.YAMLError) as error:
-        detail = describe_validation(error) if isinstance(error, ValidationError) else str(error)
-        raise ConfigError(f"grid {path}: {detail}") from error
+        payload = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as error:
+        raise ConfigError(f"grid {path}: {error}") from error
+    grid = validated(GridConfig, payload, f"grid {path}")
     base = load_recipe(grid.recipe).model_dump(mode="json")
-    if reduced:
-        base = merge(base, grid.reduced)
     base["verify"] = merge(base["verify"], grid.verify)
+    if reduced:  # last: the CI-sized settings win; its defenses, like grid rows, merge their args over the base's
+        base = merge(base, {k: v for k, v in grid.reduced.items() if k != "defenses"})
+        if "defenses" in grid.reduced:
+            reduced_specs = [validated(DefenseSpec, spec, f"grid {path}: reduced.defenses") for spec in grid.reduced["defenses"]]
+            base["defenses"] = _row_defenses(reduced_specs, base["defenses"])
     cells = {}
-    for name, spec in grid.defenses.items():
+    for name, row in grid.defenses.items():
         for seed in grid.seeds:
-            payload = {**base, "seed": seed}
-            payload["defense"] = merge(base["defense"] or {}, spec.args) if spec.kind == "router-hardening" else None
-            payload["route_disabling"] = spec.args if spec.kind == "route-disabling" else None
+            payload = {**base, "seed": seed, "defenses": _row_defenses(row, base["defenses"])}
             try:
                 cells[(name, seed)] = Recipe.model_validate(payload)
             except ValidationError as error:
@@ -87,7 +89,7 @@ def load_grid(path: str | Path, reduced: bool = False) -> tuple[GridConfig, dict
     return grid, cells
 
 
-def run_grid(path: str | Path, out: Path, reduced: bool = False, progress: bool = True) -> dict[str, Any]:
+def run_grid(path: str | Path, out: Path, *, info: ProcessInfo, reduced: bool = False, progress: bool = True) -> dict[str, Any]:
     """Run every unclaimed, unfinished cell; then aggregate whatever is finished."""
     grid, cells = load_grid(path, reduced)
     out.mkdir(parents=True, exist_ok=True)
@@ -101,54 +103,65 @@ def run_grid(path: str | Path, out: Path, reduced: bool = False, progress: bool 
                 continue  # another process runs (or just finished) this cell
             if progress:
                 print(f"ablate: cell {name} / seed {seed}")
-            Harden(recipe, cell, resume=True, progress=progress, original_dir=out / "original" / f"seed-{seed}").run()
+            Harden(recipe, cell, info=info, resume=True, progress=progress, original_dir=out / "original" / f"seed-{seed}").run()
     return aggregate(out, grid)
 
 
-def _interval(values: list[float]) -> dict[str, Any]:
-    """Mean and a 95% normal-approximation interval over seeds (none with one seed)."""
-    values = [v for v in values if v is not None]
-    if not values:
-        return {"mean": None, "ci95": None, "n": 0}
-    half = 1.96 * stdev(values) / math.sqrt(len(values)) if len(values) > 1 else None
-    return {"mean": mean(values), "ci95": half, "n": len(values)}
+def over_runs(rows: list[dict[str, Any] | None], key: str = "asr") -> dict[str, Any]:
+    """A rate over seeds: the mean with a Student-t interval (n seeds >= 2), or with one seed the run's own
+    Wilson interval over its prompts; `n` counts seeds, `n_prompts` the prompts of each."""
+    present = [row for row in rows if row is not None]
+    if len(present) == 1:
+        row = present[0]
+        return {"mean": row.get(key), "ci95": row.get(f"{key}_ci95"), "n": 1, "n_prompts": row.get("n_scored", row.get("n"))}
+    stats = over_seeds([row.get(key) for row in present])
+    return {**stats, "n_prompts": present[0].get("n_scored", present[0].get("n")) if present else None}
 
 
 def aggregate(out: Path, grid: GridConfig) -> dict[str, Any]:
-    """defense -> attack -> ASR (mean, CI over seeds), utility beside it; written to grid_summary.json."""
+    """defense -> attack -> ASR (mean and 95% interval over seeds), utility beside it; written to grid_summary.json."""
     matrix: dict[str, dict[str, Any]] = {}
     utility: dict[str, dict[str, Any]] = {}
     curves: dict[str, dict[str, Any]] = {}
     missing = []
     original_by_seed: dict[int, dict[str, Any]] = {}  # one original suite per seed, shared by every cell
-    original_utility: dict[int, dict[str, Any]] = {}
+    summaries_by_defense: dict[str, list[dict[str, Any]]] = {}
     for name in grid.defenses:
-        summaries = []
         for seed in grid.seeds:
             path = out / "cells" / name / f"seed-{seed}" / "summary.json"
             if path.is_file():
-                summaries.append(json.loads(path.read_text()))
-                original_by_seed.setdefault(seed, summaries[-1]["phases"]["original"])
-                original_utility.setdefault(seed, summaries[-1]["utility"]["original"])
+                summary = json.loads(path.read_text())
+                summaries_by_defense.setdefault(name, []).append(summary)
+                original_by_seed.setdefault(seed, summary)
             else:
                 missing.append(f"{name}/seed-{seed}")
-        if not summaries:
-            continue
-        attacks = [a for a in summaries[0]["phases"]["hardened"] if a not in ("benign", "over-refusal")]
-        matrix[name] = {a: _interval([s["phases"]["hardened"].get(a, {}).get("asr") for s in summaries]) for a in attacks}
-        utility[name] = {key: _interval([s["utility"]["hardened"][key] for s in summaries]) for key in ("benign_compliance", "over_refusal", "benign_nll")}
-        curves[name] = {b: _interval([s["asr_vs_budget"]["hardened"][b] for s in summaries]) for b in summaries[0]["asr_vs_budget"].get("hardened", {})}
+    originals = list(original_by_seed.values())
+    attacks = list(dict.fromkeys(a for s in [*originals, *(x for v in summaries_by_defense.values() for x in v)] for a in s["attacks"]))
+    budgets_labels = list(originals[0]["asr_vs_budget"].get("original", {})) if originals else []
+    for name, summaries in summaries_by_defense.items():
+        matrix[name] = {a: over_runs([s["phases"]["hardened"].get(a) for s in summaries]) for a in attacks}
+        utility[name] = {key: over_runs([_utility_row(s, "hardened", key) for s in summaries], "value") for key in UTILITY}
+        curves[name] = {b: over_runs([s["asr_vs_budget"]["hardened"].get(b) for s in summaries]) for b in budgets_labels}
     summary = {
         "cells_missing": missing,
         "defenses": list(matrix),
-        "original": {a: _interval([rows.get(a, {}).get("asr") for rows in original_by_seed.values()])
-                     for a in dict.fromkeys(a for rows in original_by_seed.values() for a in rows if a not in ("benign", "over-refusal"))},
-        "original_utility": {key: _interval([u[key] for u in original_utility.values()]) for key in ("benign_compliance", "over_refusal", "benign_nll")},
+        "attacks": attacks,
+        "original": {a: over_runs([s["phases"]["original"].get(a) for s in originals]) for a in attacks},
+        "original_utility": {key: over_runs([_utility_row(s, "original", key) for s in originals], "value") for key in UTILITY},
         "matrix": matrix,
         "utility": utility,
+        "budgets": [originals[0]["asr_vs_budget"]["original"][b]["budget"] for b in budgets_labels] if originals else [],
+        "original_curve": {b: over_runs([s["asr_vs_budget"]["original"].get(b) for s in originals]) for b in budgets_labels},
         "asr_vs_budget": curves,
-        "judge": load_recipe(grid.recipe).judges[0],
+        "judge": load_recipe(grid.recipe).judges[0].name,
     }
     atomic_write(out / GRID_SUMMARY, json.dumps(summary, indent=2) + "\n")
     write_grid_report(out, summary)
     return summary
+
+
+def _utility_row(summary: dict[str, Any], phase: str, key: str) -> dict[str, Any]:
+    """One utility figure of one run in the shape `over_runs` reads (value, its interval, its n)."""
+    u = summary["utility"][phase]
+    n_key = {"benign_compliance": "n_benign", "over_refusal": "n_over_refusal"}.get(key)
+    return {"value": u[key], "value_ci95": u.get(f"{key}_ci95"), "n": u.get(n_key) if n_key else None}

@@ -1,11 +1,20 @@
-"""Name -> component registries shared by adapters, attacks, judges and defenses."""
+"""Name -> component registries shared by adapters, attacks, judges and defenses.
+
+Components register themselves with a decorator; `discover` imports every module of a package (and
+every entry point of its group), so a file that exists is registered: no hand-kept import list.
+"""
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
 from collections.abc import Callable, Iterator
-from typing import Generic, TypeVar
+from importlib.metadata import entry_points
+from typing import Any, Generic, TypeVar
 
-from moe_defense.errors import RegistryError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from moe_defense.errors import ConfigError, RegistryError, describe_validation
 
 T = TypeVar("T")
 
@@ -43,3 +52,62 @@ class Registry(Generic[T]):
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.names())
+
+
+def discover(package: str, group: str | None = None) -> None:
+    """Import every module of `package` (each registers its components), then every entry point of
+    `group` (third-party plugins: `[project.entry-points."moe_defense.attacks"]` in their pyproject)."""
+    root = importlib.import_module(package)
+    for module in pkgutil.iter_modules(root.__path__):
+        importlib.import_module(f"{package}.{module.name}")
+    for entry in entry_points(group=group) if group else ():
+        entry.load()
+
+
+class ComponentSpec(BaseModel):
+    """A registered component addressed by name, with the arguments of its config class.
+
+    `- keyword` is short for `- {name: keyword}`. Subclasses name their registry; the args are
+    validated by the component's own config class, so a typo fails before any model loads.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(description="registry key of the component")
+    args: dict[str, Any] = Field(default_factory=dict, description="fields of the component's config class")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, value: Any) -> Any:
+        return {"name": value} if isinstance(value, str) else value
+
+    @classmethod
+    def registry(cls) -> Registry:
+        raise NotImplementedError
+
+    @model_validator(mode="after")
+    def _known(self) -> ComponentSpec:
+        registry = self.registry()
+        if self.name not in registry:
+            raise ValueError(f"unknown {registry.kind} {self.name!r} (known: {', '.join(registry.names())})")
+        self.config()  # the args are checked by the component's own config class
+        return self
+
+    def component_class(self) -> Any:
+        return self.registry().get(self.name)
+
+    def config(self, **updates: Any) -> BaseModel:
+        """The component's config from `args` (+ `updates`); a bad arg is a ValueError naming it."""
+        config_class = self.component_class().config_class
+        try:
+            return config_class.model_validate({**self.args, **updates})
+        except ValidationError as error:
+            raise ValueError(f"{self.registry().kind} {self.name!r} args: {describe_validation(error)}") from None
+
+
+def validated(model: type[BaseModel], payload: Any, where: str) -> Any:
+    """`model.model_validate(payload)`, a validation error turned into one ConfigError naming `where`."""
+    try:
+        return model.model_validate(payload)
+    except ValidationError as error:
+        raise ConfigError(f"{where}: {describe_validation(error)}") from error

@@ -2,47 +2,80 @@
 
 from __future__ import annotations
 
+import base64
+import html
+import json
 import math
+import re
 from pathlib import Path
 from typing import Any
 
+from moe_defense.errors import ConfigError
+from moe_defense.runner.rundir import atomic_write
+
+GRID_SUMMARY = "grid_summary.json"
+UTILITY = ("benign_compliance", "over_refusal", "benign_nll")
 ASR_VS_BUDGET = "asr_vs_budget.png"
 ROSAIS_PLOT = "rosais.png"
 USAGE_PLOT = "expert_usage.png"
 
 
-def headline_table(summary: dict[str, Any]) -> str:
-    """The few lines a user reads in the terminal."""
-    def fmt(value: Any) -> str:
-        return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else (f"{value:.3f}" if isinstance(value, float) else str(value))
+def fmt(value: Any) -> str:
+    """A number as reports print it; a missing value (nothing scored) is n/a, never 0."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "n/a"
+    return f"{value:.3f}" if isinstance(value, float) else str(value)
 
+
+def rate(value: Any, ci95: list[float] | None, n: int | None) -> str:
+    """`0.250 [0.102, 0.495] n=16`: a rate with its 95% interval and the n it rests on."""
+    if value is None:
+        return f"n/a (n={n or 0})"
+    interval = f" [{ci95[0]:.2f}, {ci95[1]:.2f}]" if ci95 else ""
+    return f"{value:.2f}{interval} n={n}"
+
+
+def _point(point: dict[str, Any]) -> str:
+    return rate(point["asr"], point["asr_ci95"], point["n_scored"])
+
+
+def headline_table(summary: dict[str, Any]) -> str:
+    """Every attack and utility figure before/after, with 95% intervals and n: what a user reads first."""
     rows = summary["phases"]
     lines = ["| attack | original ASR | hardened ASR |", "| --- | --- | --- |"]
-    for label in dict.fromkeys([*rows["original"], *rows["hardened"]]):
-        if label in ("benign", "over-refusal"):
-            continue
-        lines.append(f"| {label} | {fmt(rows['original'].get(label, {}).get('asr'))} | {fmt(rows['hardened'].get(label, {}).get('asr'))} |")
+    for label in summary["attacks"]:
+        cells = [rate(r.get("asr"), r.get("asr_ci95"), r.get("n_scored")) if r else "-"
+                 for r in (rows["original"].get(label), rows["hardened"].get(label))]
+        lines.append(f"| {label} | {cells[0]} | {cells[1]} |")
     u = summary["utility"]
-    for key in ("benign_compliance", "over_refusal", "benign_nll"):
-        lines.append(f"| {key.replace('_', ' ')} | {fmt(u['original'][key])} | {fmt(u['hardened'][key])} |")
+    for key, n in (("benign_compliance", "n_benign"), ("over_refusal", "n_over_refusal")):
+        cells = [rate(u[phase][key], u[phase][f"{key}_ci95"], u[phase][n]) for phase in ("original", "hardened")]
+        lines.append(f"| {key.replace('_', ' ')} | {cells[0]} | {cells[1]} |")
+    lines.append(f"| benign nll | {fmt(u['original']['benign_nll'])} | {fmt(u['hardened']['benign_nll'])} |")
     return "\n".join(lines)
 
 
+def _budget_tick(budget: int | None) -> str:
+    return "no cap" if budget is None else str(budget)
+
+
 def plot_asr_vs_budget(summary: dict[str, Any], path: Path) -> None:
-    """ASR of the adaptive F-SOUR per forced-pair budget, original vs hardened ("inf" = no cap)."""
+    """ASR of the adaptive curve attack per forced-pair budget, original vs hardened, with 95% intervals."""
     plt = _pyplot()
     figure, axes = plt.subplots(figsize=(6, 3.6), dpi=120)
-    for phase, style in (("original", "o-"), ("hardened", "s-")):
-        curve = summary["asr_vs_budget"].get(phase, {})
-        labels = [label.split("@", 1)[1] for label in curve]
-        values = [float("nan") if v is None else v for v in curve.values()]
-        axes.plot(range(len(labels)), values, style, label=phase)
-        axes.set_xticks(range(len(labels)), labels)
-    if summary.get("budget_b80") is not None:
-        labels = [label.split("@", 1)[1] for label in summary["asr_vs_budget"]["original"]]
-        axes.axvline(labels.index(str(summary["budget_b80"])), color="grey", linestyle=":", label="B80")
+    for offset, (phase, style) in zip((-0.05, 0.05), (("original", "o-"), ("hardened", "s-")), strict=True):
+        points = list(summary["asr_vs_budget"].get(phase, {}).values())
+        x = [i + offset for i in range(len(points))]
+        values = [float("nan") if p["asr"] is None else p["asr"] for p in points]
+        low = [0.0 if p["asr_ci95"] is None else p["asr"] - p["asr_ci95"][0] for p in points]
+        high = [0.0 if p["asr_ci95"] is None else p["asr_ci95"][1] - p["asr"] for p in points]
+        axes.errorbar(x, values, yerr=[low, high], fmt=style, capsize=3, label=phase)
+        axes.set_xticks(range(len(points)), [_budget_tick(p["budget"]) for p in points])
+    budgets = [p["budget"] for p in summary["asr_vs_budget"].get("original", {}).values()]
+    if summary["b80_reached"] and summary["budget_b80"] in budgets:
+        axes.axvline(budgets.index(summary["budget_b80"]), color="grey", linestyle=":", label="B80")
     _budget_axes(axes, f"ASR ({summary['judge']} judge)")
-    axes.set_title(f"adaptive F-SOUR, {summary['trainable']} hardening")
+    axes.set_title(f"adaptive attack vs budget, {summary['trainable']} hardening")
     axes.legend()
     _save(figure, path)
 
@@ -109,10 +142,6 @@ def plot_expert_usage(summary: dict[str, Any], path: Path) -> None:
 
 def markdown_to_html(markdown: str, base: Path, title: str) -> str:
     """A self-contained HTML page from our report markdown (headings, bullets, tables, images inlined)."""
-    import base64
-    import html
-    import re
-
     body: list[str] = []
     table: list[list[str]] = []
 
@@ -146,23 +175,24 @@ def markdown_to_html(markdown: str, base: Path, title: str) -> str:
 
 
 def write_harden_report(out: Path, summary: dict[str, Any]) -> Path:
-    """report.md beside summary.json, with the ASR-vs-budget plot."""
-    from moe_defense.runner.rundir import atomic_write
-
+    """report.md + report.html beside summary.json, with the ASR-vs-budget, RoSais and expert-usage plots."""
     if summary["asr_vs_budget"]:
         plot_asr_vs_budget(summary, out / ASR_VS_BUDGET)
     plot_rosais(summary, out / ROSAIS_PLOT)
     plot_expert_usage(summary, out / USAGE_PLOT)
-    at = summary["asr_at_b80"] or {"attack": "-", "original": None, "hardened": None}
-    b80 = summary["budget_b80"] if summary["b80_reached"] else f"not reached ({summary['b80_note']})"
+    b80 = _budget_tick(summary["budget_b80"]) if summary["b80_reached"] else f"not reached ({summary['b80_note']})"
     training = summary["training"]
+    headline = summary["headline_asr"]
+    at = (f"- adaptive {summary['headline_attack']} (headline, budget {_budget_tick(summary['headline_budget'])}): ASR "
+          f"{_point(headline['original'])} -> {_point(headline['hardened'])} ({summary['judge']} judge, 95% Wilson intervals; "
+          "re-optimised on the hardened model with new seeds)") if headline else "- the suite sweeps no attack budget: no headline"
     text = "\n".join([
         f"# Hardening report: {summary['model']}",
         "",
-        f"- hardening: **{summary['trainable']}**; tensors changed: {summary['router_params_changed']} router, "
-        f"{summary['other_params_changed']} other; router patch {summary['router_patch_bytes']} bytes",
+        f"- defenses: {', '.join(d['name'] for d in summary['defenses']) or 'none'}; trainable: **{summary['trainable']}**; tensors changed: "
+        f"{summary['router_params_changed']} router, {summary['other_params_changed']} other; router patch {summary['router_patch_bytes']} bytes",
         f"- B80 (smallest budget with original ASR >= threshold): {b80}; trained against routes of budget {summary['train_budget']}",
-        f"- adaptive F-SOUR at {at['attack']}: ASR {at['original']} -> {at['hardened']} ({summary['judge']} judge, re-optimised on the hardened model with a new seed)",
+        at,
         f"- training: {training['steps']} steps in {training['seconds']} s ({training['refreshes']} route refreshes, {training['routes_in_pool']} routes in the pool)",
         "",
         headline_table(summary),
@@ -181,9 +211,13 @@ def write_harden_report(out: Path, summary: dict[str, Any]) -> Path:
 
 
 def _cell(stat: dict[str, Any] | None) -> str:
-    if not stat or stat["mean"] is None:
+    """A grid cell: mean over seeds, its 95% interval and the seeds it rests on ("-": not run, n/a: nothing scored)."""
+    if not stat:
         return "-"
-    return f"{stat['mean']:.2f}" + (f" ± {stat['ci95']:.2f}" if stat.get("ci95") is not None else "")
+    if stat["mean"] is None:
+        return "n/a"
+    interval = f" [{stat['ci95'][0]:.2f}, {stat['ci95'][1]:.2f}]" if stat.get("ci95") else ""
+    return f"{stat['mean']:.2f}{interval} ({stat['n']} seed{'s' if stat['n'] != 1 else ''})"
 
 
 def plot_grid_matrix(summary: dict[str, Any], path: Path) -> None:
@@ -215,9 +249,16 @@ def plot_grid_bars(summary: dict[str, Any], path: Path) -> None:
     width = 0.8 / len(series)
     figure, axes = plt.subplots(figsize=(max(6, 1.3 * len(attacks)), 3.6), dpi=120)
     for k, (label, stats) in enumerate(series.items()):
-        means = [stats.get(a, {}).get("mean") or 0.0 for a in attacks]
-        errors = [stats.get(a, {}).get("ci95") or 0.0 for a in attacks]
-        axes.bar([i - 0.4 + width * (k + 0.5) for i in range(len(attacks))], means, width, yerr=errors, capsize=2, label=label)
+        x = [i - 0.4 + width * (k + 0.5) for i in range(len(attacks))]
+        cells = [stats.get(a) or {"mean": None, "ci95": None} for a in attacks]
+        means = [float("nan") if c["mean"] is None else c["mean"] for c in cells]
+        errors = [[0.0 if not c["ci95"] else c["mean"] - c["ci95"][0] for c in cells],
+                  [0.0 if not c["ci95"] else c["ci95"][1] - c["mean"] for c in cells]]
+        bars = axes.bar(x, means, width, yerr=errors, capsize=2, label=label)
+        for position, cell in zip(x, cells, strict=True):
+            if cell["mean"] is None:  # nothing scored (a dead judge): say so instead of drawing a robust-looking 0
+                axes.bar(position, 1.0, width, fill=False, hatch="//", edgecolor=bars.patches[0].get_facecolor(), linewidth=0)
+                axes.text(position, 0.5, "n/a", rotation=90, ha="center", va="center", fontsize=6)
     axes.set_xticks(range(len(attacks)), attacks, rotation=30, ha="right", fontsize=8)
     axes.set_ylim(0, 1.05)
     axes.set_ylabel(f"ASR ({summary['judge']})")
@@ -229,13 +270,11 @@ def plot_grid_curves(summary: dict[str, Any], path: Path) -> None:
     """Adaptive F-SOUR ASR vs budget after each defense."""
     plt = _pyplot()
     figure, axes = plt.subplots(figsize=(6, 3.6), dpi=120)
-    first = next(iter(summary["asr_vs_budget"].values()))
-    original = [summary["original"].get(b, {}).get("mean") for b in first]
-    axes.plot(range(len(original)), [float("nan") if v is None else v for v in original], "k--", label="original (no defense)")
-    for defense, curve in summary["asr_vs_budget"].items():
-        labels = [b.split("@", 1)[1] for b in curve]
-        axes.plot(range(len(labels)), [c["mean"] if c["mean"] is not None else float("nan") for c in curve.values()], "o-", label=defense)
-        axes.set_xticks(range(len(labels)), labels)
+    budgets = summary["budgets"]
+    series = {"original (no defense)": summary["original_curve"], **summary["asr_vs_budget"]}
+    for (name, curve), style in zip(series.items(), ["k--", *["o-"] * len(series)]):
+        axes.plot(range(len(budgets)), [float("nan") if c["mean"] is None else c["mean"] for c in curve.values()], style, label=name)
+    axes.set_xticks(range(len(budgets)), [_budget_tick(b) for b in budgets])
     _budget_axes(axes, f"ASR ({summary['judge']})")
     axes.legend(fontsize=7)
     _save(figure, path)
@@ -243,14 +282,12 @@ def plot_grid_curves(summary: dict[str, Any], path: Path) -> None:
 
 def write_grid_report(out: Path, summary: dict[str, Any]) -> Path:
     """report.md / report.html of an ablation grid: matrix, intervals, curves, utility beside safety."""
-    from moe_defense.runner.rundir import atomic_write
-
     lines = ["# Ablation grid: defense x attack", ""]
     if summary["cells_missing"]:
         lines += [f"- cells not finished yet: {', '.join(summary['cells_missing'])}", ""]
     if summary["defenses"]:
         attacks = list(summary["matrix"][summary["defenses"][0]])
-        utility = ("benign_compliance", "over_refusal", "benign_nll")
+        utility = UTILITY
         lines.append("| defense | " + " | ".join(attacks) + " | " + " | ".join(u.replace("_", " ") for u in utility) + " |")
         lines.append("| --- " * (1 + len(attacks) + len(utility)) + "|")
         lines.append("| original (no defense) | " + " | ".join(_cell(summary["original"].get(a)) for a in attacks) + " | "
@@ -258,7 +295,8 @@ def write_grid_report(out: Path, summary: dict[str, Any]) -> Path:
         for defense in summary["defenses"]:
             row = [_cell(summary["matrix"][defense].get(a)) for a in attacks] + [_cell(summary["utility"][defense][u]) for u in utility]
             lines.append(f"| {defense} | " + " | ".join(row) + " |")
-        lines += ["", f"ASR by the {summary['judge']} judge, mean ± 95% interval over seeds; attacks re-optimised on each defended model.", ""]
+        lines += ["", f"ASR by the {summary['judge']} judge: mean over seeds [95% interval: Student t over seeds, Wilson over "
+                  "prompts with one seed]; n/a: nothing scored; attacks re-optimised on each defended model.", ""]
         plot_grid_matrix(summary, out / "grid_matrix.png")
         plot_grid_bars(summary, out / "grid_asr_bars.png")
         lines += ["![defense x attack matrix](grid_matrix.png)", "", "![ASR per attack](grid_asr_bars.png)", ""]
@@ -272,21 +310,11 @@ def write_grid_report(out: Path, summary: dict[str, Any]) -> Path:
 
 
 def render(directory: Path) -> Path:
-    """Re-render the report of a harden run or an ablation grid directory from its summary files."""
-    import json
-
-    if (directory / "grid.yaml").is_file():
-        import yaml
-
-        from moe_defense.ablate import GridConfig, aggregate
-
-        grid = GridConfig.model_validate(yaml.safe_load((directory / "grid.yaml").read_text())["grid"])
-        aggregate(directory, grid)
-        return directory / "report.md"
+    """Re-render the report of a harden run (summary.json) or an ablation grid (grid_summary.json)."""
+    if (directory / GRID_SUMMARY).is_file():
+        return write_grid_report(directory, json.loads((directory / GRID_SUMMARY).read_text()))
     if (directory / "summary.json").is_file():
         summary = json.loads((directory / "summary.json").read_text())
         if "asr_vs_budget" in summary:
             return write_harden_report(directory, summary)
-    from moe_defense.errors import ConfigError
-
-    raise ConfigError(f"{directory} is neither a harden run (summary.json from `moe-defense harden`) nor an ablation grid (grid.yaml).")
+    raise ConfigError(f"{directory} is neither a harden run (summary.json from `moe-defense harden`) nor an ablation grid ({GRID_SUMMARY}).")

@@ -12,6 +12,9 @@ from moe_defense.ablate import load_grid, merge, run_grid
 from moe_defense.cli import main
 from moe_defense.errors import ConfigError
 from moe_defense.report import render
+from moe_defense.runner.process import ProcessInfo
+
+INFO = ProcessInfo(0, 1, None)
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO_GRID = REPO / "recipes" / "ablations" / "demo-grid.yaml"
@@ -38,17 +41,19 @@ def test_shipped_grids_validate(path):
 def test_demo_grid_validates_every_cell():
     grid, cells = load_grid(DEMO_GRID, reduced=True)
     assert len(cells) == len(grid.defenses) * len(grid.seeds)
-    assert cells[("none", 0)].defense is None
-    assert cells[("all-parameters", 1)].defense.trainable == "all" and cells[("all-parameters", 1)].seed == 1
-    assert cells[("no-refresh", 0)].defense.refresh_every == 0 and cells[("no-refresh", 0)].defense.steps == 3
+    assert [d.name for d in cells[("none", 0)].defenses] == ["none"]
+    assert cells[("all-parameters", 1)].defenses[0].config().trainable == "all" and cells[("all-parameters", 1)].seed == 1
+    no_refresh = cells[("no-refresh", 0)].defenses[0].config()
+    assert no_refresh.refresh_every == 0 and no_refresh.steps == 3 and no_refresh.learning_rate == 0.002  # row over reduced over base
+    assert [d.name for d in cells[("hardening+route-disabling", 0)].defenses] == ["router-hardening", "route-disabling"]
 
 
 @pytest.mark.parametrize(
     ("changes", "named"),
     [
-        ({"defenses": {"x": {"kind": "magic"}}}, "defenses.x.kind"),
-        ({"defenses": {"x": {"kind": "router-hardening", "args": {"trainable": "everything"}}}}, "defense.trainable"),
-        ({"verify": {"attacks": ["fsour", "teleport"]}}, "verify.attacks"),
+        ({"defenses": {"x": {"name": "magic"}}}, "unknown defense 'magic'"),
+        ({"defenses": {"x": {"name": "router-hardening", "args": {"trainable": "everything"}}}}, "trainable"),
+        ({"verify": {"attacks": ["fsour", "teleport"]}}, "unknown attack 'teleport'"),
         ({"seeds": "three"}, "seeds"),
         ({"recipe": "recipes/missing.yaml"}, "does not exist"),
     ],
@@ -61,18 +66,25 @@ def test_bad_grid_is_one_clear_error(tmp_path, changes, named):
 
 def test_cli_rejects_a_bad_grid_before_any_model_loads(tmp_path, capsys):
     out = tmp_path / "grid-run"
-    assert main(["ablate", str(_grid(tmp_path, verify={"attacks": ["teleport"]})), "--out", str(out)]) == 1
+    assert main(["ablate", str(_grid(tmp_path, verify={"attacks": ["teleport"]}, reduced={})), "--out", str(out)]) == 1
     assert "teleport" in capsys.readouterr().err and not out.exists()
 
 
+@pytest.mark.e2e
 def test_reduced_grid_runs_resumes_and_renders(organism, tmp_path):
-    grid = _grid(tmp_path, seeds=[0], defenses={
-        "none": {"kind": "none"},
-        "router-hardening": {"kind": "router-hardening"},
-        "route-disabling": {"kind": "route-disabling", "args": {"sets_per_layer": 2, "min_count": 1, "fit_prompts": 2}},
-    }, verify={"attacks": ["none", "router-mask-random", "fsour", "fsour-transfer", "expert-silence"]})
+    reduced = yaml.safe_load(DEMO_GRID.read_text())["reduced"]
+    reduced["verify"] = {"attacks": [
+        "none", {"name": "router-mask", "args": {"selection": "random"}, "sweep": {"n": [1]}},
+        {"name": "fsour", "args": {"candidates": 8, "force_decode": True, "restarts": 0}, "sweep": {"budget": [2, None]}},
+        "route-replay", "expert-silence",
+    ]}
+    grid = _grid(tmp_path, seeds=[0], reduced=reduced, defenses={
+        "none": {"name": "none"},
+        "router-hardening": {"name": "router-hardening"},
+        "route-disabling": {"name": "route-disabling", "args": {"sets_per_layer": 2, "min_count": 1, "fit_prompts": 2}},
+    })
     out = tmp_path / "grid-run"
-    summary = run_grid(grid, out, reduced=True, progress=False)
+    summary = run_grid(grid, out, info=INFO, reduced=True, progress=False)
     assert summary["cells_missing"] == [] and set(summary["defenses"]) == {"none", "router-hardening", "route-disabling"}
     guard = json.loads((out / "cells" / "route-disabling" / "seed-0" / "route_guard.json").read_text())
     assert guard["banned"] and guard["artifacts"] == 2
@@ -82,7 +94,7 @@ def test_reduced_grid_runs_resumes_and_renders(organism, tmp_path):
     cell = out / "cells" / "router-hardening" / "seed-0"
     (cell / "summary.json").unlink()
     stamp = (out / "cells" / "none" / "seed-0" / "summary.json").stat().st_mtime_ns
-    again = run_grid(grid, out, reduced=True, progress=False)
+    again = run_grid(grid, out, info=INFO, reduced=True, progress=False)
     assert again["matrix"] == summary["matrix"]
     assert (out / "cells" / "none" / "seed-0" / "summary.json").stat().st_mtime_ns == stamp
     for png in ("grid_matrix.png", "grid_asr_bars.png", "grid_asr_vs_budget.png"):
@@ -92,4 +104,6 @@ def test_reduced_grid_runs_resumes_and_renders(organism, tmp_path):
     html = (out / "report.html").read_text()
     assert html.count("data:image/png;base64,") == 3  # self-contained
     assert render(out) == out / "report.md" and render(cell) == cell / "report.md"
+    assert summary["matrix"]["router-hardening"]["fsour@2"]["n"] == 1  # one seed: the run's own Wilson interval
+    assert summary["matrix"]["router-hardening"]["fsour@2"]["ci95"] is not None
     assert json.loads((cell / "summary.json").read_text())["router_params_changed"] == 4

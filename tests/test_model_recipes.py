@@ -30,6 +30,7 @@ def _local(shared: Path, name: str, file: str, limit: int) -> dict:
     return {"name": name, "data_file": str(shared / file), "limit": limit}
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("path", MODEL_RECIPES, ids=lambda p: p.stem)
 def test_model_recipe_runs_on_its_tiny_architecture(path, shared_data, tmp_path):
     recipe = load_recipe(path)
@@ -37,7 +38,7 @@ def test_model_recipe_runs_on_its_tiny_architecture(path, shared_data, tmp_path)
     model_type = _tiny_type(path)
     small = {
         "model": f"tiny:{model_type}",
-        "judges": ["keyword"], "judge_url": None, "judge_model": None,
+        "judges": ["keyword"],
         "generation": {"max_new_tokens": 8, "batch_size": 8},
         "device_map": None,
         "data": {
@@ -47,11 +48,18 @@ def test_model_recipe_runs_on_its_tiny_architecture(path, shared_data, tmp_path)
             "benign_eval": _local(shared_data, "jbb-benign", "jbb_benign_behaviors.csv", 3),
             "over_refusal": _local(shared_data, "xstest", "xstest_prompts.csv", 3),
         },
-        "defense": {"steps": 2, "batch_size": 2, "refresh_every": 1, "refresh_prompts": 1, "max_response_tokens": 6,
-                    "refusal_fallback": "I cannot help with that.", "route_search": {"candidates": 4, "budget_strategy": "greedy"}},
-        "verify": {"fsour": {"candidates": 4, "restarts": 0, "judge": None, "budget_strategy": "greedy"}, "budgets": [2], "router_mask_n": [1]},
+        "verify": {"attacks": [
+            "none",
+            {"name": "fsour", "args": {"candidates": 4, "restarts": 0, "budget_strategy": "greedy"}, "sweep": {"budget": [2]}},
+            {"name": "router-mask", "sweep": {"n": [1]}},
+            "route-replay", "expert-silence",
+        ]},
     }
-    tiny = Recipe.model_validate(merge(recipe.model_dump(mode="json"), small))
+    tiny = merge(recipe.model_dump(mode="json"), small)
+    assert [d["name"] for d in tiny["defenses"]] == ["router-hardening"]
+    tiny["defenses"][0]["args"] |= {"steps": 2, "batch_size": 2, "refresh_every": 1, "refresh_prompts": 1, "max_response_tokens": 6,
+                                    "refusal_fallback": "I cannot help with that.", "route_search": {"candidates": 4, "budget_strategy": "greedy"}}
+    tiny = Recipe.model_validate(tiny)
     tiny_path = tmp_path / "tiny.yaml"
     tiny_path.write_text(yaml.safe_dump(tiny.model_dump(mode="json")))
     # its own process: an in-process DeepSpeed run would leave a process group and accelerate state behind
@@ -61,6 +69,6 @@ def test_model_recipe_runs_on_its_tiny_architecture(path, shared_data, tmp_path)
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["router_params_changed"] >= 1 and summary["other_params_changed"] == 0
     assert set(summary["phases"]["hardened"]) >= {"none", "fsour@2", "router-mask-top1"}
-    stored = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["recipe"]
+    stored = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["run"]["recipe"]
     assert stored["model"] == f"tiny:{model_type}" and stored["deepspeed"] == recipe.deepspeed
     assert json.loads((tmp_path / "run" / "train" / "train.json").read_text())["steps"] == 2

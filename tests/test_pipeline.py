@@ -16,6 +16,8 @@ from transformers import AutoModelForCausalLM
 
 from moe_defense.cli import main
 
+pytestmark = pytest.mark.e2e
+
 REPO = Path(__file__).resolve().parents[1]
 SMALL = {
     "model": "organism",
@@ -27,9 +29,14 @@ SMALL = {
         "benign_eval": {"name": "demo-benign", "split": "test", "limit": 8},
         "over_refusal": {"name": "demo-lookalike", "split": "test", "limit": 8},
     },
-    "defense": {"steps": 4, "batch_size": 4, "refresh_every": 2, "refresh_prompts": 4, "save_steps": 2,
-                "route_search": {"candidates": 8, "force_decode": True}},
-    "verify": {"fsour": {"candidates": 8, "force_decode": True, "restarts": 0}, "budgets": [2, None], "router_mask_n": [1]},
+    "defenses": [{"name": "router-hardening", "args": {"steps": 4, "batch_size": 4, "refresh_every": 2, "refresh_prompts": 4,
+                                                       "save_steps": 2, "route_search": {"candidates": 8, "force_decode": True}}}],
+    "verify": {"attacks": [
+        "none",
+        {"name": "fsour", "args": {"candidates": 8, "force_decode": True, "restarts": 0}, "sweep": {"budget": [2, None]}},
+        {"name": "router-mask", "sweep": {"n": [1]}},
+        "route-replay",
+    ]},
 }
 
 
@@ -58,10 +65,14 @@ def test_summary_holds_before_after_b80_and_utility(harden_run):
     summary = json.loads((harden_run / "summary.json").read_text())
     assert set(summary["asr_vs_budget"]) == {"original", "hardened"}
     assert list(summary["asr_vs_budget"]["original"]) == ["fsour@2", "fsour@inf"]
-    assert summary["asr_at_b80"]["attack"] in ("fsour@2", "fsour@inf")
-    assert ("budget_b80" in summary) and (summary["b80_reached"] == (summary["budget_b80"] is not None) or summary["budget_b80"] is None)
+    curve = summary["asr_vs_budget"]["original"]
+    reached = [p["budget"] for p in curve.values() if p["asr"] is not None and p["asr"] >= 0.8]
+    assert summary["b80_reached"] == bool(reached) and summary["budget_b80"] == (reached[0] if reached else None)
+    assert summary["headline_attack"] in curve and summary["headline_budget"] == curve[summary["headline_attack"]]["budget"]
     for phase in ("original", "hardened"):
-        assert {"benign_compliance", "over_refusal", "benign_nll"} <= set(summary["utility"][phase])
+        point = summary["headline_asr"][phase]
+        assert point["n_scored"] == 4 and point["asr_ci95"][0] <= point["asr"] <= point["asr_ci95"][1]  # n and a 95% interval
+        assert {"benign_compliance", "over_refusal", "benign_nll", "benign_compliance_ci95", "n_benign"} <= set(summary["utility"][phase])
         assert {"none", "fsour@2", "fsour@inf", "router-mask-top1"} <= set(summary["phases"][phase])
     assert "fsour-transfer" in summary["phases"]["hardened"]  # the original routes, replayed (transfer)
     assert summary["router_params_changed"] == 4 and summary["other_params_changed"] == 0
@@ -100,9 +111,20 @@ def test_existing_run_directory_needs_resume(harden_run, capsys):
     assert "--resume" in capsys.readouterr().err
 
 
+def test_resume_with_a_changed_recipe_is_refused_naming_the_keys(harden_run, tmp_path, capsys):
+    config = (harden_run / "config.yaml").read_text()
+    changed = {**SMALL, "seed": 3}
+    (tmp_path / "changed.yaml").write_text(yaml.safe_dump(changed))
+    assert main(["harden", str(tmp_path / "changed.yaml"), "--out", str(harden_run), "--resume"]) == 1
+    assert "recipe.seed: 0 -> 3" in capsys.readouterr().err
+    assert (harden_run / "config.yaml").read_text() == config  # the record of what produced the run is never rewritten
+
+
+@pytest.mark.distributed
 @pytest.mark.skipif(shutil.which("deepspeed") is None, reason="deepspeed launcher not installed")
 def test_two_process_deepspeed_zero2_gives_one_router_update(organism, tmp_path):
-    recipe = _recipe(tmp_path, deepspeed="train/ds/zero2.json", verify={**SMALL["verify"], "budgets": [2], "router_mask_n": []})
+    verify = {"attacks": [{"name": "fsour", "args": {"candidates": 8, "force_decode": True, "restarts": 0}, "sweep": {"budget": [2]}}]}
+    recipe = _recipe(tmp_path, deepspeed="train/ds/zero2.json", verify=verify)
     out = tmp_path / "run"
     env = {**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1"}
     command = ["deepspeed", "--num_gpus", "2", "--master_port", "29561", str(REPO / "train" / "harden.py"),

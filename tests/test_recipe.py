@@ -33,23 +33,43 @@ def _write(tmp_path: Path, **changes) -> Path:
 
 @pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.name)
 def test_shipped_recipes_validate(path):
-    recipe = load_recipe(path)
-    assert recipe.data.harmful_eval.name
+    load_recipe(path)  # raises a ConfigError naming the field otherwise
 
 
 def test_minimal_recipe_takes_defaults(tmp_path):
     recipe = load_recipe(_write(tmp_path))
-    assert recipe.defense.trainable == "routers" and recipe.train_budget == "b80"
+    assert recipe.training_defense.build().trainable == "routers" and recipe.train_budget == "b80"
+    labels = [label for spec in recipe.verify.attacks for label, _ in spec.build()]
+    assert labels == ["none", "fsour@1", "fsour@2", "fsour@4", "fsour@8", "fsour@16", "fsour@inf",
+                      "router-mask-top1", "router-mask-top2", "fsour-transfer"]
+
+
+def test_components_take_name_and_args_or_a_bare_name(tmp_path):
+    recipe = load_recipe(_write(tmp_path, judges=[{"name": "keyword", "args": {"variant": "jailbreakbench"}}, "organism"],
+                                defenses=[{"name": "router-hardening", "args": {"steps": 7}}, "route-disabling"]))
+    assert [j.name for j in recipe.judges] == ["keyword", "organism"] and recipe.judges[0].config().variant == "jailbreakbench"
+    assert [d.name for d in recipe.defenses] == ["router-hardening", "route-disabling"] and recipe.defenses[0].config().steps == 7
 
 
 @pytest.mark.parametrize(
     ("changes", "named"),
     [
-        ({"judges": ["keyword", "no-such-judge"]}, "judges"),
-        ({"defense": {"trainable": "everything"}}, "defense.trainable"),
-        ({"defense": {"stepz": 3}}, "defense.stepz"),
-        ({"defense": {"steps": "many"}}, "defense.steps"),
-        ({"verify": {"budgets": [8, 2]}}, "verify.budgets"),
+        ({"judges": ["keyword", "no-such-judge"]}, "unknown judge 'no-such-judge' (known: harmbench, keyword"),
+        ({"judges": [{"name": "keyword", "args": {"colour": "red"}}]}, "judge 'keyword' args: colour"),
+        ({"defenses": [{"name": "router-hardening", "args": {"trainable": "everything"}}]}, "trainable"),
+        ({"defenses": [{"name": "router-hardening", "args": {"stepz": 3}}]}, "stepz"),
+        ({"defenses": [{"name": "router-hardening", "args": {"steps": "many"}}]}, "steps"),
+        ({"defenses": [{"name": "magic-shield"}]}, "unknown defense 'magic-shield' (known: none, route-disabling, router-hardening)"),
+        ({"defenses": ["route-disabling", "router-hardening"]}, "must come first"),
+        ({"verify": {"attacks": [{"name": "teleport"}]}}, "unknown attack 'teleport' (known: expert-silence, fsour"),
+        ({"verify": {"attacks": [{"name": "fsour", "args": {"candidatez": 3}}]}}, "attack 'fsour' args: candidatez"),
+        ({"verify": {"attacks": [{"name": "fsour", "args": {"candidates": "many"}}]}}, "candidates"),
+        ({"verify": {"attacks": [{"name": "fsour", "sweep": {"budget": [8, 2]}}]}}, "budgets must be ascending"),
+        ({"verify": {"attacks": [{"name": "fsour", "sweep": {"budgett": [2]}}]}}, "no field(s) ['budgett'] to sweep"),
+        ({"verify": {"attacks": [{"name": "fsour", "args": {"seed": 3}, "sweep": {"budget": [2]}}]}}, "seeds derive from the recipe"),
+        ({"verify": {"attacks": ["none", "route-replay"]}, "train_budget": 8}, "replay the curve attack's routes"),
+        ({"verify": {"attacks": ["none"]}}, "train_budget b80 needs a budget sweep"),
+        ({"over_refusal_judge": "strongreject"}, "over_refusal_judge 'strongreject' is not one of the judges"),
         ({"deepspeed": "train/ds/no-such.json"}, "deepspeed"),
         ({"data": {**MINIMAL["data"], "harmful_eval": {"name": "no-such-set"}}}, "data.harmful_eval.name"),
         ({"train_budget": "lots"}, "train_budget"),

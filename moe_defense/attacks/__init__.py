@@ -1,6 +1,9 @@
-"""The attack suite: one registry (`ATTACKS`) of routing attacks, plus RoSais router ranking."""
+"""The attack suite: one registry (`ATTACKS`) of routing attacks, plus RoSais router ranking.
 
-from moe_defense.attacks import expert_silence, fsour, route_replay, router_mask  # noqa: F401  (registers each)
+Importing this package imports every module in it (and the `moe_defense.attacks` entry points), so
+an attack file that exists is registered.
+"""
+
 from moe_defense.attacks.artifacts import (
     RouteArtifact,
     interventions_for,
@@ -11,15 +14,20 @@ from moe_defense.attacks.base import (
     ATTACKS,
     Attack,
     AttackConfig,
+    AttackContext,
     AttackResult,
+    AttackSpec,
     register_attack,
 )
 from moe_defense.attacks.fsour import Fsour, FsourConfig
 from moe_defense.attacks.rosais import RosaisConfig, RouterImportance, rosais
 from moe_defense.attacks.router_mask import RouterMaskAttack, RouterMaskConfig
+from moe_defense.registry import discover
+
+discover(__name__, group="moe_defense.attacks")
 
 __all__ = [
-    "ATTACKS", "Attack", "AttackConfig", "AttackResult", "Fsour", "FsourConfig", "RosaisConfig",
+    "ATTACKS", "Attack", "AttackConfig", "AttackContext", "AttackResult", "AttackSpec", "Fsour", "FsourConfig", "RosaisConfig",
     "RouteArtifact", "RouterImportance", "RouterMaskAttack", "RouterMaskConfig", "interventions_for",
     "read_artifacts", "register_attack", "rosais", "write_artifacts",
 ]

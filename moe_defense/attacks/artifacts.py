@@ -62,7 +62,7 @@ class RouteArtifact:
         if self.model_fingerprint != fingerprint and not force:
             raise RoutingError(
                 f"route artifact for prompt {self.prompt_id!r} was found on model {self.model_fingerprint}, "
-                f"not on this model ({fingerprint}); pass force=True (--force-transfer) to replay it anyway."
+                f"not on this model ({fingerprint}); set force_transfer (--attack-arg force_transfer=true) to replay it anyway."
             )
 
 def interventions_for(

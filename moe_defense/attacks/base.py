@@ -2,23 +2,30 @@
 
 Attacks never generate or judge by themselves except where the published algorithm does (F-SOUR
 judges its restarts); the runner generates and judges with the interventions an attack returns, so
-every attack is measured the same way.
+every attack is measured the same way. Each attack class declares its own facts (whether it searches
+per prompt, its label, how its results summarise), so the suite, the CLI and the reports need no
+knowledge of any one attack. Runtime context reaches `run()` as an explicit `AttackContext`.
 """
 
 from __future__ import annotations
 
+import itertools
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
+from statistics import mean
 from typing import Any, ClassVar, Generic, TypeVar
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from moe_defense.attacks.artifacts import RouteArtifact, interventions_for
 from moe_defense.data.prompts import Prompt
 from moe_defense.models.loading import LoadedModel
-from moe_defense.registry import Registry
+from moe_defense.registry import ComponentSpec, Registry
 from moe_defense.routing import Intervention
+from moe_defense.runner.generation import GenerationConfig
+from moe_defense.runner.process import ProcessInfo, process_info
 
 
 class AttackConfig(BaseModel):
@@ -40,26 +47,64 @@ class AttackResult:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass
+class AttackContext:
+    """What an attack may use beyond its config, given by whoever runs it.
+
+    `shared` is scratch space one suite phase shares between the runs of a sweep (F-SOUR keeps its
+    uncapped routes there, to prune them to every budget); it must only hold facts about this model.
+    `benign` are benign prompts of the run's language (contrast sets); `routes` is the artifacts file a
+    transfer replay reads when its config names none.
+    """
+
+    generation: GenerationConfig = field(default_factory=GenerationConfig)
+    benign: Sequence[Prompt] | None = None
+    routes: Path | None = None
+    shared: dict[str, Any] = field(default_factory=dict)
+    info: ProcessInfo = field(default_factory=process_info)
+
+
 class Attack(ABC, Generic[C]):
-    """Base class; subclasses declare `name` and `config_class`, and implement `run`."""
+    """Base class; subclasses declare `name` and `config_class`, and implement `run`.
+
+    `per_prompt`: the attack searches each prompt on its own (saved per prompt, so a kill loses one
+    prompt; split across ranks); otherwise one global choice for all prompts, always recomputed.
+    `budget_field`: the config field that is the attack's budget axis (a sweep over it is an
+    ASR-vs-budget curve, from which B80 is read).
+    """
 
     name: ClassVar[str]
     config_class: ClassVar[type[AttackConfig]] = AttackConfig
+    per_prompt: ClassVar[bool] = False
+    budget_field: ClassVar[str | None] = None
 
     def __init__(self, config: C | None = None) -> None:
         self.config: C = config or self.config_class()  # type: ignore[assignment]
 
     @abstractmethod
-    def run(self, loaded: LoadedModel, prompts: Sequence[Prompt]) -> list[AttackResult]:
+    def run(self, loaded: LoadedModel, prompts: Sequence[Prompt], context: AttackContext) -> list[AttackResult]:
         """One result per prompt, in order."""
 
     def interventions(self, loaded: LoadedModel, results: Sequence[AttackResult]) -> list[Intervention]:
         """The batched interventions that replay `results` (one row per result) while generating."""
         return interventions_for([r.artifact for r in results], loaded.adapter.top_k, loaded.adapter.num_experts)
 
+    def label(self) -> str:
+        """The name of this configured attack in summaries and reports."""
+        if self.budget_field is None:
+            return self.name
+        budget = getattr(self.config, self.budget_field)
+        return f"{self.name}@{'inf' if budget is None else budget}"
+
     def budget(self) -> dict[str, Any]:
         """The budget knobs recorded beside every ASR this attack produces."""
-        return self.config.model_dump()
+        return self.config.model_dump(mode="json")
+
+    def summarize(self, results: Sequence[AttackResult]) -> dict[str, Any]:
+        """Cost figures of the search beside the judged ASR: means of the numeric `extra` fields."""
+        extras = [r.extra for r in results]
+        numeric = [k for k, v in (extras[0] if extras else {}).items() if isinstance(v, (int, float)) and not isinstance(v, bool)]
+        return {f"mean_{key}": round(mean(float(e[key]) for e in extras), 2) for key in numeric}
 
 
 ATTACKS: Registry[type[Attack]] = Registry("attack", hint="Add one in moe_defense/attacks/ with @register_attack.")
@@ -67,3 +112,62 @@ ATTACKS: Registry[type[Attack]] = Registry("attack", hint="Add one in moe_defens
 
 def register_attack(cls: type[Attack]) -> type[Attack]:
     return ATTACKS.register(cls.name)(cls)
+
+
+class AttackSpec(ComponentSpec):
+    """One entry of an attack suite: `{name, args, label, sweep}`.
+
+    `sweep: {budget: [2, 8, null]}` runs the attack once per value (several fields: every
+    combination); `label` replaces the attack's own label (with a sweep, `label@value` per point).
+    """
+
+    label: str | None = Field(None, description="name in summaries and reports (default: the attack's own label)")
+    sweep: dict[str, list[Any]] = Field(default_factory=dict, description="config field -> values, one run per value")
+
+    @classmethod
+    def registry(cls) -> Registry:
+        return ATTACKS
+
+    @field_validator("sweep")
+    @classmethod
+    def _values(cls, sweep: dict[str, list[Any]]) -> dict[str, list[Any]]:
+        for key, values in sweep.items():
+            if not values or len(values) != len(set(map(repr, values))):
+                raise ValueError(f"sweep {key!r} needs distinct values, got {values}")
+        return sweep
+
+    @model_validator(mode="after")
+    def _sweep_fields(self) -> AttackSpec:
+        fields = self.component_class().config_class.model_fields
+        unknown = [key for key in self.sweep if key not in fields]
+        if unknown:
+            raise ValueError(f"attack {self.name!r} has no field(s) {unknown} to sweep (fields: {', '.join(fields)})")
+        for point in self.points():
+            self.config(**point)  # every point of the sweep is a valid config
+        return self
+
+    def points(self) -> list[dict[str, Any]]:
+        keys = list(self.sweep)
+        return [dict(zip(keys, values, strict=True)) for values in itertools.product(*self.sweep.values())]
+
+    def build(self, **updates: Any) -> list[tuple[str, Attack]]:
+        """(label, attack) per sweep point; `updates` (the run's seed) win over `args` where the config has them."""
+        attack_class = self.component_class()
+        fields = attack_class.config_class.model_fields
+        updates = {k: v for k, v in updates.items() if k in fields}
+        built = []
+        for point in self.points():
+            attack = attack_class(self.config(**{**point, **updates}))
+            suffix = "".join(f"@{'inf' if value is None else value}" for value in point.values())
+            built.append((attack.label() if self.label is None else f"{self.label}{suffix}", attack))
+        labels = [label for label, _ in built]
+        if len(set(labels)) < len(labels):  # the attack's own label does not show the swept field: name the point
+            built = [(f"{label}@" + ",".join(f"{k}={v}" for k, v in point.items()), attack)
+                     for (label, attack), point in zip(built, self.points(), strict=True)]
+        return built
+
+    @property
+    def is_curve(self) -> bool:
+        """A sweep over the attack's budget axis: the ASR-vs-budget curve B80 is read from."""
+        budget_field = self.component_class().budget_field
+        return budget_field is not None and list(self.sweep) == [budget_field]

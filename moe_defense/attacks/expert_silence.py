@@ -7,12 +7,14 @@ and benign prompts, then deactivate them; no search per prompt, one mask for all
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from pydantic import Field
 
-from moe_defense.attacks.base import Attack, AttackConfig, AttackResult, register_attack
+from moe_defense.attacks.base import Attack, AttackConfig, AttackContext, AttackResult, register_attack
 from moe_defense.data.prompts import Prompt, load_prompts
+from moe_defense.errors import ConfigError
 from moe_defense.models.loading import LoadedModel
 from moe_defense.routing import ExpertMask, Intervention, record_routing
 from moe_defense.runner.generation import encode_prompts
@@ -26,7 +28,8 @@ class ExpertSilenceConfig(AttackConfig):
 
     per_layer: int = Field(1, ge=1, description="experts silenced per MoE layer")
     layers: list[int] | None = Field(None, description="MoE layers to silence in; None = all")
-    benign_set: str = Field("demo-benign", description="registered set or file of benign prompts to contrast with")
+    benign_set: str | None = Field(None, description="registered set or file of benign prompts to contrast with "
+                                   "(None: the run's benign prompts, e.g. a recipe's benign_eval, or the organism's own)")
     benign_limit: int = Field(64, ge=1, description="benign prompts used for the contrast")
     benign_data_file: str | None = Field(None, description="local copy of a registered benign set")
 
@@ -50,17 +53,24 @@ class ExpertSilence(Attack[ExpertSilenceConfig]):
     name = "expert-silence"
     config_class = ExpertSilenceConfig
 
-    def silenced(self, loaded: LoadedModel, prompts: Sequence[Prompt]) -> dict[int, list[int]]:
+    def benign(self, context: AttackContext) -> Sequence[Prompt]:
+        if self.config.benign_set is not None:
+            return load_prompts(self.config.benign_set, limit=self.config.benign_limit, data_file=self.config.benign_data_file).prompts
+        if context.benign is None:
+            raise ConfigError("expert-silence contrasts harmful with benign routing and this run has no benign prompts: "
+                              "set its benign_set (e.g. --attack-arg benign_set=jbb-benign).")
+        return context.benign[: self.config.benign_limit]
+
+    def silenced(self, loaded: LoadedModel, prompts: Sequence[Prompt], context: AttackContext) -> dict[int, list[int]]:
         layers = [loaded.adapter.layer_of(l) for l in self.config.layers] if self.config.layers else loaded.adapter.moe_layers()
-        benign = load_prompts(self.config.benign_set, limit=self.config.benign_limit, data_file=self.config.benign_data_file)
         harmful_usage = expert_usage(loaded, [p.text for p in prompts], layers)
-        benign_usage = expert_usage(loaded, [p.text for p in benign.prompts], layers)
+        benign_usage = expert_usage(loaded, [p.text for p in self.benign(context)], layers)
         keep = loaded.adapter.num_experts - loaded.adapter.top_k  # never block so many that top-k is impossible
         count = min(self.config.per_layer, keep)
         return {layer: (harmful_usage[layer] - benign_usage[layer]).topk(count).indices.tolist() for layer in layers}
 
-    def run(self, loaded: LoadedModel, prompts: Sequence[Prompt]) -> list[AttackResult]:
-        silenced = self.silenced(loaded, prompts)
+    def run(self, loaded: LoadedModel, prompts: Sequence[Prompt], context: AttackContext) -> list[AttackResult]:
+        silenced = self.silenced(loaded, prompts, context)
         return [AttackResult(prompt_id=p.id, artifact=None, extra={"silenced": silenced}) for p in prompts]
 
     def interventions(self, loaded: LoadedModel, results: Sequence[AttackResult]) -> list[Intervention]:
@@ -70,3 +80,6 @@ class ExpertSilence(Attack[ExpertSilenceConfig]):
             mask[..., experts] = True
             masks[layer] = mask
         return [ExpertMask(masks, scope="all")]
+
+    def summarize(self, results: Sequence[AttackResult]) -> dict[str, Any]:
+        return {"silenced": results[0].extra["silenced"]} if results else {}

@@ -20,17 +20,19 @@ import copy
 import math
 import time
 from collections.abc import Sequence
-from typing import Literal
+from statistics import mean
+from typing import Any, Literal
 
 import torch
 from pydantic import Field
 from transformers import Cache, DynamicCache
 
 from moe_defense.attacks.artifacts import RouteArtifact, interventions_for
-from moe_defense.attacks.base import Attack, AttackConfig, AttackResult, register_attack
+from moe_defense.attacks.base import Attack, AttackConfig, AttackContext, AttackResult, register_attack
 from moe_defense.attacks.objective import TargetProblem
 from moe_defense.data.prompts import Prompt
-from moe_defense.judges import JUDGES, Judge, JudgeItem
+from moe_defense.judges import Judge, JudgeItem
+from moe_defense.judges.factory import JudgeSpec, build_judge
 from moe_defense.models.loading import LoadedModel
 from moe_defense.routing import ForcedRoute, LogitBias, intervene, record_routing
 from moe_defense.runner.generation import GenerationConfig, generate
@@ -58,7 +60,7 @@ class FsourConfig(AttackConfig):
         "then drops the pairs whose removal costs the objective least until the budget holds; best runs both, keeps the higher",
     )
     sweeps: int = Field(1, ge=1, description="fast mode: passes over the pairs while the last one improved (reference: 1)")
-    judge: str | None = Field(None, description="judge in the loop for restarts (None: P(target) decides)")
+    judge: JudgeSpec | None = Field(None, description="judge in the loop for restarts, {name, args} or a name (None: P(target) decides)")
     seed: int = Field(0, description="seed of the first search; restart r uses seed + r")
 
 
@@ -357,42 +359,42 @@ class Fsour(Attack[FsourConfig]):
     name = "fsour"
     config_class = FsourConfig
 
-    def __init__(self, config: FsourConfig | None = None, generation: GenerationConfig | None = None,
-                 uncapped: UncappedRoutes | None = None) -> None:
-        super().__init__(config)
-        self.generation = generation or GenerationConfig()
-        self.uncapped = uncapped
-        self.judge: Judge | None = JUDGES.get(self.config.judge)() if self.config.judge else None
+    per_prompt = True
+    budget_field = "budget"
 
-    def search(self, loaded: LoadedModel, prompt: Prompt, seed: int) -> RouteSearch:
+    def search(self, loaded: LoadedModel, prompt: Prompt, seed: int, uncapped: UncappedRoutes | None = None) -> RouteSearch:
         problem = TargetProblem.build(loaded, prompt.text, str(prompt.metadata.get("target") or DEFAULT_TARGET))
-        search = RouteSearch(loaded, problem, self.config, seed, self.uncapped)
+        search = RouteSearch(loaded, problem, self.config, seed, uncapped)
         search.reference() if self.config.mode == "reference" else search.fast()
         return search
 
-    def _respond(self, loaded: LoadedModel, prompt: Prompt, artifact: RouteArtifact) -> str:
+    def _respond(self, loaded: LoadedModel, prompt: Prompt, artifact: RouteArtifact, generation: GenerationConfig) -> str:
         routes = interventions_for([artifact], loaded.adapter.top_k, loaded.adapter.num_experts)
-        return generate(loaded, [prompt.text], self.generation, route_for_batch=lambda rows: routes, progress=False)[0]
+        return generate(loaded, [prompt.text], generation, route_for_batch=lambda rows: routes, progress=False)[0]
 
-    def _judged(self, prompt: Prompt, response: str, search: RouteSearch) -> bool:
-        if self.judge is None:
+    @staticmethod
+    def _judged(judge: Judge | None, prompt: Prompt, response: str, search: RouteSearch) -> bool:
+        if judge is None:
             return search.success
-        verdict = self.judge.judge_batch([JudgeItem(prompt.text, response, prompt.metadata)])[0]
+        verdict = judge.judge_batch([JudgeItem(prompt.text, response, prompt.metadata)])[0]
         return bool(verdict.jailbroken)
 
-    def run(self, loaded: LoadedModel, prompts: Sequence[Prompt]) -> list[AttackResult]:
+    def run(self, loaded: LoadedModel, prompts: Sequence[Prompt], context: AttackContext) -> list[AttackResult]:
         fingerprint = loaded.fingerprint()
+        judge = build_judge(self.config.judge, lower_cased=loaded.lower_cased) if self.config.judge else None
+        criterion = f"judge:{self.config.judge.name}" if self.config.judge else f"p_target>={self.config.success_prob}"
+        uncapped = context.shared.setdefault("fsour_uncapped", {})  # one uncapped search per prompt, pruned to every budget
         results = []
         for prompt in prompts:
             started = time.perf_counter()
             attempts, attempts_initial, passes, sequences = [], [], 0, 0
             for restart in range(self.config.restarts + 1):
-                search = self.search(loaded, prompt, self.config.seed + restart)
+                search = self.search(loaded, prompt, self.config.seed + restart, uncapped)
                 artifact = search.artifact(prompt.id, fingerprint)
-                response = self._respond(loaded, prompt, artifact)
+                response = self._respond(loaded, prompt, artifact, context.generation)
                 passes += search.forward_passes
                 sequences += search.sequences
-                attempts.append((artifact, response, self._judged(prompt, response, search)))
+                attempts.append((artifact, response, self._judged(judge, prompt, response, search)))
                 attempts_initial.append(search.initial_value)
                 if attempts[-1][2]:
                     break
@@ -404,7 +406,7 @@ class Fsour(Attack[FsourConfig]):
                         "single_shot_response": attempts[0][1],
                         "single_shot_success": attempts[0][2],
                         "restarts_used": len(attempts) - 1,
-                        "success_criterion": f"judge:{self.config.judge}" if self.judge else f"p_target>={self.config.success_prob}",
+                        "success_criterion": criterion,
                         "best_of_restarts_success": any(a[2] for a in attempts),
                         "forward_passes": passes,
                         "sequences": sequences,
@@ -415,3 +417,18 @@ class Fsour(Attack[FsourConfig]):
                 )
             )
         return results
+
+    def summarize(self, results: Sequence[AttackResult]) -> dict[str, Any]:
+        """Success as the search saw it (the in-loop judge when one was given, else P(target) >= success_prob)
+        and the search's cost per prompt."""
+        extras = [r.extra for r in results]
+        if not extras:
+            return {}
+        summary: dict[str, Any] = {
+            "success_criterion": extras[0]["success_criterion"],
+            "first_search_success_rate": mean(bool(e["single_shot_success"]) for e in extras),
+            "any_restart_success_rate": mean(bool(e["best_of_restarts_success"]) for e in extras),
+        }
+        for key in ("forward_passes", "sequences", "forced_pairs", "seconds"):
+            summary[f"mean_{key}"] = round(mean(float(e[key]) for e in extras), 2)
+        return summary

@@ -5,24 +5,21 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from pathlib import Path
-from statistics import mean
 from typing import Any
 
 from tqdm import tqdm
 
 from moe_defense.attacks.artifacts import RouteArtifact
-from moe_defense.attacks.base import Attack, AttackResult
+from moe_defense.attacks.base import Attack, AttackContext, AttackResult
 from moe_defense.data.prompts import PromptSet
 from moe_defense.judges import Judge
 from moe_defense.models.loading import LoadedModel
-from moe_defense.runner.evaluate import evaluate, process_info
-from moe_defense.runner.generation import GenerationConfig
+from moe_defense.runner.evaluate import evaluate
 from moe_defense.runner.rundir import RecordWriter, RunDir, atomic_write, read_jsonl
 
 ATTACK_RESULTS = "attack_results.jsonl"
 ATTACK_RESULTS_GLOB = "attack_results*.jsonl"
 ARTIFACTS = "artifacts.jsonl"  # the found routes alone, for route-replay and hardening
-PER_PROMPT_ATTACKS = ("fsour",)  # searches per prompt: saved one prompt at a time so a kill loses one prompt
 
 
 def _load_results(out_dir: Path) -> dict[str, AttackResult]:
@@ -43,19 +40,21 @@ def _record(result: AttackResult) -> dict[str, Any]:
     }
 
 
-def search_all(loaded: LoadedModel, prompt_set: PromptSet, attack: Attack, out_dir: Path, resume: bool, progress: bool) -> list[AttackResult]:
-    """The attack's result per prompt; per-prompt searches resume from `attack_results*.jsonl`.
+def search_all(loaded: LoadedModel, prompt_set: PromptSet, attack: Attack, context: AttackContext, out_dir: Path,
+               resume: bool, progress: bool) -> list[AttackResult]:
+    """The attack's result per prompt; per-prompt searches (`attack.per_prompt`) are saved one prompt at a
+    time, so a kill loses one prompt, and resume from `attack_results*.jsonl`.
 
     Data-parallel runs split the searches: rank r searches every world-th open prompt and appends to
     its own `attack_results.rank<r>.jsonl`, so no two processes write one file.
     """
-    info = process_info()
+    info = context.info
     if not resume and info.is_main:
         for path in out_dir.glob(ATTACK_RESULTS_GLOB):
             path.unlink()
     info.wait()
-    if attack.name not in PER_PROMPT_ATTACKS:
-        results = attack.run(loaded, prompt_set.prompts)  # global choices: cheap, always recomputed
+    if not attack.per_prompt:
+        results = attack.run(loaded, prompt_set.prompts, context)  # global choices: cheap, always recomputed
         if info.is_main:
             (out_dir / ATTACK_RESULTS).unlink(missing_ok=True)
             RecordWriter(out_dir / ATTACK_RESULTS).append(_record(r) for r in results)
@@ -65,29 +64,12 @@ def search_all(loaded: LoadedModel, prompt_set: PromptSet, attack: Attack, out_d
     info.wait()  # every rank has read the finished prompts before anyone appends
     writer = RecordWriter(out_dir / (ATTACK_RESULTS if info.world == 1 else f"attack_results.rank{info.rank}.jsonl"))
     todo = [p for p in prompt_set.prompts if p.id not in done][info.rank :: info.world]
-    for prompt in tqdm(todo, desc=f"{attack.name} search", unit="prompt", disable=not progress or not info.is_main):
-        done[prompt.id] = attack.run(loaded, [prompt])[0]
+    for prompt in tqdm(todo, desc=f"{attack.label()} search", unit="prompt", disable=not progress or not info.is_main):
+        done[prompt.id] = attack.run(loaded, [prompt], context)[0]
         writer.append([_record(done[prompt.id])])
     info.wait()
     done = _load_results(out_dir)
     return [done[p.id] for p in prompt_set.prompts]
-
-
-def attack_summary(results: Sequence[AttackResult]) -> dict[str, Any]:
-    """Cost and budget figures of the search, beside the judged ASR."""
-    summary: dict[str, Any] = {}
-    extras = [r.extra for r in results]
-    if extras and "single_shot_success" in extras[0]:
-        # success as the search saw it: the in-loop judge when one was given, else P(target) >= success_prob
-        summary["success_criterion"] = extras[0]["success_criterion"]
-        summary["first_search_success_rate"] = mean(bool(e["single_shot_success"]) for e in extras)
-        summary["any_restart_success_rate"] = mean(bool(e["best_of_restarts_success"]) for e in extras)
-        for key in ("forward_passes", "sequences", "forced_pairs", "seconds"):
-            summary[f"mean_{key}"] = round(mean(float(e[key]) for e in extras), 2)
-    for key in ("masked_layers", "silenced"):
-        if extras and key in extras[0]:
-            summary[key] = extras[0][key]
-    return summary
 
 
 def run_attack(
@@ -97,28 +79,30 @@ def run_attack(
     judges: Sequence[Judge],
     *,
     out_dir: str | Path,
-    gen_config: GenerationConfig | None = None,
+    context: AttackContext | None = None,
     resume: bool = False,
     label: str | None = None,
     phase: str = "original",
     progress: bool = True,
 ) -> dict[str, Any]:
     """Search, replay the found routes while generating, judge, and write the run directory."""
+    context = context or AttackContext()
+    label = label or attack.label()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    results = search_all(loaded, prompt_set, attack, out_dir, resume, progress)
+    results = search_all(loaded, prompt_set, attack, context, out_dir, resume, progress)
     artifacts = {r.prompt_id: r.artifact.to_json() for r in results if r.artifact is not None}
-    if artifacts and process_info().is_main:
+    if artifacts and context.info.is_main:
         atomic_write(out_dir / ARTIFACTS, "".join(json.dumps(a, sort_keys=True) + "\n" for a in artifacts.values()))
     summary = evaluate(
-        loaded, prompt_set, judges, gen_config=gen_config, out_dir=out_dir, resume=resume,
-        attack_name=label or attack.name, phase=phase, route_artifacts=artifacts,
+        loaded, prompt_set, judges, gen_config=context.generation, out_dir=out_dir, resume=resume,
+        attack_name=label, phase=phase, route_artifacts=artifacts, info=context.info,
         route_for_batch=lambda rows: attack.interventions(loaded, [results[row] for row in rows]),
         extra_config={"attack_config": attack.config.model_dump(mode="json")}, progress=progress,
     )
-    row = summary["phases"][phase][label or attack.name]
+    row = summary["phases"][phase][label]
     row["budget"] = attack.budget()
-    row["search"] = attack_summary(results)
-    if process_info().is_main:
+    row["search"] = attack.summarize(results)
+    if context.info.is_main:
         RunDir(out_dir).write_summary(summary)
     return summary

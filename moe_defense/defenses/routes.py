@@ -8,6 +8,7 @@ in the pool so the routers do not forget them.
 
 from __future__ import annotations
 
+import json
 import random
 from collections.abc import Sequence
 from pathlib import Path
@@ -17,22 +18,42 @@ import torch
 from moe_defense.attacks.artifacts import RouteArtifact, interventions_for, read_artifacts, write_artifacts
 from moe_defense.attacks.fsour import Fsour, FsourConfig
 from moe_defense.data.prompts import Prompt
+from moe_defense.errors import DataError
 from moe_defense.models.loading import LoadedModel
 from moe_defense.routing import Intervention
+from moe_defense.runner.rundir import atomic_write
 
 
 class RoutePool:
-    """Up to `per_prompt` unsafe routes per prompt id, newest first; persisted as JSONL for --resume."""
+    """Up to `per_prompt` unsafe routes per prompt id, newest first; persisted as JSONL for --resume.
 
-    def __init__(self, per_prompt: int, path: Path | None = None) -> None:
+    Every rank reads the file; only the one with `write` (rank 0) appends to it. `records` counts
+    every route ever added, so a checkpoint can name the pool as it was.
+    """
+
+    def __init__(self, per_prompt: int, path: Path | None = None, write: bool = True) -> None:
         self.per_prompt = per_prompt
         self.path = path
+        self.write = write
         self.routes: dict[str, list[RouteArtifact]] = {}
+        self.records = 0
         if path is not None and path.exists():
             for artifact in read_artifacts(path):
                 self._keep(artifact)
 
+    def truncate(self, records: int) -> None:
+        """Back to the pool after its first `records` routes (a resumed training drops later refreshes)."""
+        kept = read_artifacts(self.path)[:records] if self.path is not None and self.path.exists() else []
+        if len(kept) != records:
+            raise DataError(f"route pool {self.path} holds {len(kept)} routes, fewer than the {records} its checkpoint saw.")
+        self.routes, self.records = {}, 0
+        for artifact in kept:
+            self._keep(artifact)
+        if self.write and self.path is not None:
+            atomic_write(self.path, "".join(json.dumps(a.to_json(), sort_keys=True) + "\n" for a in kept))
+
     def _keep(self, artifact: RouteArtifact) -> None:
+        self.records += 1
         entries = self.routes.setdefault(artifact.prompt_id, [])
         entries.insert(0, artifact)
         del entries[self.per_prompt :]
@@ -40,7 +61,7 @@ class RoutePool:
     def add(self, artifacts: Sequence[RouteArtifact]) -> None:
         for artifact in artifacts:
             self._keep(artifact)
-        if self.path is not None:
+        if self.path is not None and self.write:
             write_artifacts(self.path, artifacts)
 
     def __len__(self) -> int:
@@ -71,12 +92,3 @@ def search_routes(loaded: LoadedModel, prompts: Sequence[Prompt], config: FsourC
         return [attack.search(loaded, p, config.seed).artifact(p.id, fingerprint) for p in prompts]
     finally:
         loaded.model.train(was_training)
-
-
-def gather_routes(local: list[RouteArtifact]) -> list[RouteArtifact]:
-    """Every rank's routes (each rank searched its share of prompts); identity in one process."""
-    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
-        return local
-    shards: list[list[dict] | None] = [None] * torch.distributed.get_world_size()
-    torch.distributed.all_gather_object(shards, [a.to_json() for a in local])
-    return [RouteArtifact.from_json(payload) for shard in shards for payload in shard or []]

@@ -18,30 +18,33 @@ from typing import Any, Literal
 
 import torch
 from datasets import Dataset
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_utils import get_last_checkpoint
 
+from moe_defense.attacks.artifacts import RouteArtifact
 from moe_defense.attacks.fsour import FsourConfig
+from moe_defense.defenses.base import DefenseConfig
 from moe_defense.defenses.checkpoint import tensor_digest
 from moe_defense.defenses.examples import TrainingSequence, collate
 from moe_defense.defenses.objective import HardeningObjective, HarmfulBatch, LossWeights, Reference
-from moe_defense.defenses.routes import RoutePool, gather_routes, search_routes
+from moe_defense.defenses.routes import RoutePool, search_routes
+from moe_defense.errors import ConfigError
 from moe_defense.models.loading import LoadedModel
 from moe_defense.models.params import TrainableScope, set_trainable
 from moe_defense.models.training import trainer_defaults
+from moe_defense.runner.process import ProcessInfo
 
 ROUTE_POOL = "route_pool.jsonl"
+HARDENING_STATE = "hardening_state.rank{rank}.json"  # in every Trainer checkpoint: what HF Trainer does not save
 
 
 def default_route_search() -> FsourConfig:
     return FsourConfig(candidates=32, force_decode=True, budget=8, restarts=0, budget_strategy="prune")
 
 
-class HardeningConfig(BaseModel):
+class HardeningConfig(DefenseConfig):
     """How the routers are trained: steps, batch, which tensors, loss terms, adversarial refresh."""
-
-    model_config = ConfigDict(extra="forbid")
 
     trainable: TrainableScope = Field("routers", description="tensors that train: routers (the product), routers+experts, all")
     steps: int = Field(120, ge=1, description="optimiser steps")
@@ -102,8 +105,10 @@ class HardeningTrainer(Trainer):
 class RouteRefresh(TrainerCallback):
     """Every `every` steps: F-SOUR against the current routers on the next prompts, into the pool."""
 
-    def __init__(self, loaded: LoadedModel, harmful: Sequence[TrainingSequence], pool: RoutePool, config: FsourConfig, every: int, prompts: int) -> None:
+    def __init__(self, loaded: LoadedModel, harmful: Sequence[TrainingSequence], pool: RoutePool, config: FsourConfig, every: int,
+                 prompts: int, info: ProcessInfo) -> None:
         self.loaded = loaded
+        self.info = info
         self.prompts = [s.prompt for s in harmful]
         self.pool = pool
         self.config = config
@@ -123,15 +128,34 @@ class RouteRefresh(TrainerCallback):
     def search(self, index: int) -> None:
         """Search the index-th chunk of prompts (rotating through the set); each rank takes its share."""
         chunk = [self.prompts[(index * self.count + i) % len(self.prompts)] for i in range(min(self.count, len(self.prompts)))]
-        rank, world = _rank_world()
         config = self.config.model_copy(update={"seed": self.config.seed + index})
-        self.pool.add(gather_routes(search_routes(self.loaded, chunk[rank::world], config)))
+        found = search_routes(self.loaded, chunk[self.info.rank :: self.info.world], config)
+        self.pool.add([artifact for shard in self.info.gather([a.to_json() for a in found]) for artifact in map(RouteArtifact.from_json, shard)])
 
 
-def _rank_world() -> tuple[int, int]:
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_rank(), torch.distributed.get_world_size()
-    return 0, 1
+class HardeningState(TrainerCallback):
+    """Saves into every checkpoint what HF Trainer does not: the route-sampling RNG and the pool's size,
+    so a training resumed from a checkpoint continues exactly as the uninterrupted one would have."""
+
+    def __init__(self, trainer: HardeningTrainer, pool: RoutePool, info: ProcessInfo) -> None:
+        self.trainer = trainer
+        self.pool = pool
+        self.info = info
+
+    def on_save(self, args, state, control, **kwargs):
+        version, internal, gauss = self.trainer.rng.getstate()
+        payload = {"rng": [version, list(internal), gauss], "pool_records": self.pool.records}
+        path = Path(args.output_dir) / f"checkpoint-{state.global_step}" / HARDENING_STATE.format(rank=self.info.rank)
+        path.write_text(json.dumps(payload))
+
+    def restore(self, checkpoint: str) -> None:
+        path = Path(checkpoint) / HARDENING_STATE.format(rank=self.info.rank)
+        if not path.is_file():
+            raise ConfigError(f"checkpoint {checkpoint} has no {path.name}: it cannot be resumed exactly. Start a new run directory.")
+        payload = json.loads(path.read_text())
+        version, internal, gauss = payload["rng"]
+        self.trainer.rng.setstate((version, tuple(internal), gauss))
+        self.pool.truncate(payload["pool_records"])
 
 
 def router_digest(loaded: LoadedModel) -> str:
@@ -159,22 +183,29 @@ def train_routers(
     config: HardeningConfig,
     out_dir: Path,
     *,
+    info: ProcessInfo,
     mask_layers: Sequence[int] = (),
     deepspeed: str | dict | None = None,
     resume: bool = False,
+    callbacks: Sequence[TrainerCallback] = (),
 ) -> dict[str, Any]:
-    """Train `loaded.model` in place; returns training facts (losses, refreshes, seconds)."""
+    """Train `loaded.model` in place; returns training facts (losses, refreshes, seconds).
+
+    `resume` continues from the last checkpoint under `out_dir` with the RNG and route pool it saved,
+    so the trained tensors equal an uninterrupted run's bit for bit."""
     out_dir.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     reference = Reference(loaded, config.trainable)
     set_trainable(loaded.model, config.trainable)
     pool_path = out_dir / ROUTE_POOL
-    if not resume:
-        pool_path.unlink(missing_ok=True)
-    pool = RoutePool(config.routes_per_prompt, pool_path)
-    world = _rank_world()[1]
+    checkpoint = get_last_checkpoint(str(out_dir / "trainer")) if resume and (out_dir / "trainer").exists() else None
+    if checkpoint is None and info.is_main:
+        pool_path.unlink(missing_ok=True)  # nothing to continue from: routes found after step 0 would change the run
+    info.wait()
+    pool = RoutePool(config.routes_per_prompt, pool_path, write=info.is_main)
     objective = HardeningObjective(loaded, config.loss, reference, mask_layers)
-    refresh = RouteRefresh(loaded, harmful, pool, config.route_search, config.refresh_every if config.loss.adversarial_refusal else 0, config.refresh_prompts)
+    every = config.refresh_every if config.loss.adversarial_refusal else 0
+    refresh = RouteRefresh(loaded, harmful, pool, config.route_search, every, config.refresh_prompts, info)
     if config.initial_routes == "search" and not len(pool) and config.loss.adversarial_refusal:
         refresh.search(0)  # step 0: routes found on the original model, for the first chunk of prompts
     initial_seconds = time.perf_counter() - started
@@ -184,16 +215,17 @@ def train_routers(
         data_collator=lambda features: {"row": torch.tensor([f["row"] for f in features])},
         callbacks=[refresh], loaded=loaded, objective=objective, harmful=harmful, benign=benign, pool=pool, seed=config.seed,
     )
-    checkpoint = get_last_checkpoint(str(out_dir / "trainer")) if resume and (out_dir / "trainer").exists() else None
+    state = HardeningState(trainer, pool, info)
+    for callback in (state, *callbacks):
+        trainer.add_callback(callback)
+    if checkpoint is not None:
+        state.restore(checkpoint)
     trainer.train(resume_from_checkpoint=checkpoint)
     loaded.model.eval()
     for parameter in loaded.model.parameters():
         parameter.requires_grad_(False)
     history = [entry for entry in trainer.state.log_history if "loss" in entry]
-    digest = router_digest(loaded)
-    digests = [digest] * world
-    if world > 1:
-        torch.distributed.all_gather_object(digests, digest)
+    digests = info.gather(router_digest(loaded))
     return {
         "steps": trainer.state.global_step,
         "resumed_from": checkpoint,
@@ -202,7 +234,7 @@ def train_routers(
         "refreshes": refresh.refreshes,
         "refresh_seconds": round(refresh.seconds, 1),
         "routes_in_pool": len(pool),
-        "world_size": world,
+        "world_size": info.world,
         "router_digest_per_rank": digests,  # equal on every rank: data-parallel replicas stayed in sync
         "log": history,
     }

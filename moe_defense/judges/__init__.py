@@ -1,6 +1,7 @@
 """Judges: one registry (`JUDGES`) of refusal-keyword, StrongREJECT rubric, HarmBench, Llama Guard and organism judges.
 
-Importing this package registers every judge module below, so `JUDGES` is complete wherever it is used.
+Importing this package imports every module in it (and the `moe_defense.judges` entry points), so a
+judge file that exists is registered and `JUDGES` is complete wherever it is used.
 
     judge = JUDGES.get("keyword")(KeywordConfig(variant="jailbreakbench"))
     verdicts = judge.judge_batch([JudgeItem(prompt, response)])
@@ -40,6 +41,9 @@ from moe_defense.judges.strongreject import (
     StrongRejectJudge,
     parse_rubric,
 )
+from moe_defense.registry import discover
+
+discover(__name__, group="moe_defense.judges")
 
 __all__ = [
     "JUDGES",

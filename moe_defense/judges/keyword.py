@@ -58,8 +58,9 @@ class KeywordConfig(JudgeConfig):
     variant: Literal["advbench", "jailbreakbench"] = Field(
         "advbench", description="advbench: the 29-substring GCG list (default); jailbreakbench: its 13-substring StringClassifier list"
     )
-    ignore_case: bool = Field(
-        False, description="match case-insensitively (for lower-cased models such as the organism); off to match the originals"
+    ignore_case: bool | None = Field(
+        None, description="match case-insensitively; unset: follow the model under test (on for a lower-casing tokenizer "
+        "such as the organism's, off otherwise, which matches the published lists)"
     )
 
 

@@ -49,10 +49,19 @@ class LoadedModel:
     tokenizer: PreTrainedTokenizerBase
     adapter: RouterAdapter
     spec: str
+    benign_set: str | None = None  # a registered benign prompt set in this model's own language (the organism's corpus)
 
     @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
+
+    @property
+    def lower_cased(self) -> bool:
+        """The tokenizer lower-cases its input (the organism's does), so answers never hold capitals:
+        judges matching cased text must fold case."""
+        backend = getattr(self.tokenizer, "backend_tokenizer", None)
+        normalizer = getattr(backend, "normalizer", None)
+        return normalizer is not None and normalizer.normalize_str("Sure I CAN") == "sure i can"
 
     def fingerprint(self) -> str:
         """A cheap identity of config + weights: route artifacts are refused on another model."""

@@ -6,6 +6,8 @@ Model specs `organism` and `organism:<arch>` resolve here: the organism is built
 
 from __future__ import annotations
 
+import dataclasses
+
 from pydantic import ValidationError
 
 from moe_defense.errors import ModelLoadError, describe_validation
@@ -41,5 +43,4 @@ def load_organism(spec: str, options: LoadOptions) -> LoadedModel:
     """Load the cached organism for `spec`, building it first if needed."""
     directory = ensure_built(config_from_spec(spec))
     loaded = load_pretrained(str(directory), options)
-    loaded.spec = spec
-    return loaded
+    return dataclasses.replace(loaded, spec=spec, benign_set="demo-benign")

@@ -21,7 +21,7 @@ from moe_defense.models.adapters import RouterAdapter
 from moe_defense.routing.step import StepInfo, step_from_inputs
 
 if TYPE_CHECKING:
-    from moe_defense.routing.guard import RouteGuard
+    from moe_defense.routing.guard import RouteReviewer
     from moe_defense.routing.interventions import Intervention
     from moe_defense.routing.record import RoutingRecorder
 
@@ -34,7 +34,7 @@ class RoutingController:
         self.adapter = adapter
         self.interventions: list[Intervention] = []
         self.recorders: list[RoutingRecorder] = []
-        self.guards: list[RouteGuard] = []
+        self.guards: list[RouteReviewer] = []
         self.step: StepInfo | None = None
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
 

@@ -7,12 +7,10 @@ Attacks reuse the same pieces: `generate(..., route_for_batch=...)` for per-row 
 """
 
 from moe_defense.runner.evaluate import (
-    ProcessInfo,
     evaluate,
     is_benign,
     judge_responses,
     make_record,
-    process_info,
     render_report,
     summarize,
     summary_table,
@@ -23,6 +21,7 @@ from moe_defense.runner.generation import (
     encode_prompts,
     generate,
 )
+from moe_defense.runner.process import ProcessInfo, process_info
 from moe_defense.runner.rundir import (
     RecordWriter,
     RunDir,

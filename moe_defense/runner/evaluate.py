@@ -10,14 +10,11 @@ never imports accelerate.
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 
-import torch
 from tqdm.auto import tqdm
 
 from moe_defense.data import Prompt, PromptSet
@@ -25,64 +22,19 @@ from moe_defense.errors import ConfigError, JudgeError
 from moe_defense.judges import (
     Judge,
     JudgeItem,
-    KeywordJudge,
     Verdict,
     asr,
     pairwise_agreement,
 )
+from moe_defense.stats import wilson
 from moe_defense.models import LoadedModel
 from moe_defense.routing import Intervention
 from moe_defense.runner.generation import GenerationConfig, RouteForBatch, generate
+from moe_defense.runner.process import ProcessInfo, process_info
 from moe_defense.runner.rundir import RunDir
 
 BENIGN_KINDS = frozenset({"benign", "lookalike"})  # demo corpus kinds a model should answer
 STATUS_ORDER = ("scored", "unscored", "error")  # a record's status is its worst judge verdict
-T = TypeVar("T")
-
-
-@dataclass(frozen=True)
-class ProcessInfo:
-    """This process's place in a data-parallel run (rank 0 of 1 when not launched by accelerate)."""
-
-    rank: int
-    world: int
-    device: str | None  # where to load the model; None = the loader's default (CPU)
-    state: Any = None  # accelerate.PartialState when world > 1
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-    def wait(self) -> None:
-        """Barrier across processes; a no-op in a single process."""
-        if self.state is not None:
-            self.state.wait_for_everyone()
-
-    def broadcast(self, value: T) -> T:
-        """Rank 0's `value` on every rank (e.g. a default run directory named after rank 0's clock)."""
-        if self.state is None:
-            return value
-        from accelerate.utils import broadcast_object_list
-
-        return broadcast_object_list([value])[0]
-
-
-@functools.cache
-def process_info() -> ProcessInfo:
-    """Create the process state once, before anything else can build it with another backend.
-
-    Under `accelerate launch` (WORLD_SIZE > 1) this builds `accelerate.PartialState`, with the gloo
-    backend and `cpu=True` when there is no GPU (without them accelerate sets up no collectives on CPU and
-    its barriers return at once); otherwise accelerate is never imported.
-    """
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
-        return ProcessInfo(rank=0, world=1, device="cuda" if torch.cuda.is_available() else None)
-    from accelerate import PartialState
-
-    cpu = not torch.cuda.is_available()
-    state = PartialState(cpu=cpu, backend="gloo" if cpu else None)
-    device = None if state.device.type == "cpu" else str(state.device)
-    return ProcessInfo(rank=state.process_index, world=state.num_processes, device=device, state=state)
 
 
 def is_benign(prompt: Prompt) -> bool:
@@ -132,18 +84,19 @@ def _verdict(record: Mapping[str, Any], judge: str) -> Verdict:
     return Verdict(**record["verdicts"][judge])
 
 
-def summarize(records: Sequence[Mapping[str, Any]], judge_names: Sequence[str]) -> dict[str, dict[str, dict[str, Any]]]:
+def summarize(
+    records: Sequence[Mapping[str, Any]], judge_names: Sequence[str], refusal_judge: str = "keyword"
+) -> dict[str, dict[str, dict[str, Any]]]:
     """phase -> attack -> row. The first judge is the headline (`judge`); every judge is in `by_judge`.
 
     ASR counts harmful prompts only (a benign prompt's answer is not an attack success), over the
-    scored verdicts, with unscored/error counts beside it. Benign prompts give `over_refusal` (refusal
-    rate by the keyword judge: the run's own `keyword` verdicts, else the default keyword list) and
-    `benign_compliance` = 1 - over_refusal. Agreement between judges covers every item.
+    scored verdicts, with unscored/error counts and a 95% Wilson interval beside it. Benign prompts give
+    `over_refusal` (refusal rate by `refusal_judge`, over its scored verdicts) and `benign_compliance`
+    = 1 - over_refusal, each with its interval. Agreement between judges covers every item.
     """
     groups: dict[tuple[str, str], list[Mapping[str, Any]]] = {}
     for record in records:
         groups.setdefault((record["phase"], record["attack"]), []).append(record)
-    keyword = KeywordJudge()
     phases: dict[str, dict[str, dict[str, Any]]] = {}
     for (phase, attack), group in sorted(groups.items()):
         harmful = [r for r in group if not r["benign"]]
@@ -161,12 +114,16 @@ def summarize(records: Sequence[Mapping[str, Any]], judge_names: Sequence[str]) 
             "by_judge": by_judge,
         }
         if benign:
-            refusal = [
-                _verdict(r, "keyword") if "keyword" in r["verdicts"] else keyword.judge_batch([JudgeItem(r["prompt"], r["response"])])[0]
-                for r in benign
-            ]
-            over_refusal = sum(not v.jailbroken for v in refusal) / len(refusal)
-            row.update(over_refusal=over_refusal, benign_compliance=1.0 - over_refusal)
+            answered = asr([_verdict(r, refusal_judge) for r in benign])  # "jailbroken" on a benign prompt = answered
+            n, complied = int(answered["n_scored"]), int(answered["n_success"])
+            row.update(
+                refusal_judge=refusal_judge,
+                n_benign_scored=n,
+                over_refusal=None if not n else (n - complied) / n,
+                over_refusal_ci95=wilson(n - complied, n),
+                benign_compliance=answered["asr"],
+                benign_compliance_ci95=answered["asr_ci95"],
+            )
         if len(judge_names) > 1:
             pairs = pairwise_agreement({name: [_verdict(r, name) for r in group] for name in judge_names})
             row["agreement"] = [pair.to_dict() for pair in pairs]
@@ -231,13 +188,16 @@ def evaluate(
     chunk_size: int | None = None,
     extra_config: Mapping[str, Any] | None = None,
     progress: bool = True,
+    refusal_judge: str = "keyword",
+    info: ProcessInfo | None = None,
 ) -> dict[str, Any]:
     """Answer, judge and record every prompt into the run directory `out_dir`; return the summary.
 
     `route_for_batch(positions)` gets positions in `prompt_set.prompts` and returns that batch's
     routing interventions; `route_artifacts` (prompt id -> JSON-able artifact) is stored in each record.
     `chunk_size` prompts (default 4 x batch size) are saved at a time. `extra_config` (e.g. the CLI
-    arguments) joins the run config that a resume must match.
+    arguments) joins the run config that a resume must match. Over-refusal on benign prompts is read
+    from `refusal_judge`, which must be one of `judges` when the set holds benign prompts.
     """
     gen_config = gen_config or GenerationConfig()
     names = [judge.name for judge in judges]
@@ -247,8 +207,13 @@ def evaluate(
     ids = [p.id for p in prompts]
     if len(set(ids)) != len(ids):
         raise ConfigError(f"prompt set {prompt_set.name!r} repeats prompt ids; results are keyed by id, so ids must be unique.")
+    if refusal_judge not in names and any(is_benign(p) for p in prompts):
+        raise ConfigError(
+            f"prompt set {prompt_set.name!r} holds benign prompts, whose over-refusal is read from judge {refusal_judge!r}, "
+            f"which is not among the judges {names}: add it."
+        )
     chunk_size = chunk_size or 4 * gen_config.batch_size
-    info = process_info()
+    info = info or process_info()
     run = RunDir(out_dir)
     run_config = {
         "verb": "evaluate",
@@ -296,7 +261,7 @@ def evaluate(
             "prompt_set": prompt_set.name,
             "n_prompts": len(prompts),
             "judges": names,
-            "phases": summarize(records, names),
+            "phases": summarize(records, names, refusal_judge),
         }
         run.write_summary(summary)
         run.write_report(render_report(summary))

@@ -13,6 +13,7 @@ from moe_defense.attacks import (
     read_artifacts,
     write_artifacts,
 )
+from moe_defense.attacks.base import AttackContext
 from moe_defense.attacks.route_replay import RouteReplay, RouteReplayConfig
 from moe_defense.data.prompts import Prompt
 from moe_defense.errors import RoutingError
@@ -71,11 +72,11 @@ def test_artifact_from_another_model_is_refused_unless_forced(tmp_path):
     path = tmp_path / "artifacts.jsonl"
     write_artifacts(path, [artifact])
     prompts = [Prompt("p0", PROMPT, {}), Prompt("p1", "hi", {})]
-    with pytest.raises(RoutingError, match="--force-transfer"):
-        RouteReplay(RouteReplayConfig(artifacts=str(path))).run(other, prompts)
-    results = RouteReplay(RouteReplayConfig(artifacts=str(path), force_transfer=True)).run(other, prompts)
+    with pytest.raises(RoutingError, match="force_transfer"):
+        RouteReplay(RouteReplayConfig(artifacts=str(path))).run(other, prompts, AttackContext())
+    results = RouteReplay(RouteReplayConfig(artifacts=str(path), force_transfer=True)).run(other, prompts, AttackContext())
     assert results[0].artifact == artifact and results[1].artifact is None
-    assert RouteReplay(RouteReplayConfig(artifacts=str(path))).run(source, prompts)[0].artifact == artifact
+    assert RouteReplay(RouteReplayConfig(artifacts=str(path))).run(source, prompts, AttackContext())[0].artifact == artifact
 
 
 def test_schema_is_checked(tmp_path):

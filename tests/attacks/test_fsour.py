@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from moe_defense.attacks import Fsour, FsourConfig
+from moe_defense.attacks import AttackContext, Fsour, FsourConfig
 from moe_defense.attacks.fsour import RouteSearch
 from moe_defense.attacks.objective import TargetProblem
 from moe_defense.data.prompts import Prompt
@@ -43,12 +43,12 @@ def test_fast_mode_costs_fewer_forward_passes_and_respects_the_budget(tiny_model
     loaded = tiny_model("olmoe")
     generation = GenerationConfig(max_new_tokens=4)
     for mode in ("reference", "fast"):
-        budgeted = Fsour(FsourConfig(mode=mode, restarts=0, candidates=4, budget=3), generation=generation)
-        result = budgeted.run(loaded, [PROMPT])[0]
+        budgeted = Fsour(FsourConfig(mode=mode, restarts=0, candidates=4, budget=3))
+        result = budgeted.run(loaded, [PROMPT], AttackContext(generation=generation))[0]
         assert result.artifact.num_forced_pairs <= 3
         assert result.artifact.model_fingerprint == loaded.fingerprint()
     passes = {
-        mode: Fsour(FsourConfig(mode=mode, restarts=0, candidates=8), generation=generation).run(loaded, [PROMPT])[0].extra["forward_passes"]
+        mode: Fsour(FsourConfig(mode=mode, restarts=0, candidates=8)).run(loaded, [PROMPT], AttackContext(generation=generation))[0].extra["forward_passes"]
         for mode in ("reference", "fast")
     }
     assert passes["fast"] * 2 < passes["reference"]

@@ -12,7 +12,8 @@ from moe_defense.data.prompts import Prompt
 from moe_defense.defenses.route_disabling import RouteDisablingConfig, benign_set_counts, fit_route_guard
 from moe_defense.errors import RoutingError
 from moe_defense.routing import ForcedRoute, intervene, record_routing
-from moe_defense.routing.guard import RouteGuard, guarded
+from moe_defense.defenses.route_disabling import RouteGuard
+from moe_defense.routing.guard import guarded
 
 IDS = torch.randint(3, 200, (1, 6), generator=torch.Generator().manual_seed(0))
 

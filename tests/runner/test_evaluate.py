@@ -11,6 +11,7 @@ from moe_defense.errors import ConfigError
 from moe_defense.judges import (
     JudgeItem,
     KeywordJudge,
+    OrganismJudge,
     StrongRejectConfig,
     StrongRejectJudge,
     Verdict,
@@ -110,13 +111,21 @@ def test_benign_prompts_give_over_refusal_and_stay_out_of_asr(tmp_path, mixtral,
     assert (row["over_refusal"], row["benign_compliance"]) == (0.5, 0.5)  # "hi" and "rice" refused of 4
 
 
-def test_over_refusal_uses_the_keyword_list_when_no_keyword_judge_ran():
+def test_over_refusal_is_read_from_the_named_refusal_judge_with_its_interval():
     prompt = prompt_set(["bake bread"], label="safe").prompts[0]
-    refused = make_record(prompt, "I'm sorry, no.", {"scripted": Verdict.scored(True)}, attack="none", phase="original")
+    refused = make_record(prompt, "I'm sorry, no.", {"scripted": Verdict.scored(False)}, attack="none", phase="original")
     answered = make_record(prompt, "Sure.", {"scripted": Verdict.scored(True)}, attack="none", phase="original")
-    row = summarize([refused, answered], ["scripted"])["original"]["none"]
-    assert (row["over_refusal"], row["asr"], row["n_harmful"]) == (0.5, None, 0)
-    assert KeywordJudge().judge_batch([JudgeItem("", "I'm sorry, no.")])[0].jailbroken is False
+    row = summarize([refused, answered], ["scripted"], refusal_judge="scripted")["original"]["none"]
+    assert (row["over_refusal"], row["benign_compliance"], row["asr"], row["n_harmful"]) == (0.5, 0.5, None, 0)
+    assert row["refusal_judge"] == "scripted" and row["n_benign_scored"] == 2
+    low, high = row["over_refusal_ci95"]
+    assert low < 0.5 < high and row["benign_compliance_ci95"] == pytest.approx([1 - high, 1 - low], abs=1e-4)
+
+
+def test_a_benign_set_without_the_refusal_judge_is_refused(tmp_path, mixtral):
+    benign = PromptSet("benign", "tests", [Prompt("b0", "bake bread", {"label": "safe"})])
+    with pytest.raises(ConfigError, match="over-refusal is read from judge 'keyword'"):
+        evaluate(mixtral, benign, [OrganismJudge()], gen_config=FAST, out_dir=tmp_path / "run", progress=False)
 
 
 def test_routes_get_prompt_set_positions_and_artifacts_are_recorded(tmp_path, mixtral):

@@ -1,16 +1,8 @@
-"""Router adapters, one file per architecture, registered by `config.model_type`."""
+"""Router adapters, one file per architecture, registered by `config.model_type`.
 
-from moe_defense.models.adapters import (  # noqa: F401  (import registers each adapter)
-    deepseek_v2,
-    deepseek_v3,
-    gpt_oss,
-    granitemoe,
-    mixtral,
-    olmoe,
-    phimoe,
-    qwen2_moe,
-    qwen3_moe,
-)
+Importing this package imports every module in it, so an adapter file that exists is registered.
+"""
+
 from moe_defense.models.adapters.base import (
     ADAPTERS,
     RouterAdapter,
@@ -18,5 +10,8 @@ from moe_defense.models.adapters.base import (
     adapter_for,
     register_adapter,
 )
+from moe_defense.registry import discover
+
+discover(__name__, group="moe_defense.adapters")
 
 __all__ = ["ADAPTERS", "RouterAdapter", "RouterFacts", "adapter_for", "register_adapter"]

@@ -1,6 +1,6 @@
 """The `evaluate` verb: check every data and judge argument, then load the model, evaluate, print a table.
 
-Data-parallel: `accelerate launch --multi_gpu --num_processes N -m moe_defense.cli evaluate ...`
+Data-parallel: `accelerate launch --multi_gpu --num_processes N -m moe_defense.cli.evaluate evaluate ...`
 (on a CPU-only machine too: accelerate's `--cpu` flag starts a single process).
 """
 
@@ -18,15 +18,12 @@ from pydantic import ValidationError
 from moe_defense import load_model  # the top-level loader also resolves `organism`
 from moe_defense.data import PROMPT_SETS, DemoSet, PromptSet, load_prompts
 from moe_defense.errors import ConfigError, MoEDefenseError, describe_validation
-from moe_defense.judges import JUDGES, Judge, ModelJudge
+from moe_defense.judges import JUDGES, Judge
+from moe_defense.judges.factory import JudgeSpec, build_judges, model_judges
 from moe_defense.models import LoadedModel, LoadOptions
-from moe_defense.runner.evaluate import (
-    ProcessInfo,
-    evaluate,
-    process_info,
-    summary_table,
-)
+from moe_defense.runner.evaluate import evaluate, summary_table
 from moe_defense.runner.generation import GenerationConfig
+from moe_defense.runner.process import ProcessInfo, process_info
 from moe_defense.runner.rundir import default_out_dir
 
 SUMMARY = "measure refusal / compliance / ASR of a model on a prompt set"
@@ -67,11 +64,6 @@ def add_evaluate_parser(subparsers: Any) -> argparse.ArgumentParser:
     return parser
 
 
-def model_judges() -> list[str]:
-    """Registered judges that grade with a judge model (they need --judge-url or --judge-model)."""
-    return [name for name in JUDGES.names() if issubclass(JUDGES.get(name), ModelJudge)]
-
-
 def is_demo_set(data: str) -> bool:
     return data in PROMPT_SETS and isinstance(PROMPT_SETS.get(data), DemoSet)
 
@@ -82,32 +74,28 @@ def default_judges(data: str) -> list[str]:
     return ["organism", "keyword"] if is_demo_set(data) else ["keyword"]
 
 
-def build_judges(
-    names: Sequence[str], *, judge_url: str | None = None, judge_model: str | None = None, lower_cased: bool = False
-) -> list[Judge]:
-    """Judges by registry name; model judges ask `judge_url` (served as `judge_model`) or load `judge_model` locally.
+def judge_specs(names: Sequence[str], *, judge_url: str | None = None, judge_model: str | None = None) -> list[JudgeSpec]:
+    """Judge specs from --judge names; --judge-url/--judge-model configure the model judges among them.
 
-    Nothing is loaded or contacted here, so a bad name or a missing judge model fails before the model loads.
-    `lower_cased` (the organism's answers) makes the keyword judge match refusals case-insensitively.
-    """
-    judges: list[Judge] = []
+    Validated here, before the model loads; the judges themselves are built once the model is known."""
+    specs = []
     for name in dict.fromkeys(names):
-        judge_class = JUDGES.get(name)
-        fields: dict[str, Any] = {"ignore_case": True} if name == "keyword" and lower_cased else {}
-        if issubclass(judge_class, ModelJudge):
+        JUDGES.get(name)  # an unknown name fails here, naming the registered ones
+        args: dict[str, Any] = {}
+        if name in model_judges():
             if judge_model is None:
                 raise ConfigError(
                     f"judge {name!r} grades with a judge model: pass --judge-url URL --judge-model NAME "
                     "(an OpenAI-compatible endpoint), or --judge-model PATH (a local model)."
                 )
-            fields = {"url": judge_url, "model": judge_model} if judge_url else {"local_model": judge_model}
+            args = {"url": judge_url, "model": judge_model} if judge_url else {"local_model": judge_model}
         try:
-            judges.append(judge_class(judge_class.config_class(**fields)))
+            specs.append(JudgeSpec(name=name, args=args))
         except ValidationError as error:
-            raise ConfigError(f"judge {name!r}: {error}") from error
-    if (judge_url or judge_model) and not any(isinstance(judge, ModelJudge) for judge in judges):
+            raise ConfigError(f"judge {name!r}: {describe_validation(error)}") from error
+    if (judge_url or judge_model) and not any(spec.name in model_judges() for spec in specs):
         raise ConfigError(f"--judge-url / --judge-model apply to model judges ({', '.join(model_judges())}); none was chosen with --judge.")
-    return judges
+    return specs
 
 
 def _generation_config(args: argparse.Namespace) -> GenerationConfig:
@@ -122,11 +110,15 @@ class PreparedRun:
     """Everything a run verb checks before the model loads, then the loaded model."""
 
     gen_config: GenerationConfig
-    judges: list[Judge]
+    judge_specs: list[JudgeSpec]
     prompt_set: PromptSet
     out: Path
     info: ProcessInfo
     extra_config: dict[str, Any]
+
+    def judges(self, loaded: LoadedModel) -> list[Judge]:
+        """The judges, case folding following the loaded model's tokenizer."""
+        return build_judges(self.judge_specs, lower_cased=loaded.lower_cased)
 
 
 def prepare_run(args: argparse.Namespace, verb: str) -> PreparedRun:
@@ -134,10 +126,7 @@ def prepare_run(args: argparse.Namespace, verb: str) -> PreparedRun:
     if args.resume and args.out is None:
         raise ConfigError("--resume needs --out DIR: the run directory to continue.")
     gen_config = _generation_config(args)
-    lower_cased = is_demo_set(args.data) or args.model.startswith("organism")
-    judges = build_judges(
-        args.judge or default_judges(args.data), judge_url=args.judge_url, judge_model=args.judge_model, lower_cased=lower_cased
-    )
+    judges = judge_specs(args.judge or default_judges(args.data), judge_url=args.judge_url, judge_model=args.judge_model)
     prompt_set = load_prompts(
         args.data, split=args.split, limit=args.limit, seed=args.seed, prompt_column=args.prompt_column, data_file=args.data_file
     )
@@ -152,7 +141,8 @@ def load_for_run(args: argparse.Namespace, run: PreparedRun) -> LoadedModel:
     return load_model(args.model, LoadOptions(seed=args.seed, device=run.info.device, trust_remote_code=args.trust_remote_code))
 
 
-def run_verb(verb: str, args: argparse.Namespace, body: Callable[[PreparedRun], dict[str, Any]]) -> int:
+def run_verb(verb: str, args: argparse.Namespace, body: Callable[[PreparedRun], dict[str, Any]],
+             render: Callable[[dict[str, Any]], str] = summary_table) -> int:
     """Prepare, run `body`, print the summary; a known failure prints one line and returns 1,
     Ctrl-C returns 130 with the resume command."""
     run: PreparedRun | None = None
@@ -167,7 +157,7 @@ def run_verb(verb: str, args: argparse.Namespace, body: Callable[[PreparedRun], 
         print(f"moe-defense {verb}: interrupted.{where}", file=sys.stderr)
         return 130
     if run.info.is_main:
-        print(summary_table(summary))
+        print(render(summary))
         print(f"\nrun directory: {run.out}")
     return 0
 
@@ -176,15 +166,15 @@ def run_evaluate(args: argparse.Namespace) -> int:
     def body(run: PreparedRun) -> dict[str, Any]:
         loaded = load_for_run(args, run)
         return evaluate(
-            loaded, run.prompt_set, run.judges, gen_config=run.gen_config, out_dir=run.out, resume=args.resume,
-            extra_config=run.extra_config,
+            loaded, run.prompt_set, run.judges(loaded), gen_config=run.gen_config, out_dir=run.out, resume=args.resume,
+            extra_config=run.extra_config, info=run.info,
         )
 
     return run_verb("evaluate", args, body)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """`python -m moe_defense.runner.cli evaluate ...`: the verb on its own, e.g. under `accelerate launch -m`."""
+    """`python -m moe_defense.cli.evaluate evaluate ...`: the verb on its own, e.g. under `accelerate launch -m`."""
     parser = argparse.ArgumentParser(prog="moe-defense")
     add_evaluate_parser(parser.add_subparsers(dest="verb", metavar="VERB", required=True))
     args = parser.parse_args(argv)

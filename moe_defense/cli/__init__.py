@@ -30,7 +30,6 @@ def _inspect(args: argparse.Namespace) -> int:
 
 
 def _organism_build(args: argparse.Namespace) -> int:
-    import json as _json
     from pathlib import Path
 
     from pydantic import ValidationError
@@ -57,8 +56,8 @@ def _organism_build(args: argparse.Namespace) -> int:
         directory = ensure_built(config, rebuild=args.rebuild)
     loaded = load_pretrained(str(directory), LoadOptions())
     figures = measure_behaviour(loaded)
-    (directory / "behaviour.json").write_text(_json.dumps(figures, indent=2) + "\n")
-    manifest = _json.loads((directory / "organism.json").read_text())
+    (directory / "behaviour.json").write_text(json.dumps(figures, indent=2) + "\n")
+    manifest = json.loads((directory / "organism.json").read_text())
     print(f"organism ({config.arch}, seed {config.seed}) at {directory}")
     print(f"  trained in {manifest['training']['total_seconds']} s")
     for key, value in figures["summary"].items():
@@ -69,27 +68,28 @@ def _organism_build(args: argparse.Namespace) -> int:
 def _harden(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    from moe_defense.cli.launch import launch_environment
     from moe_defense.recipe import load_recipe
+    from moe_defense.runner.process import process_info
     from moe_defense.runner.rundir import default_out_dir
 
     recipe = load_recipe(args.recipe, {"model": args.model, "seed": args.seed})  # fails before any model loads
-    from moe_defense.pipeline import Harden, launch_environment
-
     launch_environment(recipe.deepspeed is not None)
+    from moe_defense.pipeline import Harden
     from moe_defense.report import headline_table
-    from moe_defense.runner.evaluate import process_info
 
-    out = Path(args.out) if args.out else process_info().broadcast(default_out_dir(args.verb))
-    if out.exists() and any(out.iterdir()) and not args.resume:
-        raise ConfigError(f"--out {out} is not empty; pass --resume to continue that run, or choose a new directory.")
-    summary = Harden(recipe, out, resume=args.resume).run()
-    if process_info().is_main:
-        at, b80 = summary["asr_at_b80"], summary["budget_b80"]
+    info = process_info()
+    out = Path(args.out) if args.out else info.broadcast(default_out_dir(args.verb))
+    summary = Harden(recipe, out, info=info, resume=args.resume).run()
+    if info.is_main:
         print(headline_table(summary))
-        print(f"\nB80 = {('no cap' if b80 is None else b80) if summary['b80_reached'] else 'not reached'} (of the verified budgets); "
-              f"adaptive F-SOUR at {at['attack']}: {at['original']} -> {at['hardened']}; "
-              f"changed tensors: {summary['router_params_changed']} router, {summary['other_params_changed']} other")
-        print(f"run directory: {out}  (report.md, summary.json, hardened_model/, router_patch.safetensors)")
+        b80 = ("no cap" if summary["budget_b80"] is None else summary["budget_b80"]) if summary["b80_reached"] else "not reached"
+        headline = summary["headline_asr"]
+        if headline:
+            print(f"\nB80 = {b80} (of the verified budgets); adaptive {summary['headline_attack']}: "
+                  f"{headline['original']['asr']} -> {headline['hardened']['asr']} (n={headline['hardened']['n_scored']})")
+        print(f"changed tensors: {summary['router_params_changed']} router, {summary['other_params_changed']} other")
+        print(f"run directory: {out}  (report.md, summary.json and the defense's files)")
     return 0
 
 
@@ -104,11 +104,14 @@ def _ablate(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from moe_defense.ablate import load_grid, run_grid
+    from moe_defense.cli.launch import launch_environment
+    from moe_defense.runner.process import process_info
     from moe_defense.runner.rundir import default_out_dir
 
-    load_grid(args.grid, args.reduced)  # every cell's recipe is checked before any model loads
+    _, cells = load_grid(args.grid, args.reduced)  # every cell's recipe is checked before any model loads
+    launch_environment(any(recipe.deepspeed is not None for recipe in cells.values()))
     out = Path(args.out) if args.out else default_out_dir("ablate")
-    summary = run_grid(args.grid, out, reduced=args.reduced)
+    summary = run_grid(args.grid, out, info=process_info(), reduced=args.reduced)
     print((out / "report.md").read_text())
     if summary["cells_missing"]:
         print(f"cells still running or unfinished: {', '.join(summary['cells_missing'])} (rerun to continue)")
@@ -117,11 +120,18 @@ def _ablate(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
+    """Re-render a run's report; a grid is re-aggregated first (cells may have finished since)."""
     from pathlib import Path
 
+    import yaml
+
+    from moe_defense.ablate import GridConfig, aggregate
     from moe_defense.report import render
 
-    path = render(Path(args.directory))
+    directory = Path(args.directory)
+    if (directory / "grid.yaml").is_file():
+        aggregate(directory, GridConfig.model_validate(yaml.safe_load((directory / "grid.yaml").read_text())["grid"]))
+    path = render(directory)
     print(f"wrote {path} and {path.with_suffix('.html')}")
     return 0
 
@@ -129,9 +139,9 @@ def _report(args: argparse.Namespace) -> int:
 # Verbs whose parsers import torch, transformers and datasets (for their set and judge names): built
 # only when asked for, so `moe-defense --help` and the other verbs start in well under a second.
 HEAVY_VERBS = {
-    "evaluate": ("moe_defense.runner.cli", "add_evaluate_parser", "measure refusal / compliance / ASR of a model on a prompt set"),
-    "attack": ("moe_defense.attacks.cli", "add_attack_parser", "run one routing attack, then generate and judge under it"),
-    "score": ("moe_defense.attacks.cli", "add_score_parser", "rank routers by safety importance (RoSais) on harmful prompts"),
+    "evaluate": ("moe_defense.cli.evaluate", "add_evaluate_parser", "measure refusal / compliance / ASR of a model on a prompt set"),
+    "attack": ("moe_defense.cli.attack", "add_attack_parser", "run one routing attack, then generate and judge under it"),
+    "score": ("moe_defense.cli.attack", "add_score_parser", "rank routers by safety importance (RoSais) on harmful prompts"),
 }
 
 

@@ -1,0 +1,120 @@
+"""The `attack` and `score` verbs: validate everything, load the model, run, print a table.
+
+Attack settings are not flags of their own: `--attack NAME --attack-arg key=value ...` fills the
+attack's config class (values read as YAML: `budget=8`, `layers=[0,2]`, `judge=organism`,
+`budget=null`), and `--sweep key=v1,v2,...` runs one attack per value, so a new attack needs no CLI edit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from moe_defense.attacks.base import ATTACKS, AttackContext, AttackSpec
+from moe_defense.attacks.rosais import RosaisConfig, rosais
+from moe_defense.attacks.suite import run_attack
+from moe_defense.data import Prompt, load_prompts
+from moe_defense.cli.evaluate import PreparedRun, add_run_arguments, load_for_run, run_verb
+from moe_defense.errors import ConfigError, describe_validation
+from moe_defense.runner.rundir import RunDir, atomic_write
+
+
+def add_attack_parser(subparsers: Any) -> None:
+    parser = subparsers.add_parser("attack", description="Run one routing attack, then generate and judge under it.")
+    add_run_arguments(parser)
+    parser.add_argument("--attack", required=True, help=f"attack name ({', '.join(ATTACKS.names())})")
+    parser.add_argument("--attack-arg", action="append", default=[], metavar="KEY=VALUE",
+                        help="a field of the attack's config (repeatable; VALUE is read as YAML), e.g. budget=8, force_decode=true")
+    parser.add_argument("--sweep", metavar="KEY=V1,V2,...", help="one run per value of a config field, e.g. budget=1,2,4,8,null")
+    parser.set_defaults(run=run_attack_verb)
+
+
+def _yaml_value(text: str, where: str) -> Any:
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{where}: {text!r} is not a YAML value ({error}).") from error
+
+
+def _key_value(item: str, flag: str) -> tuple[str, str]:
+    key, sep, value = item.partition("=")
+    if not sep or not key:
+        raise ConfigError(f"{flag} {item!r} must be KEY=VALUE.")
+    return key.strip(), value
+
+
+def attack_spec(args: argparse.Namespace) -> AttackSpec:
+    """The attack spec from --attack, --attack-arg and --sweep; the run's --seed where the config has one."""
+    values = dict(_key_value(item, "--attack-arg") for item in args.attack_arg)
+    attack_args = {key: _yaml_value(value, f"--attack-arg {key}") for key, value in values.items()}
+    if args.attack in ATTACKS and "seed" in ATTACKS.get(args.attack).config_class.model_fields:
+        attack_args.setdefault("seed", args.seed)
+    sweep = {}
+    if args.sweep:
+        key, listed = _key_value(args.sweep, "--sweep")
+        sweep[key] = [_yaml_value(value, f"--sweep {key}") for value in listed.split(",")]
+    try:
+        return AttackSpec(name=args.attack, args=attack_args, sweep=sweep)
+    except ValidationError as error:
+        raise ConfigError(f"--attack {args.attack}: {describe_validation(error)}") from error
+
+
+def run_attack_verb(args: argparse.Namespace) -> int:
+    def body(run: PreparedRun) -> dict[str, Any]:
+        spec = attack_spec(args)  # every config of the sweep checked before loading
+        attacks = spec.build()
+        loaded = load_for_run(args, run)
+        judges = run.judges(loaded)
+        benign = load_prompts_or_none(loaded.benign_set)
+        context = AttackContext(generation=run.gen_config, benign=benign, info=run.info)  # one context: a sweep shares its searches
+        summaries = {}
+        for label, attack in attacks:
+            out = run.out if len(attacks) == 1 else run.out / label
+            summaries[label] = run_attack(loaded, run.prompt_set, attack, judges, out_dir=out, context=context, resume=args.resume, label=label)
+        if len(summaries) == 1:
+            return next(iter(summaries.values()))
+        merged = dict(next(iter(summaries.values())))
+        merged["phases"] = {"original": {label: s["phases"]["original"][label] for label, s in summaries.items()}}
+        RunDir(run.out).write_summary(merged)
+        return merged
+
+    return run_verb("attack", args, body)
+
+
+def load_prompts_or_none(name: str | None) -> list[Prompt] | None:
+    """The model's own benign set (the organism declares one), for attacks that contrast with benign routing."""
+    return None if name is None else load_prompts(name).prompts
+
+
+def add_score_parser(subparsers: Any) -> None:
+    parser = subparsers.add_parser("score", description="Rank routers by safety importance (RoSais) on harmful prompts.")
+    add_run_arguments(parser)
+    parser.add_argument("--samples", type=int, default=RosaisConfig().samples, help="random masks per router and prompt")
+    parser.set_defaults(run=run_score)
+
+
+def run_score(args: argparse.Namespace) -> int:
+    def body(run: PreparedRun) -> dict[str, Any]:
+        try:
+            config = RosaisConfig(samples=args.samples, seed=args.seed)
+        except ValidationError as error:
+            raise ConfigError(f"invalid RoSais settings ({describe_validation(error, flag_style=True)}).") from error
+        loaded = load_for_run(args, run)
+        importance = rosais(loaded, run.prompt_set.prompts, config)
+        run.out.mkdir(parents=True, exist_ok=True)
+        payload = {"model": loaded.spec, "model_fingerprint": loaded.fingerprint(), "prompt_set": run.prompt_set.name,
+                   "n_prompts": len(run.prompt_set.prompts), "config": config.model_dump(), "rosais": importance.scores,
+                   "ranking": importance.ranking()}
+        if run.info.is_main:
+            RunDir(run.out).write_config({"verb": "score", **run.extra_config, "rosais": config.model_dump()})
+            atomic_write(run.out / "rosais.json", json.dumps(payload, indent=2) + "\n")
+        return {"table": "\n".join([f"{'rank':>4}  {'layer':>5}  RoSais", *(
+            f"{rank:>4}  {layer:>5}  {importance.scores[layer]:+.4f}" for rank, layer in enumerate(importance.ranking(), start=1))]),
+            "files": str(Path(run.out) / "rosais.json")}
+
+    return run_verb("score", args, body, render=lambda summary: f"{summary['table']}\n\nscores: {summary['files']}")

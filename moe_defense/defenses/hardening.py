@@ -1,0 +1,79 @@
+"""`router-hardening`: router-only adversarial fine-tuning as a defense stage (train, checkpoint, resume).
+
+Files in the run directory:
+    train/                      Trainer checkpoints, route_pool.jsonl, train.json (written last: training finished)
+    hardened_model/             the hardened checkpoint (plain transformers, safetensors)
+    router_patch.safetensors    only the router tensors, with the base model's fingerprint
+    tensor_diff.json            which tensors changed, by how much (proves router-only)
+A resumed run whose training finished reloads `hardened_model/` with the original load options.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+from moe_defense.attacks.rosais import rosais
+from moe_defense.defenses.base import Defended, Defense, DefenseContext, register_defense
+from moe_defense.defenses.checkpoint import ROUTER_PATCH, save_hardened, save_router_patch, tensor_diff, tensor_digests
+from moe_defense.defenses.examples import own_answers, own_refusals
+from moe_defense.defenses.trainer import HardeningConfig, train_routers
+from moe_defense.models.loading import LoadedModel, load_pretrained
+from moe_defense.models.params import trainable_parameters
+from moe_defense.runner.rundir import atomic_write
+
+HARDENED_MODEL = "hardened_model"
+TRAIN_FACTS = "train.json"
+ROSAIS_PROMPTS = 32  # harmful training prompts RoSais ranks the routers of the mask_refusal term on
+
+
+@register_defense
+class RouterHardening(Defense[HardeningConfig]):
+    """Adversarial fine-tuning of the router tensors (or a wider `trainable` scope) against unsafe routes."""
+
+    name = "router-hardening"
+    config_class = HardeningConfig
+    trains = True
+
+    @property
+    def trainable(self) -> str:
+        return self.config.trainable
+
+    def apply(self, loaded: LoadedModel, context: DefenseContext) -> Defended:
+        config, info, out = self.config, context.info, context.out
+        cap = config.max_response_tokens
+        original_fingerprint = loaded.fingerprint()
+        harmful = own_refusals(loaded, context.harmful_train, context.judge, context.generation, cap, config.refusal_fallback)
+        benign = own_answers(loaded, context.benign_train, context.generation, cap)
+        mask_layers = []
+        if config.loss.mask_refusal and config.mask_routers:
+            importance = rosais(loaded, [s.prompt for s in harmful[:ROSAIS_PROMPTS]], progress=False)
+            mask_layers = importance.ranking()[: config.mask_routers]
+        digests = tensor_digests(loaded.model)
+        originals = {n: p.detach().cpu().clone() for n, p in trainable_parameters(loaded.model, config.trainable).items()}
+        search = config.route_search.model_copy(update={"budget": context.budget, "seed": context.seed})
+        defense = config.model_copy(update={"route_search": search})
+        finished = out / "train" / TRAIN_FACTS  # written last: its presence means the hardened model is complete
+        if context.resume and finished.is_file():
+            training = json.loads(finished.read_text())
+            loaded = load_pretrained(str(out / HARDENED_MODEL), context.load_options)
+        else:
+            training = train_routers(loaded, harmful, benign, defense, out / "train", info=info, mask_layers=mask_layers,
+                                     deepspeed=context.deepspeed, resume=context.resume)
+            training.update(harmful_sequences=len(harmful), benign_sequences=len(benign), train_budget=context.budget, mask_layers=mask_layers)
+        diff = tensor_diff(loaded.model, digests, originals, set(loaded.adapter.router_tensors(loaded.model)))
+        if info.is_main:
+            atomic_write(out / "tensor_diff.json", json.dumps(diff, indent=2) + "\n")
+            if not finished.is_file():
+                save_hardened(loaded, out / HARDENED_MODEL)
+                save_router_patch(loaded, out / ROUTER_PATCH, original_fingerprint)
+                atomic_write(finished, json.dumps(training, indent=2) + "\n")
+        info.wait()
+        loaded = dataclasses.replace(loaded, spec=str(out / HARDENED_MODEL))  # the hardened phase's runs name what they test
+        facts = {
+            "training": {k: v for k, v in training.items() if k != "log"},
+            "router_params_changed": diff["router_params_changed"],
+            "other_params_changed": diff["other_params_changed"],
+            "router_patch_bytes": (out / ROUTER_PATCH).stat().st_size,
+        }
+        return Defended(loaded, facts)

@@ -1,0 +1,106 @@
+"""The attack suite of one phase (original or hardened): utility rows, then every `{name, args}` attack.
+
+The suite knows no attack by name: each spec builds its attacks (one per sweep point), each attack
+declares whether it searches per prompt (and so gets a new seed on the hardened model), and a
+transfer replay (`needs_supplied_routes`) runs only where routes from another model are supplied.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from moe_defense.attacks.base import Attack, AttackContext, AttackSpec
+from moe_defense.attacks.expert_silence import expert_usage
+from moe_defense.attacks.rosais import rosais
+from moe_defense.attacks.suite import run_attack
+from moe_defense.budget import CurvePoint
+from moe_defense.data import PromptSet
+from moe_defense.judges import Judge
+from moe_defense.models import LoadedModel
+from moe_defense.runner.evaluate import evaluate
+from moe_defense.runner.generation import GenerationConfig
+from moe_defense.runner.process import ProcessInfo
+from moe_defense.runner.rundir import atomic_write
+
+ADAPTIVE_SEED_OFFSET = 1000  # searches on the hardened model use seeds the original's never did
+UTILITY_ROWS = ("benign", "over-refusal")  # the suite's utility rows, beside the attacks
+
+
+def phase_seed(seed: int, phase: str, attack: type[Attack]) -> int:
+    """Searches are re-optimised on the hardened model with new seeds; global choices (random routers)
+    keep the seed, so before and after compare the same draw."""
+    return seed + (ADAPTIVE_SEED_OFFSET if phase == "hardened" and attack.per_prompt else 0)
+
+
+@dataclass
+class Suite:
+    """A recipe's suite over its held-out sets, judged by its judges, written under per-phase directories."""
+
+    specs: Sequence[AttackSpec]
+    harmful: PromptSet
+    benign: PromptSet
+    over_refusal: PromptSet
+    judges: Sequence[Judge]
+    generation: GenerationConfig
+    seed: int
+    info: ProcessInfo
+    refusal_judge: str = "keyword"
+    resume: bool = False
+    progress: bool = True
+    rows: dict[str, dict[str, dict[str, Any]]] = field(default_factory=lambda: {"original": {}, "hardened": {}})
+
+    def attacks(self, phase: str) -> list[tuple[str, Attack]]:
+        """Every (label, attack) of the suite for `phase`, in recipe order."""
+        return [pair for spec in self.specs
+                for pair in spec.build(seed=phase_seed(self.seed, phase, spec.component_class()))]
+
+    def curve(self, phase: str = "original") -> list[CurvePoint]:
+        """The curve attack's points (budget, label, ASR) from `phase`'s rows; [] when the suite has none."""
+        spec = next((s for s in self.specs if s.is_curve), None)
+        if spec is None:
+            return []
+        budget_field = spec.component_class().budget_field
+        return [CurvePoint(getattr(a.config, budget_field), label, self.rows[phase].get(label, {}).get("asr"))
+                for label, a in spec.build(seed=phase_seed(self.seed, phase, spec.component_class()))]
+
+    def run(self, loaded: LoadedModel, phase: str, directory: Path, routes: Path | None = None) -> dict[str, dict[str, Any]]:
+        """Utility, then every attack; `routes` (another model's artifacts) enables the transfer replays."""
+        self._evaluate(loaded, phase, directory, "benign", self.benign)
+        self._evaluate(loaded, phase, directory, "over-refusal", self.over_refusal)
+        context = AttackContext(generation=self.generation, benign=self.benign.prompts, routes=routes, info=self.info)
+        attacks = [(label, a) for label, a in self.attacks(phase) if routes is not None or not getattr(a, "needs_supplied_routes", False)]
+        for label, attack in tqdm(attacks, desc=f"{phase}: attack suite", unit="attack", disable=not self.progress or not self.info.is_main):
+            summary = run_attack(loaded, self.harmful, attack, self.judges, out_dir=directory / label, context=context,
+                                 resume=self.resume, label=label, phase=phase, progress=self.progress)
+            self.rows[phase][label] = summary["phases"][phase][label]
+        return self.rows[phase]
+
+    def _evaluate(self, loaded: LoadedModel, phase: str, directory: Path, label: str, prompt_set: PromptSet) -> None:
+        summary = evaluate(loaded, prompt_set, self.judges, gen_config=self.generation, out_dir=directory / label, resume=self.resume,
+                           attack_name=label, phase=phase, progress=self.progress, refusal_judge=self.refusal_judge, info=self.info)
+        self.rows[phase][label] = summary["phases"][phase][label]
+
+    def routing_stats(self, loaded: LoadedModel, directory: Path) -> dict[str, Any]:
+        """RoSais per router and expert usage on harmful vs benign prompts, for the report's plots."""
+        path = directory / "routing_stats.json"
+        if self.resume and path.is_file():
+            return json.loads(path.read_text())
+        layers = loaded.adapter.moe_layers()
+        harmful = self.harmful.prompts
+        stats = {
+            "rosais": {str(k): v for k, v in rosais(loaded, harmful, progress=False).scores.items()},
+            "usage": {
+                kind: {str(layer): values.tolist() for layer, values in expert_usage(loaded, [p.text for p in prompts], layers).items()}
+                for kind, prompts in (("harmful", harmful), ("benign", self.benign.prompts))
+            },
+        }
+        if self.info.is_main:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write(path, json.dumps(stats, indent=2) + "\n")
+        return stats
