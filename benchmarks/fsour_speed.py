@@ -23,10 +23,14 @@ from moe_defense.runner.generation import GenerationConfig
 
 
 def run_mode(loaded, prompts, mode: str, args, judge: str | None) -> dict:
-    config = FsourConfig(mode=mode, candidates=args.candidates, restarts=0, budget=args.budget, seed=args.seed, judge=judge)
+    config = FsourConfig(
+        mode=mode, candidates=args.candidates, restarts=0, budget=args.budget, seed=args.seed, judge=judge
+    )
     attack = Fsour(config)
     started = time.perf_counter()
-    results = attack.run(loaded, prompts, AttackContext(generation=GenerationConfig(max_new_tokens=args.max_new_tokens, batch_size=1)))
+    results = attack.run(
+        loaded, prompts, AttackContext(generation=GenerationConfig(max_new_tokens=args.max_new_tokens, batch_size=1))
+    )
     seconds = time.perf_counter() - started
     return {
         "asr": sum(r.extra["single_shot_success"] for r in results) / len(results),
@@ -69,17 +73,24 @@ def main() -> None:
         model_type = args.wide_model.removeprefix("tiny:")
         experts_key = ADAPTERS.get(model_type).num_experts_key
         wide = build_tiny(model_type, **{experts_key: args.wide_experts, "num_experts_per_tok": args.wide_top_k})
-        wide_prompts = [Prompt(f"w{i}", p.text, {"target": p.metadata.get("target", "Sure, here is")}) for i, p in enumerate(prompts[:2])]
+        wide_prompts = [
+            Prompt(f"w{i}", p.text, {"target": p.metadata.get("target", "Sure, here is")})
+            for i, p in enumerate(prompts[:2])
+        ]
         for mode in ("reference", "fast"):
             result = run_mode(wide, wide_prompts, mode, args, judge=None)
-            result["objective_gain_per_1k_forward"] = round(1000 * result["mean_objective_gain"] / max(1, result["forward_passes"]), 4)
+            result["objective_gain_per_1k_forward"] = round(
+                1000 * result["mean_objective_gain"] / max(1, result["forward_passes"]), 4
+            )
             figures[f"wide_{mode}"] = result
             print(f"wide {mode}", result, flush=True)
         figures["wide_fast_vs_reference_forward_ratio"] = round(
             figures["wide_fast"]["forward_passes"] / figures["wide_reference"]["forward_passes"], 3
         )
         figures["wide_fast_vs_reference_gain_per_forward_ratio"] = round(
-            figures["wide_fast"]["objective_gain_per_1k_forward"] / max(1e-9, figures["wide_reference"]["objective_gain_per_1k_forward"]), 3
+            figures["wide_fast"]["objective_gain_per_1k_forward"]
+            / max(1e-9, figures["wide_reference"]["objective_gain_per_1k_forward"]),
+            3,
         )
     print(json.dumps(figures))
 

@@ -27,8 +27,12 @@ def timed(run: Callable[[], list[str]]) -> tuple[float, list[str]]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="tiny:mixtral", help="model spec (tiny:<model_type>, organism, hub id, path)")
-    parser.add_argument("--prompts", type=int, default=32, help="prompts generated, half demo-harmful and half demo-benign")
+    parser.add_argument(
+        "--model", default="tiny:mixtral", help="model spec (tiny:<model_type>, organism, hub id, path)"
+    )
+    parser.add_argument(
+        "--prompts", type=int, default=32, help="prompts generated, half demo-harmful and half demo-benign"
+    )
     parser.add_argument("--max-new-tokens", type=int, default=32)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=3, help="timed runs of each mode; the fastest counts")
@@ -59,8 +63,10 @@ def main() -> None:
         "outputs_identical": batched_answers == sequential_answers,
         "batched_vs_sequential_throughput_ratio": round(sequential_s / batched_s, 2),
     }
-    print(f"{len(texts)} prompts x {args.max_new_tokens} new tokens on {loaded.spec}: "
-          f"one at a time {sequential_s:.2f} s, batches of {args.batch_size} {batched_s:.2f} s")
+    print(
+        f"{len(texts)} prompts x {args.max_new_tokens} new tokens on {loaded.spec}: "
+        f"one at a time {sequential_s:.2f} s, batches of {args.batch_size} {batched_s:.2f} s"
+    )
     print(json.dumps(figures))
 
 

@@ -43,8 +43,16 @@ def child(args: argparse.Namespace) -> None:
     from moe_defense.models import build_tiny
     from moe_defense.models.params import set_trainable
 
-    loaded = build_tiny("mixtral", seed=0, hidden_size=args.hidden, intermediate_size=2 * args.hidden,
-                        num_local_experts=args.experts, num_hidden_layers=args.layers, num_attention_heads=8, num_key_value_heads=8)
+    loaded = build_tiny(
+        "mixtral",
+        seed=0,
+        hidden_size=args.hidden,
+        intermediate_size=2 * args.hidden,
+        num_local_experts=args.experts,
+        num_hidden_layers=args.layers,
+        num_attention_heads=8,
+        num_key_value_heads=8,
+    )
     loaded.model.train()
     trainable = set_trainable(loaded.model, args.child)
     generator = torch.Generator().manual_seed(0)
@@ -60,9 +68,18 @@ def child(args: argparse.Namespace) -> None:
             step_seconds.append(time.perf_counter() - self.started)
 
     training = TrainingArguments(
-        output_dir=str(Path(args.work) / args.child), max_steps=args.steps, per_device_train_batch_size=args.batch,
-        learning_rate=1e-4, use_cpu=not torch.cuda.is_available(), bf16=False, report_to=[], save_strategy="no",
-        deepspeed=str(REPO / args.deepspeed), disable_tqdm=True, logging_steps=10_000, seed=0,
+        output_dir=str(Path(args.work) / args.child),
+        max_steps=args.steps,
+        per_device_train_batch_size=args.batch,
+        learning_rate=1e-4,
+        use_cpu=not torch.cuda.is_available(),
+        bf16=False,
+        report_to=[],
+        save_strategy="no",
+        deepspeed=str(REPO / args.deepspeed),
+        disable_tqdm=True,
+        logging_steps=10_000,
+        seed=0,
     )
     trainer = Trainer(model=loaded.model, args=training, train_dataset=data, callbacks=[Timer()])
     if torch.cuda.is_available():
@@ -74,9 +91,17 @@ def child(args: argparse.Namespace) -> None:
     trainer.train()
     peak = (torch.cuda.max_memory_allocated() if torch.cuda.is_available() else _rss_kib("VmHWM") * 1024) - base
     steady = step_seconds[args.warmup :]
-    print(json.dumps({"scope": args.child, "trainable_params": sum(p.numel() for p in trainable.values()),
-                      "all_params": sum(p.numel() for p in loaded.model.parameters()),
-                      "step_seconds_median": statistics.median(steady), "peak_bytes": peak}))
+    print(
+        json.dumps(
+            {
+                "scope": args.child,
+                "trainable_params": sum(p.numel() for p in trainable.values()),
+                "all_params": sum(p.numel() for p in loaded.model.parameters()),
+                "step_seconds_median": statistics.median(steady),
+                "peak_bytes": peak,
+            }
+        )
+    )
 
 
 def main() -> None:
@@ -100,19 +125,28 @@ def main() -> None:
         command = [sys.executable, __file__, *sys.argv[1:], "--child", scope]
         output = subprocess.run(command, check=True, capture_output=True, text=True, cwd=REPO).stdout
         results[scope] = json.loads(output.strip().splitlines()[-1])
-        print(f"{scope:>8}: {results[scope]['trainable_params']:>10,} trainable of {results[scope]['all_params']:,}; "
-              f"step {results[scope]['step_seconds_median'] * 1000:.1f} ms; peak +{results[scope]['peak_bytes'] / 2**20:.1f} MiB")
+        print(
+            f"{scope:>8}: {results[scope]['trainable_params']:>10,} trainable of {results[scope]['all_params']:,}; "
+            f"step {results[scope]['step_seconds_median'] * 1000:.1f} ms; peak "
+            f"+{results[scope]['peak_bytes'] / 2**20:.1f} MiB"
+        )
     wall = results["routers"]["step_seconds_median"] / results["all"]["step_seconds_median"]
     memory = results["routers"]["peak_bytes"] / results["all"]["peak_bytes"]
-    print(json.dumps({
-        "router_vs_full_step_wall_ratio": round(wall, 3), "router_vs_full_peak_memory_ratio": round(memory, 3),
-        "wall_target_met": wall <= 0.6, "memory_target_met": memory <= 0.5,
-        "router_step_ms": round(results["routers"]["step_seconds_median"] * 1000, 1),
-        "full_step_ms": round(results["all"]["step_seconds_median"] * 1000, 1),
-        "router_peak_mib": round(results["routers"]["peak_bytes"] / 2**20, 1),
-        "full_peak_mib": round(results["all"]["peak_bytes"] / 2**20, 1),
-        "deepspeed_config": args.deepspeed,
-    }))
+    print(
+        json.dumps(
+            {
+                "router_vs_full_step_wall_ratio": round(wall, 3),
+                "router_vs_full_peak_memory_ratio": round(memory, 3),
+                "wall_target_met": wall <= 0.6,
+                "memory_target_met": memory <= 0.5,
+                "router_step_ms": round(results["routers"]["step_seconds_median"] * 1000, 1),
+                "full_step_ms": round(results["all"]["step_seconds_median"] * 1000, 1),
+                "router_peak_mib": round(results["routers"]["peak_bytes"] / 2**20, 1),
+                "full_peak_mib": round(results["all"]["peak_bytes"] / 2**20, 1),
+                "deepspeed_config": args.deepspeed,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -39,18 +39,25 @@ class GridConfig(BaseModel):
     recipe: str = Field(description="base recipe (data, judges, model, attack settings)")
     seeds: list[int] = Field([0], min_length=1, description="seeds; every cell runs once per seed")
     defenses: dict[str, DefenseSpec | list[DefenseSpec]] = Field(
-        min_length=1, description="grid rows by name: a defense {name, args} (args merged over the base recipe's defense of that "
-        "name), or a list of them applied in order"
+        min_length=1,
+        description="grid rows by name: a defense {name, args} (args merged over the base recipe's defense of that "
+        "name), or a list of them applied in order",
     )
-    verify: dict[str, Any] = Field(default_factory=dict, description="VerifyConfig fields replacing the recipe's (the attacks)")
-    reduced: dict[str, Any] = Field(default_factory=dict, description="recipe overrides applied with --reduced (CI-sized grid)")
+    verify: dict[str, Any] = Field(
+        default_factory=dict, description="VerifyConfig fields replacing the recipe's (the attacks)"
+    )
+    reduced: dict[str, Any] = Field(
+        default_factory=dict, description="recipe overrides applied with --reduced (CI-sized grid)"
+    )
 
 
 def merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
     """Recursive dict merge; override wins, lists are replaced."""
     merged = dict(base)
     for key, value in override.items():
-        merged[key] = merge(merged[key], value) if isinstance(value, dict) and isinstance(merged.get(key), dict) else value
+        merged[key] = (
+            merge(merged[key], value) if isinstance(value, dict) and isinstance(merged.get(key), dict) else value
+        )
     return merged
 
 
@@ -76,7 +83,9 @@ def load_grid(path: str | Path, reduced: bool = False) -> tuple[GridConfig, dict
     if reduced:  # last: the CI-sized settings win; its defenses, like grid rows, merge their args over the base's
         base = merge(base, {k: v for k, v in grid.reduced.items() if k != "defenses"})
         if "defenses" in grid.reduced:
-            reduced_specs = [validated(DefenseSpec, spec, f"grid {path}: reduced.defenses") for spec in grid.reduced["defenses"]]
+            reduced_specs = [
+                validated(DefenseSpec, spec, f"grid {path}: reduced.defenses") for spec in grid.reduced["defenses"]
+            ]
             base["defenses"] = _row_defenses(reduced_specs, base["defenses"])
     cells = {}
     for name, row in grid.defenses.items():
@@ -89,11 +98,15 @@ def load_grid(path: str | Path, reduced: bool = False) -> tuple[GridConfig, dict
     return grid, cells
 
 
-def run_grid(path: str | Path, out: Path, *, info: ProcessInfo, reduced: bool = False, progress: bool = True) -> dict[str, Any]:
+def run_grid(
+    path: str | Path, out: Path, *, info: ProcessInfo, reduced: bool = False, progress: bool = True
+) -> dict[str, Any]:
     """Run every unclaimed, unfinished cell; then aggregate whatever is finished."""
     grid, cells = load_grid(path, reduced)
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write(out / "grid.yaml", yaml.safe_dump({"grid": grid.model_dump(mode="json"), "reduced": reduced}, sort_keys=False))
+    atomic_write(
+        out / "grid.yaml", yaml.safe_dump({"grid": grid.model_dump(mode="json"), "reduced": reduced}, sort_keys=False)
+    )
     for (name, seed), recipe in cells.items():
         cell = out / "cells" / name / f"seed-{seed}"
         if (cell / "summary.json").is_file():
@@ -103,7 +116,9 @@ def run_grid(path: str | Path, out: Path, *, info: ProcessInfo, reduced: bool = 
                 continue  # another process runs (or just finished) this cell
             if progress:
                 print(f"ablate: cell {name} / seed {seed}")
-            Harden(recipe, cell, info=info, resume=True, progress=progress, original_dir=out / "original" / f"seed-{seed}").run()
+            Harden(
+                recipe, cell, info=info, resume=True, progress=progress, original_dir=out / "original" / f"seed-{seed}"
+            ).run()
     return aggregate(out, grid)
 
 
@@ -113,7 +128,12 @@ def over_runs(rows: list[dict[str, Any] | None], key: str = "asr") -> dict[str, 
     present = [row for row in rows if row is not None]
     if len(present) == 1:
         row = present[0]
-        return {"mean": row.get(key), "ci95": row.get(f"{key}_ci95"), "n": 1, "n_prompts": row.get("n_scored", row.get("n"))}
+        return {
+            "mean": row.get(key),
+            "ci95": row.get(f"{key}_ci95"),
+            "n": 1,
+            "n_prompts": row.get("n_scored", row.get("n")),
+        }
     stats = over_seeds([row.get(key) for row in present])
     return {**stats, "n_prompts": present[0].get("n_scored", present[0].get("n")) if present else None}
 
@@ -136,22 +156,36 @@ def aggregate(out: Path, grid: GridConfig) -> dict[str, Any]:
             else:
                 missing.append(f"{name}/seed-{seed}")
     originals = list(original_by_seed.values())
-    attacks = list(dict.fromkeys(a for s in [*originals, *(x for v in summaries_by_defense.values() for x in v)] for a in s["attacks"]))
+    attacks = list(
+        dict.fromkeys(
+            a for s in [*originals, *(x for v in summaries_by_defense.values() for x in v)] for a in s["attacks"]
+        )
+    )
     budgets_labels = list(originals[0]["asr_vs_budget"].get("original", {})) if originals else []
     for name, summaries in summaries_by_defense.items():
         matrix[name] = {a: over_runs([s["phases"]["hardened"].get(a) for s in summaries]) for a in attacks}
-        utility[name] = {key: over_runs([_utility_row(s, "hardened", key) for s in summaries], "value") for key in UTILITY}
-        curves[name] = {b: over_runs([s["asr_vs_budget"]["hardened"].get(b) for s in summaries]) for b in budgets_labels}
+        utility[name] = {
+            key: over_runs([_utility_row(s, "hardened", key) for s in summaries], "value") for key in UTILITY
+        }
+        curves[name] = {
+            b: over_runs([s["asr_vs_budget"]["hardened"].get(b) for s in summaries]) for b in budgets_labels
+        }
     summary = {
         "cells_missing": missing,
         "defenses": list(matrix),
         "attacks": attacks,
         "original": {a: over_runs([s["phases"]["original"].get(a) for s in originals]) for a in attacks},
-        "original_utility": {key: over_runs([_utility_row(s, "original", key) for s in originals], "value") for key in UTILITY},
+        "original_utility": {
+            key: over_runs([_utility_row(s, "original", key) for s in originals], "value") for key in UTILITY
+        },
         "matrix": matrix,
         "utility": utility,
-        "budgets": [originals[0]["asr_vs_budget"]["original"][b]["budget"] for b in budgets_labels] if originals else [],
-        "original_curve": {b: over_runs([s["asr_vs_budget"]["original"].get(b) for s in originals]) for b in budgets_labels},
+        "budgets": [originals[0]["asr_vs_budget"]["original"][b]["budget"] for b in budgets_labels]
+        if originals
+        else [],
+        "original_curve": {
+            b: over_runs([s["asr_vs_budget"]["original"].get(b) for s in originals]) for b in budgets_labels
+        },
         "asr_vs_budget": curves,
         "judge": load_recipe(grid.recipe).judges[0].name,
     }

@@ -32,8 +32,10 @@ class BudgetPolicy:
     def note(self, threshold: float) -> str | None:
         if self.b80_reached:
             return None
-        return (f"no verified budget reached ASR {threshold} on the original model; trained at budget {self.train_budget}; "
-                f"headline at {self.headline.label}")
+        return (
+            f"no verified budget reached ASR {threshold} on the original model; trained at budget {self.train_budget}; "
+            f"headline at {self.headline.label}"
+        )
 
 
 def b80(curve: Sequence[CurvePoint], threshold: float) -> tuple[int | None, bool]:
@@ -76,4 +78,6 @@ def headline(curve: Sequence[CurvePoint], threshold: float, trained_at: int | No
 def policy(curve: Sequence[CurvePoint], threshold: float, setting: int | Literal["b80"]) -> BudgetPolicy:
     budget, reached = b80(curve, threshold)
     trained_at = train_budget(setting, curve, threshold)
-    return BudgetPolicy(b80=budget, b80_reached=reached, train_budget=trained_at, headline=headline(curve, threshold, trained_at))
+    return BudgetPolicy(
+        b80=budget, b80_reached=reached, train_budget=trained_at, headline=headline(curve, threshold, trained_at)
+    )

@@ -26,10 +26,10 @@ from moe_defense.attacks.suite import ARTIFACTS
 from moe_defense.budget import BudgetPolicy, policy
 from moe_defense.defenses import DefenseContext
 from moe_defense.defenses.checkpoint import check_output_location
-from moe_defense.errors import ConfigError
 from moe_defense.defenses.examples import IGNORE, TrainingSequence, collate, own_answers
 from moe_defense.defenses.hardening import HARDENED_MODEL
 from moe_defense.defenses.objective import response_ce
+from moe_defense.errors import ConfigError
 from moe_defense.judges.factory import build_judges
 from moe_defense.models import LoadedModel, LoadOptions
 from moe_defense.recipe import Recipe, resolve_path
@@ -53,7 +53,9 @@ def benign_nll(loaded: LoadedModel, sequences: list[TrainingSequence], batch_siz
         logits = loaded.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
         tokens = int((batch["labels"][:, 1:] != IGNORE).sum())
         if tokens:
-            total += float(response_ce(logits, batch["labels"])) * tokens  # the training loss's mean, re-weighted to a sum
+            total += (
+                float(response_ce(logits, batch["labels"])) * tokens
+            )  # the training loss's mean, re-weighted to a sum
             count += tokens
     return total / max(count, 1)
 
@@ -69,8 +71,16 @@ def original_settings(recipe: Recipe) -> dict[str, Any]:
 class Harden:
     """One harden run: the recipe, its prompt sets and judges, and the run directory it owns."""
 
-    def __init__(self, recipe: Recipe, out: Path, *, info: ProcessInfo, resume: bool = False, progress: bool = True,
-                 original_dir: Path | None = None) -> None:
+    def __init__(
+        self,
+        recipe: Recipe,
+        out: Path,
+        *,
+        info: ProcessInfo,
+        resume: bool = False,
+        progress: bool = True,
+        original_dir: Path | None = None,
+    ) -> None:
         self.recipe = recipe
         self.out = out
         self.info = info
@@ -80,9 +90,14 @@ class Harden:
         self.progress = progress
         d, seed = recipe.data, recipe.seed
         # every prompt set is read before any model loads
-        self.sets: dict[str, Any] = {name: getattr(d, name).load(seed) for name in ("harmful_train", "harmful_eval", "benign_eval", "over_refusal")}
+        self.sets: dict[str, Any] = {
+            name: getattr(d, name).load(seed)
+            for name in ("harmful_train", "harmful_eval", "benign_eval", "over_refusal")
+        }
         self.benign_train = [p for ref in d.benign_train for p in ref.load(seed).prompts]
-        self.load_options = LoadOptions(seed=seed, trust_remote_code=recipe.trust_remote_code, device=recipe.device_map or info.device)
+        self.load_options = LoadOptions(
+            seed=seed, trust_remote_code=recipe.trust_remote_code, device=recipe.device_map or info.device
+        )
 
     def run(self) -> dict[str, Any]:
         started = time.perf_counter()
@@ -96,13 +111,26 @@ class Harden:
         loaded = load_model(recipe.model, self.load_options)
         check_output_location(self.out / HARDENED_MODEL, recipe.model)
         judges = build_judges(recipe.judges, lower_cased=loaded.lower_cased)
-        suite = Suite(recipe.verify.attacks, self.sets["harmful_eval"], self.sets["benign_eval"], self.sets["over_refusal"], judges,
-                      recipe.generation, recipe.seed, info, refusal_judge=recipe.over_refusal_judge, resume=self.resume, progress=self.progress)
+        suite = Suite(
+            recipe.verify.attacks,
+            self.sets["harmful_eval"],
+            self.sets["benign_eval"],
+            self.sets["over_refusal"],
+            judges,
+            recipe.generation,
+            recipe.seed,
+            info,
+            refusal_judge=recipe.over_refusal_judge,
+            resume=self.resume,
+            progress=self.progress,
+        )
 
         routing = {"original": self.original_phase(loaded, suite)}
         budgets = policy(suite.curve(), recipe.verify.asr_threshold, recipe.train_budget) if suite.curve() else None
         trained_at = budgets.train_budget if budgets else recipe.train_budget
-        benign_eval_answers = own_answers(loaded, self.sets["benign_eval"].prompts, recipe.generation, recipe.verify.benign_nll_tokens)
+        benign_eval_answers = own_answers(
+            loaded, self.sets["benign_eval"].prompts, recipe.generation, recipe.verify.benign_nll_tokens
+        )
         nll_before = benign_nll(loaded, benign_eval_answers)
         loaded, facts, reviewers = self.defend(loaded, judges, trained_at, suite)
 
@@ -132,29 +160,47 @@ class Harden:
         marker = self.original_dir / ORIGINAL_ROWS
         settings = original_settings(self.recipe)
         single = self.info.world == 1  # ranks of one data-parallel run cooperate instead of locking each other out
-        with exclusive(self.original_dir / ".lock") if single else contextlib.nullcontext():  # one run computes, others wait and read
+        with (
+            exclusive(self.original_dir / ".lock") if single else contextlib.nullcontext()
+        ):  # one run computes, others wait and read
             if marker.is_file() and (self.resume or self.original_dir != self.out / "original"):
                 stored = json.loads(marker.read_text())
                 differences = config_differences(stored.get("settings", {}), settings)
                 if differences:
-                    raise ConfigError(f"{self.original_dir} holds the original phase of other settings ({'; '.join(differences)}); "
-                                      "use another --out.")
+                    raise ConfigError(
+                        f"{self.original_dir} holds the original phase of other settings ({'; '.join(differences)}); "
+                        "use another --out."
+                    )
                 suite.rows["original"] = stored["rows"]
                 return stored["routing"]
             suite.run(loaded, "original", self.original_dir)
             routing = suite.routing_stats(loaded, self.original_dir)
             if self.info.is_main:
-                atomic_write(marker, json.dumps({"settings": settings, "rows": suite.rows["original"], "routing": routing}, default=str) + "\n")
+                atomic_write(
+                    marker,
+                    json.dumps({"settings": settings, "rows": suite.rows["original"], "routing": routing}, default=str)
+                    + "\n",
+                )
             return routing
 
-    def defend(self, loaded: LoadedModel, judges: list, budget: int | None, suite: Suite) -> tuple[LoadedModel, dict[str, Any], list]:
+    def defend(
+        self, loaded: LoadedModel, judges: list, budget: int | None, suite: Suite
+    ) -> tuple[LoadedModel, dict[str, Any], list]:
         """Apply the recipe's defenses in order; their facts and route reviewers."""
         recipe = self.recipe
         curve = recipe.verify.curve
         context = DefenseContext(
-            harmful_train=self.sets["harmful_train"].prompts, benign_train=self.benign_train, judge=judges[0],
-            generation=recipe.generation, budget=budget, route_search=curve.config() if curve else None, seed=recipe.seed,
-            out=self.out, info=self.info, load_options=self.load_options, resume=self.resume,
+            harmful_train=self.sets["harmful_train"].prompts,
+            benign_train=self.benign_train,
+            judge=judges[0],
+            generation=recipe.generation,
+            budget=budget,
+            route_search=curve.config() if curve else None,
+            seed=recipe.seed,
+            out=self.out,
+            info=self.info,
+            load_options=self.load_options,
+            resume=self.resume,
             deepspeed=str(resolve_path(recipe.deepspeed)) if recipe.deepspeed else None,
         )
         facts: dict[str, Any] = {}

@@ -44,8 +44,10 @@ def headline_table(summary: dict[str, Any]) -> str:
     rows = summary["phases"]
     lines = ["| attack | original ASR | hardened ASR |", "| --- | --- | --- |"]
     for label in summary["attacks"]:
-        cells = [rate(r.get("asr"), r.get("asr_ci95"), r.get("n_scored")) if r else "-"
-                 for r in (rows["original"].get(label), rows["hardened"].get(label))]
+        cells = [
+            rate(r.get("asr"), r.get("asr_ci95"), r.get("n_scored")) if r else "-"
+            for r in (rows["original"].get(label), rows["hardened"].get(label))
+        ]
         lines.append(f"| {label} | {cells[0]} | {cells[1]} |")
     u = summary["utility"]
     for key, n in (("benign_compliance", "n_benign"), ("over_refusal", "n_over_refusal")):
@@ -111,7 +113,9 @@ def plot_rosais(summary: dict[str, Any], path: Path) -> None:
     figure, axes = plt.subplots(figsize=(6, 3.2), dpi=120)
     width = 0.38
     for offset, phase in ((-width / 2, "original"), (width / 2, "hardened")):
-        axes.bar([i + offset for i in range(len(layers))], [routing[phase]["rosais"][l] for l in layers], width, label=phase)
+        axes.bar(
+            [i + offset for i in range(len(layers))], [routing[phase]["rosais"][l] for l in layers], width, label=phase
+        )
     axes.set_xticks(range(len(layers)), layers)
     axes.set_xlabel("MoE layer (router)")
     axes.set_ylabel("RoSais (log-prob gain)")
@@ -148,8 +152,13 @@ def markdown_to_html(markdown: str, base: Path, title: str) -> str:
     def flush_table() -> None:
         if table:
             head, *rows = [r for r in table if not all(set(c.strip()) <= set("-: ") for c in r)]
-            body.append("<table><tr>" + "".join(f"<th>{html.escape(c)}</th>" for c in head) + "</tr>"
-                        + "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in rows) + "</table>")
+            body.append(
+                "<table><tr>"
+                + "".join(f"<th>{html.escape(c)}</th>" for c in head)
+                + "</tr>"
+                + "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in rows)
+                + "</table>"
+            )
             table.clear()
 
     for line in markdown.splitlines():
@@ -169,9 +178,12 @@ def markdown_to_html(markdown: str, base: Path, title: str) -> str:
         elif line.strip():
             body.append(f"<p>{html.escape(line)}</p>")
     flush_table()
-    style = ("body{font-family:sans-serif;max-width:960px;margin:2em auto}table{border-collapse:collapse}"
-             "td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}img{max-width:100%}")
-    return f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title><style>{style}</style></head><body>{''.join(body)}</body></html>"
+    style = (
+        "body{font-family:sans-serif;max-width:960px;margin:2em auto}table{border-collapse:collapse}"
+        "td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}img{max-width:100%}"
+    )
+    head = f"<meta charset='utf-8'><title>{html.escape(title)}</title><style>{style}</style>"
+    return f"<!doctype html><html><head>{head}</head><body>{''.join(body)}</body></html>"
 
 
 def write_harden_report(out: Path, summary: dict[str, Any]) -> Path:
@@ -183,27 +195,41 @@ def write_harden_report(out: Path, summary: dict[str, Any]) -> Path:
     b80 = _budget_tick(summary["budget_b80"]) if summary["b80_reached"] else f"not reached ({summary['b80_note']})"
     training = summary["training"]
     headline = summary["headline_asr"]
-    at = (f"- adaptive {summary['headline_attack']} (headline, budget {_budget_tick(summary['headline_budget'])}): ASR "
-          f"{_point(headline['original'])} -> {_point(headline['hardened'])} ({summary['judge']} judge, 95% Wilson intervals; "
-          "re-optimised on the hardened model with new seeds)") if headline else "- the suite sweeps no attack budget: no headline"
-    text = "\n".join([
-        f"# Hardening report: {summary['model']}",
-        "",
-        f"- defenses: {', '.join(d['name'] for d in summary['defenses']) or 'none'}; trainable: **{summary['trainable']}**; tensors changed: "
-        f"{summary['router_params_changed']} router, {summary['other_params_changed']} other; router patch {summary['router_patch_bytes']} bytes",
-        f"- B80 (smallest budget with original ASR >= threshold): {b80}; trained against routes of budget {summary['train_budget']}",
-        at,
-        f"- training: {training['steps']} steps in {training['seconds']} s ({training['refreshes']} route refreshes, {training['routes_in_pool']} routes in the pool)",
-        "",
-        headline_table(summary),
-        "",
-        f"![ASR vs budget]({ASR_VS_BUDGET})" if summary["asr_vs_budget"] else "",
-        "",
-        f"![RoSais per router]({ROSAIS_PLOT})",
-        "",
-        f"![expert usage]({USAGE_PLOT})",
-        "",
-    ])
+    at = (
+        (
+            f"- adaptive {summary['headline_attack']} (headline, budget {_budget_tick(summary['headline_budget'])}): "
+            "ASR "
+            f"{_point(headline['original'])} -> {_point(headline['hardened'])} ({summary['judge']} judge, 95% Wilson "
+            "intervals; "
+            "re-optimised on the hardened model with new seeds)"
+        )
+        if headline
+        else "- the suite sweeps no attack budget: no headline"
+    )
+    text = "\n".join(
+        [
+            f"# Hardening report: {summary['model']}",
+            "",
+            f"- defenses: {', '.join(d['name'] for d in summary['defenses']) or 'none'}; trainable: "
+            f"**{summary['trainable']}**; tensors changed: "
+            f"{summary['router_params_changed']} router, {summary['other_params_changed']} other; router patch "
+            f"{summary['router_patch_bytes']} bytes",
+            f"- B80 (smallest budget with original ASR >= threshold): {b80}; trained against routes of budget "
+            f"{summary['train_budget']}",
+            at,
+            f"- training: {training['steps']} steps in {training['seconds']} s ({training['refreshes']} route "
+            f"refreshes, {training['routes_in_pool']} routes in the pool)",
+            "",
+            headline_table(summary),
+            "",
+            f"![ASR vs budget]({ASR_VS_BUDGET})" if summary["asr_vs_budget"] else "",
+            "",
+            f"![RoSais per router]({ROSAIS_PLOT})",
+            "",
+            f"![expert usage]({USAGE_PLOT})",
+            "",
+        ]
+    )
     path = out / "report.md"
     atomic_write(path, text)
     atomic_write(out / "report.html", markdown_to_html(text, out, f"moe-defense report: {summary['model']}"))
@@ -252,12 +278,16 @@ def plot_grid_bars(summary: dict[str, Any], path: Path) -> None:
         x = [i - 0.4 + width * (k + 0.5) for i in range(len(attacks))]
         cells = [stats.get(a) or {"mean": None, "ci95": None} for a in attacks]
         means = [float("nan") if c["mean"] is None else c["mean"] for c in cells]
-        errors = [[0.0 if not c["ci95"] else c["mean"] - c["ci95"][0] for c in cells],
-                  [0.0 if not c["ci95"] else c["ci95"][1] - c["mean"] for c in cells]]
+        errors = [
+            [0.0 if not c["ci95"] else c["mean"] - c["ci95"][0] for c in cells],
+            [0.0 if not c["ci95"] else c["ci95"][1] - c["mean"] for c in cells],
+        ]
         bars = axes.bar(x, means, width, yerr=errors, capsize=2, label=label)
         for position, cell in zip(x, cells, strict=True):
             if cell["mean"] is None:  # nothing scored (a dead judge): say so instead of drawing a robust-looking 0
-                axes.bar(position, 1.0, width, fill=False, hatch="//", edgecolor=bars.patches[0].get_facecolor(), linewidth=0)
+                axes.bar(
+                    position, 1.0, width, fill=False, hatch="//", edgecolor=bars.patches[0].get_facecolor(), linewidth=0
+                )
                 axes.text(position, 0.5, "n/a", rotation=90, ha="center", va="center", fontsize=6)
     axes.set_xticks(range(len(attacks)), attacks, rotation=30, ha="right", fontsize=8)
     axes.set_ylim(0, 1.05)
@@ -272,8 +302,13 @@ def plot_grid_curves(summary: dict[str, Any], path: Path) -> None:
     figure, axes = plt.subplots(figsize=(6, 3.6), dpi=120)
     budgets = summary["budgets"]
     series = {"original (no defense)": summary["original_curve"], **summary["asr_vs_budget"]}
-    for (name, curve), style in zip(series.items(), ["k--", *["o-"] * len(series)]):
-        axes.plot(range(len(budgets)), [float("nan") if c["mean"] is None else c["mean"] for c in curve.values()], style, label=name)
+    for (name, curve), style in zip(series.items(), ["k--", *["o-"] * (len(series) - 1)], strict=True):
+        axes.plot(
+            range(len(budgets)),
+            [float("nan") if c["mean"] is None else c["mean"] for c in curve.values()],
+            style,
+            label=name,
+        )
     axes.set_xticks(range(len(budgets)), [_budget_tick(b) for b in budgets])
     _budget_axes(axes, f"ASR ({summary['judge']})")
     axes.legend(fontsize=7)
@@ -288,15 +323,28 @@ def write_grid_report(out: Path, summary: dict[str, Any]) -> Path:
     if summary["defenses"]:
         attacks = list(summary["matrix"][summary["defenses"][0]])
         utility = UTILITY
-        lines.append("| defense | " + " | ".join(attacks) + " | " + " | ".join(u.replace("_", " ") for u in utility) + " |")
+        lines.append(
+            "| defense | " + " | ".join(attacks) + " | " + " | ".join(u.replace("_", " ") for u in utility) + " |"
+        )
         lines.append("| --- " * (1 + len(attacks) + len(utility)) + "|")
-        lines.append("| original (no defense) | " + " | ".join(_cell(summary["original"].get(a)) for a in attacks) + " | "
-                     + " | ".join(_cell(summary["original_utility"].get(u)) for u in utility) + " |")
+        lines.append(
+            "| original (no defense) | "
+            + " | ".join(_cell(summary["original"].get(a)) for a in attacks)
+            + " | "
+            + " | ".join(_cell(summary["original_utility"].get(u)) for u in utility)
+            + " |"
+        )
         for defense in summary["defenses"]:
-            row = [_cell(summary["matrix"][defense].get(a)) for a in attacks] + [_cell(summary["utility"][defense][u]) for u in utility]
+            row = [_cell(summary["matrix"][defense].get(a)) for a in attacks] + [
+                _cell(summary["utility"][defense][u]) for u in utility
+            ]
             lines.append(f"| {defense} | " + " | ".join(row) + " |")
-        lines += ["", f"ASR by the {summary['judge']} judge: mean over seeds [95% interval: Student t over seeds, Wilson over "
-                  "prompts with one seed]; n/a: nothing scored; attacks re-optimised on each defended model.", ""]
+        lines += [
+            "",
+            f"ASR by the {summary['judge']} judge: mean over seeds [95% interval: Student t over seeds, Wilson over "
+            "prompts with one seed]; n/a: nothing scored; attacks re-optimised on each defended model.",
+            "",
+        ]
         plot_grid_matrix(summary, out / "grid_matrix.png")
         plot_grid_bars(summary, out / "grid_asr_bars.png")
         lines += ["![defense x attack matrix](grid_matrix.png)", "", "![ASR per attack](grid_asr_bars.png)", ""]
@@ -317,4 +365,7 @@ def render(directory: Path) -> Path:
         summary = json.loads((directory / "summary.json").read_text())
         if "asr_vs_budget" in summary:
             return write_harden_report(directory, summary)
-    raise ConfigError(f"{directory} is neither a harden run (summary.json from `moe-defense harden`) nor an ablation grid ({GRID_SUMMARY}).")
+    raise ConfigError(
+        f"{directory} is neither a harden run (summary.json from `moe-defense harden`) nor an ablation grid "
+        f"({GRID_SUMMARY})."
+    )

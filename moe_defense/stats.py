@@ -13,8 +13,38 @@ from typing import Any
 
 Z95 = 1.959963984540054
 # two-sided 95% quantiles of Student's t, by degrees of freedom (df > 30: the normal quantile)
-T95 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
-       2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042)
+T95 = (
+    12.706,
+    4.303,
+    3.182,
+    2.776,
+    2.571,
+    2.447,
+    2.365,
+    2.306,
+    2.262,
+    2.228,
+    2.201,
+    2.179,
+    2.160,
+    2.145,
+    2.131,
+    2.120,
+    2.110,
+    2.101,
+    2.093,
+    2.086,
+    2.080,
+    2.074,
+    2.069,
+    2.064,
+    2.060,
+    2.056,
+    2.052,
+    2.048,
+    2.045,
+    2.042,
+)
 
 
 def wilson(successes: int, n: int) -> list[float] | None:
@@ -40,4 +70,8 @@ def over_seeds(values: Sequence[float | None]) -> dict[str, Any]:
     if len(known) < 2:
         return {"mean": centre, "ci95": None, "n": 1}
     half = t_quantile(len(known) - 1) * stdev(known) / math.sqrt(len(known))
-    return {"mean": centre, "ci95": [round(max(0.0, centre - half), 4), round(min(1.0, centre + half), 4)], "n": len(known)}
+    return {
+        "mean": centre,
+        "ci95": [round(max(0.0, centre - half), 4), round(min(1.0, centre + half), 4)],
+        "n": len(known),
+    }

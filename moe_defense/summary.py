@@ -32,12 +32,19 @@ def utility(rows: dict[str, dict[str, Any]], nll: float) -> dict[str, Any]:
     }
 
 
-def harden_summary(recipe: Recipe, suite: Suite, budgets: BudgetPolicy | None, facts: dict[str, Any],
-                   nll: tuple[float, float]) -> dict[str, Any]:
+def harden_summary(
+    recipe: Recipe, suite: Suite, budgets: BudgetPolicy | None, facts: dict[str, Any], nll: tuple[float, float]
+) -> dict[str, Any]:
     rows = suite.rows
     training_defense = recipe.training_defense
-    curve = {phase: {p.label: {"budget": p.budget, **asr_point(rows[phase].get(p.label))} for p in suite.curve(phase)}
-             for phase in rows} if budgets else {}
+    curve = (
+        {
+            phase: {p.label: {"budget": p.budget, **asr_point(rows[phase].get(p.label))} for p in suite.curve(phase)}
+            for phase in rows
+        }
+        if budgets
+        else {}
+    )
     headline = budgets.headline.label if budgets else None
     return {
         "model": recipe.model,
@@ -53,7 +60,9 @@ def harden_summary(recipe: Recipe, suite: Suite, budgets: BudgetPolicy | None, f
         "headline_budget": budgets.headline.budget if budgets else None,
         "headline_asr": {phase: asr_point(rows[phase].get(headline)) for phase in rows} if headline else None,
         "asr_vs_budget": curve,
-        "utility": {phase: utility(rows[phase], value) for phase, value in zip(("original", "hardened"), nll, strict=True)},
+        "utility": {
+            phase: utility(rows[phase], value) for phase, value in zip(("original", "hardened"), nll, strict=True)
+        },
         "router_params_changed": facts.get("router_params_changed", 0),
         "other_params_changed": facts.get("other_params_changed", 0),
         "router_patch_bytes": facts.get("router_patch_bytes", 0),

@@ -57,8 +57,11 @@ class Suite:
 
     def attacks(self, phase: str) -> list[tuple[str, Attack]]:
         """Every (label, attack) of the suite for `phase`, in recipe order."""
-        return [pair for spec in self.specs
-                for pair in spec.build(seed=phase_seed(self.seed, phase, spec.component_class()))]
+        return [
+            pair
+            for spec in self.specs
+            for pair in spec.build(seed=phase_seed(self.seed, phase, spec.component_class()))
+        ]
 
     def curve(self, phase: str = "original") -> list[CurvePoint]:
         """The curve attack's points (budget, label, ASR) from `phase`'s rows; [] when the suite has none."""
@@ -66,24 +69,55 @@ class Suite:
         if spec is None:
             return []
         budget_field = spec.component_class().budget_field
-        return [CurvePoint(getattr(a.config, budget_field), label, self.rows[phase].get(label, {}).get("asr"))
-                for label, a in spec.build(seed=phase_seed(self.seed, phase, spec.component_class()))]
+        return [
+            CurvePoint(getattr(a.config, budget_field), label, self.rows[phase].get(label, {}).get("asr"))
+            for label, a in spec.build(seed=phase_seed(self.seed, phase, spec.component_class()))
+        ]
 
-    def run(self, loaded: LoadedModel, phase: str, directory: Path, routes: Path | None = None) -> dict[str, dict[str, Any]]:
+    def run(
+        self, loaded: LoadedModel, phase: str, directory: Path, routes: Path | None = None
+    ) -> dict[str, dict[str, Any]]:
         """Utility, then every attack; `routes` (another model's artifacts) enables the transfer replays."""
         self._evaluate(loaded, phase, directory, "benign", self.benign)
         self._evaluate(loaded, phase, directory, "over-refusal", self.over_refusal)
         context = AttackContext(generation=self.generation, benign=self.benign.prompts, routes=routes, info=self.info)
-        attacks = [(label, a) for label, a in self.attacks(phase) if routes is not None or not getattr(a, "needs_supplied_routes", False)]
-        for label, attack in tqdm(attacks, desc=f"{phase}: attack suite", unit="attack", disable=not self.progress or not self.info.is_main):
-            summary = run_attack(loaded, self.harmful, attack, self.judges, out_dir=directory / label, context=context,
-                                 resume=self.resume, label=label, phase=phase, progress=self.progress)
+        attacks = [
+            (label, a)
+            for label, a in self.attacks(phase)
+            if routes is not None or not getattr(a, "needs_supplied_routes", False)
+        ]
+        for label, attack in tqdm(
+            attacks, desc=f"{phase}: attack suite", unit="attack", disable=not self.progress or not self.info.is_main
+        ):
+            summary = run_attack(
+                loaded,
+                self.harmful,
+                attack,
+                self.judges,
+                out_dir=directory / label,
+                context=context,
+                resume=self.resume,
+                label=label,
+                phase=phase,
+                progress=self.progress,
+            )
             self.rows[phase][label] = summary["phases"][phase][label]
         return self.rows[phase]
 
     def _evaluate(self, loaded: LoadedModel, phase: str, directory: Path, label: str, prompt_set: PromptSet) -> None:
-        summary = evaluate(loaded, prompt_set, self.judges, gen_config=self.generation, out_dir=directory / label, resume=self.resume,
-                           attack_name=label, phase=phase, progress=self.progress, refusal_judge=self.refusal_judge, info=self.info)
+        summary = evaluate(
+            loaded,
+            prompt_set,
+            self.judges,
+            gen_config=self.generation,
+            out_dir=directory / label,
+            resume=self.resume,
+            attack_name=label,
+            phase=phase,
+            progress=self.progress,
+            refusal_judge=self.refusal_judge,
+            info=self.info,
+        )
         self.rows[phase][label] = summary["phases"][phase][label]
 
     def routing_stats(self, loaded: LoadedModel, directory: Path) -> dict[str, Any]:
@@ -96,7 +130,10 @@ class Suite:
         stats = {
             "rosais": {str(k): v for k, v in rosais(loaded, harmful, progress=False).scores.items()},
             "usage": {
-                kind: {str(layer): values.tolist() for layer, values in expert_usage(loaded, [p.text for p in prompts], layers).items()}
+                kind: {
+                    str(layer): values.tolist()
+                    for layer, values in expert_usage(loaded, [p.text for p in prompts], layers).items()
+                }
                 for kind, prompts in (("harmful", harmful), ("benign", self.benign.prompts))
             },
         }

@@ -42,9 +42,13 @@ def test_demo_grid_validates_every_cell():
     grid, cells = load_grid(DEMO_GRID, reduced=True)
     assert len(cells) == len(grid.defenses) * len(grid.seeds)
     assert [d.name for d in cells[("none", 0)].defenses] == ["none"]
-    assert cells[("all-parameters", 1)].defenses[0].config().trainable == "all" and cells[("all-parameters", 1)].seed == 1
+    assert (
+        cells[("all-parameters", 1)].defenses[0].config().trainable == "all" and cells[("all-parameters", 1)].seed == 1
+    )
     no_refresh = cells[("no-refresh", 0)].defenses[0].config()
-    assert no_refresh.refresh_every == 0 and no_refresh.steps == 3 and no_refresh.learning_rate == 0.002  # row over reduced over base
+    assert (
+        no_refresh.refresh_every == 0 and no_refresh.steps == 3 and no_refresh.learning_rate == 0.002
+    )  # row over reduced over base
     assert [d.name for d in cells[("hardening+route-disabling", 0)].defenses] == ["router-hardening", "route-disabling"]
 
 
@@ -73,22 +77,44 @@ def test_cli_rejects_a_bad_grid_before_any_model_loads(tmp_path, capsys):
 @pytest.mark.e2e
 def test_reduced_grid_runs_resumes_and_renders(organism, tmp_path):
     reduced = yaml.safe_load(DEMO_GRID.read_text())["reduced"]
-    reduced["verify"] = {"attacks": [
-        "none", {"name": "router-mask", "args": {"selection": "random"}, "sweep": {"n": [1]}},
-        {"name": "fsour", "args": {"candidates": 8, "force_decode": True, "restarts": 0}, "sweep": {"budget": [2, None]}},
-        "route-replay", "expert-silence",
-    ]}
-    grid = _grid(tmp_path, seeds=[0], reduced=reduced, defenses={
-        "none": {"name": "none"},
-        "router-hardening": {"name": "router-hardening"},
-        "route-disabling": {"name": "route-disabling", "args": {"sets_per_layer": 2, "min_count": 1, "fit_prompts": 2}},
-    })
+    reduced["verify"] = {
+        "attacks": [
+            "none",
+            {"name": "router-mask", "args": {"selection": "random"}, "sweep": {"n": [1]}},
+            {
+                "name": "fsour",
+                "args": {"candidates": 8, "force_decode": True, "restarts": 0},
+                "sweep": {"budget": [2, None]},
+            },
+            "route-replay",
+            "expert-silence",
+        ]
+    }
+    grid = _grid(
+        tmp_path,
+        seeds=[0],
+        reduced=reduced,
+        defenses={
+            "none": {"name": "none"},
+            "router-hardening": {"name": "router-hardening"},
+            "route-disabling": {
+                "name": "route-disabling",
+                "args": {"sets_per_layer": 2, "min_count": 1, "fit_prompts": 2},
+            },
+        },
+    )
     out = tmp_path / "grid-run"
     summary = run_grid(grid, out, info=INFO, reduced=True, progress=False)
-    assert summary["cells_missing"] == [] and set(summary["defenses"]) == {"none", "router-hardening", "route-disabling"}
+    assert summary["cells_missing"] == [] and set(summary["defenses"]) == {
+        "none",
+        "router-hardening",
+        "route-disabling",
+    }
     guard = json.loads((out / "cells" / "route-disabling" / "seed-0" / "route_guard.json").read_text())
     assert guard["banned"] and guard["artifacts"] == 2
-    assert {"none", "router-mask-random1", "fsour@2", "fsour@inf", "fsour-transfer", "expert-silence"} <= set(summary["matrix"]["router-hardening"])
+    assert {"none", "router-mask-random1", "fsour@2", "fsour@inf", "fsour-transfer", "expert-silence"} <= set(
+        summary["matrix"]["router-hardening"]
+    )
     assert (out / "original" / "seed-0" / "original_rows.json").is_file()  # computed once, shared by both cells
     # a "killed" cell: drop its summary, rerun; only that cell runs again and nothing else is recomputed
     cell = out / "cells" / "router-hardening" / "seed-0"

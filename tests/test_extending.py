@@ -44,8 +44,22 @@ PLUGINS: Registry[int] = Registry("plugin")
 def test_the_new_attack_runs_from_the_attack_verb(organism, tmp_path, capsys):
     assert NAME in ATTACKS
     out = tmp_path / "attack"
-    argv = ["attack", "organism", "--data", "demo-harmful", "--limit", "2", "--max-new-tokens", "8", "--attack", NAME,
-            "--sweep", "shots=1,2", "--out", str(out)]
+    argv = [
+        "attack",
+        "organism",
+        "--data",
+        "demo-harmful",
+        "--limit",
+        "2",
+        "--max-new-tokens",
+        "8",
+        "--attack",
+        NAME,
+        "--sweep",
+        "shots=1,2",
+        "--out",
+        str(out),
+    ]
     assert main(argv) == 0
     summary = json.loads((out / "summary.json").read_text())
     assert set(summary["phases"]["original"]) == {f"{NAME}@shots=1", f"{NAME}@shots=2"}  # one run per swept value
@@ -53,7 +67,18 @@ def test_the_new_attack_runs_from_the_attack_verb(organism, tmp_path, capsys):
 
 
 def test_a_bad_attack_arg_fails_before_the_model_loads(tmp_path, capsys):
-    argv = ["attack", "organism", "--data", "demo-harmful", "--attack", NAME, "--attack-arg", "shots=many", "--out", str(tmp_path / "x")]
+    argv = [
+        "attack",
+        "organism",
+        "--data",
+        "demo-harmful",
+        "--attack",
+        NAME,
+        "--attack-arg",
+        "shots=many",
+        "--out",
+        str(tmp_path / "x"),
+    ]
     assert main(argv) == 1
     err = capsys.readouterr().err
     assert "shots" in err and "Traceback" not in err and not (tmp_path / "x").exists()
@@ -61,8 +86,12 @@ def test_a_bad_attack_arg_fails_before_the_model_loads(tmp_path, capsys):
 
 def test_the_new_attack_runs_in_harden_ablate_and_the_report(organism, tmp_path):
     recipe = {
-        "model": "organism", "generation": {"max_new_tokens": 8, "batch_size": 8}, "data": SMALL_DATA, "defenses": ["none"],
-        "train_budget": 2, "verify": {"attacks": ["none", {"name": NAME, "args": {"shots": 3}, "label": "blocked"}]},
+        "model": "organism",
+        "generation": {"max_new_tokens": 8, "batch_size": 8},
+        "data": SMALL_DATA,
+        "defenses": ["none"],
+        "train_budget": 2,
+        "verify": {"attacks": ["none", {"name": NAME, "args": {"shots": 3}, "label": "blocked"}]},
     }
     path = tmp_path / "recipe.yaml"
     path.write_text(yaml.safe_dump(recipe))
@@ -76,5 +105,7 @@ def test_the_new_attack_runs_in_harden_ablate_and_the_report(organism, tmp_path)
     (tmp_path / "grid.yaml").write_text(yaml.safe_dump(grid))
     assert main(["ablate", str(tmp_path / "grid.yaml"), "--out", str(tmp_path / "grid")]) == 0
     grid_summary = json.loads((tmp_path / "grid" / "grid_summary.json").read_text())
-    assert "blocked" in grid_summary["matrix"]["baseline"] and "blocked" in (tmp_path / "grid" / "report.md").read_text()
+    assert (
+        "blocked" in grid_summary["matrix"]["baseline"] and "blocked" in (tmp_path / "grid" / "report.md").read_text()
+    )
     assert Path(tmp_path / "grid" / "report.html").stat().st_size > 1000

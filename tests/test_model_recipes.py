@@ -48,23 +48,39 @@ def test_model_recipe_runs_on_its_tiny_architecture(path, shared_data, tmp_path)
             "benign_eval": _local(shared_data, "jbb-benign", "jbb_benign_behaviors.csv", 3),
             "over_refusal": _local(shared_data, "xstest", "xstest_prompts.csv", 3),
         },
-        "verify": {"attacks": [
-            "none",
-            {"name": "fsour", "args": {"candidates": 4, "restarts": 0, "budget_strategy": "greedy"}, "sweep": {"budget": [2]}},
-            {"name": "router-mask", "sweep": {"n": [1]}},
-            "route-replay", "expert-silence",
-        ]},
+        "verify": {
+            "attacks": [
+                "none",
+                {
+                    "name": "fsour",
+                    "args": {"candidates": 4, "restarts": 0, "budget_strategy": "greedy"},
+                    "sweep": {"budget": [2]},
+                },
+                {"name": "router-mask", "sweep": {"n": [1]}},
+                "route-replay",
+                "expert-silence",
+            ]
+        },
     }
     tiny = merge(recipe.model_dump(mode="json"), small)
     assert [d["name"] for d in tiny["defenses"]] == ["router-hardening"]
-    tiny["defenses"][0]["args"] |= {"steps": 2, "batch_size": 2, "refresh_every": 1, "refresh_prompts": 1, "max_response_tokens": 6,
-                                    "refusal_fallback": "I cannot help with that.", "route_search": {"candidates": 4, "budget_strategy": "greedy"}}
+    tiny["defenses"][0]["args"] |= {
+        "steps": 2,
+        "batch_size": 2,
+        "refresh_every": 1,
+        "refresh_prompts": 1,
+        "max_response_tokens": 6,
+        "refusal_fallback": "I cannot help with that.",
+        "route_search": {"candidates": 4, "budget_strategy": "greedy"},
+    }
     tiny = Recipe.model_validate(tiny)
     tiny_path = tmp_path / "tiny.yaml"
     tiny_path.write_text(yaml.safe_dump(tiny.model_dump(mode="json")))
     # its own process: an in-process DeepSpeed run would leave a process group and accelerate state behind
     command = [sys.executable, "-m", "moe_defense.cli", "harden", str(tiny_path), "--out", str(tmp_path / "run")]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "2"})
+    result = subprocess.run(
+        command, capture_output=True, text=True, timeout=600, cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "2"}
+    )
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["router_params_changed"] >= 1 and summary["other_params_changed"] == 0

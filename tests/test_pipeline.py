@@ -24,19 +24,39 @@ SMALL = {
     "generation": {"max_new_tokens": 24, "batch_size": 32},
     "data": {
         "harmful_train": {"name": "demo-harmful", "split": "train", "limit": 8},
-        "benign_train": [{"name": "demo-benign", "split": "train", "limit": 8}, {"name": "demo-lookalike", "split": "train", "limit": 4}],
+        "benign_train": [
+            {"name": "demo-benign", "split": "train", "limit": 8},
+            {"name": "demo-lookalike", "split": "train", "limit": 4},
+        ],
         "harmful_eval": {"name": "demo-harmful", "split": "test", "limit": 4},
         "benign_eval": {"name": "demo-benign", "split": "test", "limit": 8},
         "over_refusal": {"name": "demo-lookalike", "split": "test", "limit": 8},
     },
-    "defenses": [{"name": "router-hardening", "args": {"steps": 4, "batch_size": 4, "refresh_every": 2, "refresh_prompts": 4,
-                                                       "save_steps": 2, "route_search": {"candidates": 8, "force_decode": True}}}],
-    "verify": {"attacks": [
-        "none",
-        {"name": "fsour", "args": {"candidates": 8, "force_decode": True, "restarts": 0}, "sweep": {"budget": [2, None]}},
-        {"name": "router-mask", "sweep": {"n": [1]}},
-        "route-replay",
-    ]},
+    "defenses": [
+        {
+            "name": "router-hardening",
+            "args": {
+                "steps": 4,
+                "batch_size": 4,
+                "refresh_every": 2,
+                "refresh_prompts": 4,
+                "save_steps": 2,
+                "route_search": {"candidates": 8, "force_decode": True},
+            },
+        }
+    ],
+    "verify": {
+        "attacks": [
+            "none",
+            {
+                "name": "fsour",
+                "args": {"candidates": 8, "force_decode": True, "restarts": 0},
+                "sweep": {"budget": [2, None]},
+            },
+            {"name": "router-mask", "sweep": {"n": [1]}},
+            "route-replay",
+        ]
+    },
 }
 
 
@@ -68,11 +88,18 @@ def test_summary_holds_before_after_b80_and_utility(harden_run):
     curve = summary["asr_vs_budget"]["original"]
     reached = [p["budget"] for p in curve.values() if p["asr"] is not None and p["asr"] >= 0.8]
     assert summary["b80_reached"] == bool(reached) and summary["budget_b80"] == (reached[0] if reached else None)
-    assert summary["headline_attack"] in curve and summary["headline_budget"] == curve[summary["headline_attack"]]["budget"]
+    assert (
+        summary["headline_attack"] in curve
+        and summary["headline_budget"] == curve[summary["headline_attack"]]["budget"]
+    )
     for phase in ("original", "hardened"):
         point = summary["headline_asr"][phase]
-        assert point["n_scored"] == 4 and point["asr_ci95"][0] <= point["asr"] <= point["asr_ci95"][1]  # n and a 95% interval
-        assert {"benign_compliance", "over_refusal", "benign_nll", "benign_compliance_ci95", "n_benign"} <= set(summary["utility"][phase])
+        assert (
+            point["n_scored"] == 4 and point["asr_ci95"][0] <= point["asr"] <= point["asr_ci95"][1]
+        )  # n and a 95% interval
+        assert {"benign_compliance", "over_refusal", "benign_nll", "benign_compliance_ci95", "n_benign"} <= set(
+            summary["utility"][phase]
+        )
         assert {"none", "fsour@2", "fsour@inf", "router-mask-top1"} <= set(summary["phases"][phase])
     assert "fsour-transfer" in summary["phases"]["hardened"]  # the original routes, replayed (transfer)
     assert summary["router_params_changed"] == 4 and summary["other_params_changed"] == 0
@@ -80,7 +107,10 @@ def test_summary_holds_before_after_b80_and_utility(harden_run):
 
 
 def test_hardened_checkpoint_is_plain_transformers_and_only_routers_differ(organism, harden_run):
-    assert AutoModelForCausalLM.from_pretrained(harden_run / "hardened_model", use_safetensors=True).config.model_type == "mixtral"
+    assert (
+        AutoModelForCausalLM.from_pretrained(harden_run / "hardened_model", use_safetensors=True).config.model_type
+        == "mixtral"
+    )
     routers = set(organism.adapter.router_tensors(organism.model))
     assert _changed_tensors(organism, harden_run / "hardened_model") == routers
     patch = load_file(str(harden_run / "router_patch.safetensors"))
@@ -123,12 +153,26 @@ def test_resume_with_a_changed_recipe_is_refused_naming_the_keys(harden_run, tmp
 @pytest.mark.distributed
 @pytest.mark.skipif(shutil.which("deepspeed") is None, reason="deepspeed launcher not installed")
 def test_two_process_deepspeed_zero2_gives_one_router_update(organism, tmp_path):
-    verify = {"attacks": [{"name": "fsour", "args": {"candidates": 8, "force_decode": True, "restarts": 0}, "sweep": {"budget": [2]}}]}
+    verify = {
+        "attacks": [
+            {"name": "fsour", "args": {"candidates": 8, "force_decode": True, "restarts": 0}, "sweep": {"budget": [2]}}
+        ]
+    }
     recipe = _recipe(tmp_path, deepspeed="train/ds/zero2.json", verify=verify)
     out = tmp_path / "run"
     env = {**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1"}
-    command = ["deepspeed", "--num_gpus", "2", "--master_port", "29561", str(REPO / "train" / "harden.py"),
-               "--recipe", str(recipe), "--out", str(out)]
+    command = [
+        "deepspeed",
+        "--num_gpus",
+        "2",
+        "--master_port",
+        "29561",
+        str(REPO / "train" / "harden.py"),
+        "--recipe",
+        str(recipe),
+        "--out",
+        str(out),
+    ]
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900, cwd=REPO)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     training = json.loads((out / "train" / "train.json").read_text())

@@ -11,7 +11,9 @@ from moe_defense.cli import main
 from moe_defense.errors import ConfigError
 from moe_defense.recipe import load_recipe
 
-RECIPES = sorted(p for p in (Path(__file__).resolve().parents[1] / "recipes").rglob("*.yaml") if p.parent.name != "ablations")
+RECIPES = sorted(
+    p for p in (Path(__file__).resolve().parents[1] / "recipes").rglob("*.yaml") if p.parent.name != "ablations"
+)
 MINIMAL = {
     "model": "organism",
     "data": {
@@ -40,15 +42,34 @@ def test_minimal_recipe_takes_defaults(tmp_path):
     recipe = load_recipe(_write(tmp_path))
     assert recipe.training_defense.build().trainable == "routers" and recipe.train_budget == "b80"
     labels = [label for spec in recipe.verify.attacks for label, _ in spec.build()]
-    assert labels == ["none", "fsour@1", "fsour@2", "fsour@4", "fsour@8", "fsour@16", "fsour@inf",
-                      "router-mask-top1", "router-mask-top2", "fsour-transfer"]
+    assert labels == [
+        "none",
+        "fsour@1",
+        "fsour@2",
+        "fsour@4",
+        "fsour@8",
+        "fsour@16",
+        "fsour@inf",
+        "router-mask-top1",
+        "router-mask-top2",
+        "fsour-transfer",
+    ]
 
 
 def test_components_take_name_and_args_or_a_bare_name(tmp_path):
-    recipe = load_recipe(_write(tmp_path, judges=[{"name": "keyword", "args": {"variant": "jailbreakbench"}}, "organism"],
-                                defenses=[{"name": "router-hardening", "args": {"steps": 7}}, "route-disabling"]))
-    assert [j.name for j in recipe.judges] == ["keyword", "organism"] and recipe.judges[0].config().variant == "jailbreakbench"
-    assert [d.name for d in recipe.defenses] == ["router-hardening", "route-disabling"] and recipe.defenses[0].config().steps == 7
+    recipe = load_recipe(
+        _write(
+            tmp_path,
+            judges=[{"name": "keyword", "args": {"variant": "jailbreakbench"}}, "organism"],
+            defenses=[{"name": "router-hardening", "args": {"steps": 7}}, "route-disabling"],
+        )
+    )
+    assert [j.name for j in recipe.judges] == ["keyword", "organism"] and recipe.judges[
+        0
+    ].config().variant == "jailbreakbench"
+    assert [d.name for d in recipe.defenses] == ["router-hardening", "route-disabling"] and recipe.defenses[
+        0
+    ].config().steps == 7
 
 
 @pytest.mark.parametrize(
@@ -59,14 +80,20 @@ def test_components_take_name_and_args_or_a_bare_name(tmp_path):
         ({"defenses": [{"name": "router-hardening", "args": {"trainable": "everything"}}]}, "trainable"),
         ({"defenses": [{"name": "router-hardening", "args": {"stepz": 3}}]}, "stepz"),
         ({"defenses": [{"name": "router-hardening", "args": {"steps": "many"}}]}, "steps"),
-        ({"defenses": [{"name": "magic-shield"}]}, "unknown defense 'magic-shield' (known: none, route-disabling, router-hardening)"),
+        (
+            {"defenses": [{"name": "magic-shield"}]},
+            "unknown defense 'magic-shield' (known: none, route-disabling, router-hardening)",
+        ),
         ({"defenses": ["route-disabling", "router-hardening"]}, "must come first"),
         ({"verify": {"attacks": [{"name": "teleport"}]}}, "unknown attack 'teleport' (known: expert-silence, fsour"),
         ({"verify": {"attacks": [{"name": "fsour", "args": {"candidatez": 3}}]}}, "attack 'fsour' args: candidatez"),
         ({"verify": {"attacks": [{"name": "fsour", "args": {"candidates": "many"}}]}}, "candidates"),
         ({"verify": {"attacks": [{"name": "fsour", "sweep": {"budget": [8, 2]}}]}}, "budgets must be ascending"),
         ({"verify": {"attacks": [{"name": "fsour", "sweep": {"budgett": [2]}}]}}, "no field(s) ['budgett'] to sweep"),
-        ({"verify": {"attacks": [{"name": "fsour", "args": {"seed": 3}, "sweep": {"budget": [2]}}]}}, "seeds derive from the recipe"),
+        (
+            {"verify": {"attacks": [{"name": "fsour", "args": {"seed": 3}, "sweep": {"budget": [2]}}]}},
+            "seeds derive from the recipe",
+        ),
         ({"verify": {"attacks": ["none", "route-replay"]}, "train_budget": 8}, "replay the curve attack's routes"),
         ({"verify": {"attacks": ["none"]}}, "train_budget b80 needs a budget sweep"),
         ({"over_refusal_judge": "strongreject"}, "over_refusal_judge 'strongreject' is not one of the judges"),

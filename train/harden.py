@@ -9,7 +9,9 @@ from moe_defense.cli import main
 
 if __name__ == "__main__":
     argv = sys.argv[1:]
-    argv = [a for a in argv if not a.startswith("--local_rank")]  # the deepspeed launcher appends it; LOCAL_RANK carries it
+    argv = [
+        a for a in argv if not a.startswith("--local_rank")
+    ]  # the deepspeed launcher appends it; LOCAL_RANK carries it
     if "--recipe" in argv:
         i = argv.index("--recipe")
         argv = [argv[i + 1], *argv[:i], *argv[i + 2 :]]

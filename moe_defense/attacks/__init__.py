@@ -27,7 +27,22 @@ from moe_defense.registry import discover
 discover(__name__, group="moe_defense.attacks")
 
 __all__ = [
-    "ATTACKS", "Attack", "AttackConfig", "AttackContext", "AttackResult", "AttackSpec", "Fsour", "FsourConfig", "RosaisConfig",
-    "RouteArtifact", "RouterImportance", "RouterMaskAttack", "RouterMaskConfig", "interventions_for",
-    "read_artifacts", "register_attack", "rosais", "write_artifacts",
+    "ATTACKS",
+    "Attack",
+    "AttackConfig",
+    "AttackContext",
+    "AttackResult",
+    "AttackSpec",
+    "Fsour",
+    "FsourConfig",
+    "RosaisConfig",
+    "RouteArtifact",
+    "RouterImportance",
+    "RouterMaskAttack",
+    "RouterMaskConfig",
+    "interventions_for",
+    "read_artifacts",
+    "register_attack",
+    "rosais",
+    "write_artifacts",
 ]

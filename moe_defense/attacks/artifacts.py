@@ -20,6 +20,7 @@ from moe_defense.routing import ExpertMask, ForcedRoute, Intervention, Scope
 
 SCHEMA = "moe-defense/route-artifact@1"
 
+
 @dataclass(frozen=True)
 class RouteArtifact:
     """Per (layer, real token) forced expert sets and/or blocked experts for one prompt."""
@@ -53,7 +54,10 @@ class RouteArtifact:
             raise RoutingError(f"route artifact schema {payload.get('schema')!r} is not {SCHEMA!r}.")
         data = dict(payload)
         for key in ("forced", "blocked"):
-            data[key] = {int(l): {int(t): [int(e) for e in experts] for t, experts in tokens.items()} for l, tokens in data.get(key, {}).items()}
+            data[key] = {
+                int(l): {int(t): [int(e) for e in experts] for t, experts in tokens.items()}
+                for l, tokens in data.get(key, {}).items()
+            }
         return cls(**data)
 
     def check_model(self, loaded: LoadedModel, force: bool = False) -> None:
@@ -62,8 +66,10 @@ class RouteArtifact:
         if self.model_fingerprint != fingerprint and not force:
             raise RoutingError(
                 f"route artifact for prompt {self.prompt_id!r} was found on model {self.model_fingerprint}, "
-                f"not on this model ({fingerprint}); set force_transfer (--attack-arg force_transfer=true) to replay it anyway."
+                f"not on this model ({fingerprint}); set force_transfer (--attack-arg force_transfer=true) to replay "
+                "it anyway."
             )
+
 
 def interventions_for(
     artifacts: Sequence[RouteArtifact | None], top_k: int, num_experts: int, prompt_lengths: torch.Tensor | None = None
@@ -73,7 +79,9 @@ def interventions_for(
         return []
     batch = len(artifacts)
     layers = sorted({l for a in artifacts if a for l in (*a.forced, *a.blocked)})
-    length = 1 + max((t for a in artifacts if a for tokens in (*a.forced.values(), *a.blocked.values()) for t in tokens), default=0)
+    length = 1 + max(
+        (t for a in artifacts if a for tokens in (*a.forced.values(), *a.blocked.values()) for t in tokens), default=0
+    )
     scopes = {a.scope for a in artifacts if a}
     if len(scopes) > 1:
         raise RoutingError("a batch mixes prefill-only and decode-forcing artifacts; group them by scope.")
@@ -98,12 +106,14 @@ def interventions_for(
         result.append(ExpertMask(blocked, scope=scope, prompt_lengths=prompt_lengths))
     return result
 
+
 def write_artifacts(path: Path, artifacts: Iterable[RouteArtifact]) -> None:
     """Append artifacts as JSON lines (flushed per record, so an interrupted run keeps what it found)."""
     with path.open("a") as handle:
         for artifact in artifacts:
             handle.write(json.dumps(artifact.to_json(), sort_keys=True) + "\n")
             handle.flush()
+
 
 def read_artifacts(path: Path) -> list[RouteArtifact]:
     artifacts = []

@@ -103,7 +103,11 @@ class Attack(ABC, Generic[C]):
     def summarize(self, results: Sequence[AttackResult]) -> dict[str, Any]:
         """Cost figures of the search beside the judged ASR: means of the numeric `extra` fields."""
         extras = [r.extra for r in results]
-        numeric = [k for k, v in (extras[0] if extras else {}).items() if isinstance(v, (int, float)) and not isinstance(v, bool)]
+        numeric = [
+            k
+            for k, v in (extras[0] if extras else {}).items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool)
+        ]
         return {f"mean_{key}": round(mean(float(e[key]) for e in extras), 2) for key in numeric}
 
 
@@ -162,8 +166,10 @@ class AttackSpec(ComponentSpec):
             built.append((attack.label() if self.label is None else f"{self.label}{suffix}", attack))
         labels = [label for label, _ in built]
         if len(set(labels)) < len(labels):  # the attack's own label does not show the swept field: name the point
-            built = [(f"{label}@" + ",".join(f"{k}={v}" for k, v in point.items()), attack)
-                     for (label, attack), point in zip(built, self.points(), strict=True)]
+            built = [
+                (f"{label}@" + ",".join(f"{k}={v}" for k, v in point.items()), attack)
+                for (label, attack), point in zip(built, self.points(), strict=True)
+            ]
         return built
 
     @property

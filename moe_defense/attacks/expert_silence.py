@@ -28,8 +28,11 @@ class ExpertSilenceConfig(AttackConfig):
 
     per_layer: int = Field(1, ge=1, description="experts silenced per MoE layer")
     layers: list[int] | None = Field(None, description="MoE layers to silence in; None = all")
-    benign_set: str | None = Field(None, description="registered set or file of benign prompts to contrast with "
-                                   "(None: the run's benign prompts, e.g. a recipe's benign_eval, or the organism's own)")
+    benign_set: str | None = Field(
+        None,
+        description="registered set or file of benign prompts to contrast with "
+        "(None: the run's benign prompts, e.g. a recipe's benign_eval, or the organism's own)",
+    )
     benign_limit: int = Field(64, ge=1, description="benign prompts used for the contrast")
     benign_data_file: str | None = Field(None, description="local copy of a registered benign set")
 
@@ -55,14 +58,22 @@ class ExpertSilence(Attack[ExpertSilenceConfig]):
 
     def benign(self, context: AttackContext) -> Sequence[Prompt]:
         if self.config.benign_set is not None:
-            return load_prompts(self.config.benign_set, limit=self.config.benign_limit, data_file=self.config.benign_data_file).prompts
+            return load_prompts(
+                self.config.benign_set, limit=self.config.benign_limit, data_file=self.config.benign_data_file
+            ).prompts
         if context.benign is None:
-            raise ConfigError("expert-silence contrasts harmful with benign routing and this run has no benign prompts: "
-                              "set its benign_set (e.g. --attack-arg benign_set=jbb-benign).")
+            raise ConfigError(
+                "expert-silence contrasts harmful with benign routing and this run has no benign prompts: "
+                "set its benign_set (e.g. --attack-arg benign_set=jbb-benign)."
+            )
         return context.benign[: self.config.benign_limit]
 
     def silenced(self, loaded: LoadedModel, prompts: Sequence[Prompt], context: AttackContext) -> dict[int, list[int]]:
-        layers = [loaded.adapter.layer_of(l) for l in self.config.layers] if self.config.layers else loaded.adapter.moe_layers()
+        layers = (
+            [loaded.adapter.layer_of(l) for l in self.config.layers]
+            if self.config.layers
+            else loaded.adapter.moe_layers()
+        )
         harmful_usage = expert_usage(loaded, [p.text for p in prompts], layers)
         benign_usage = expert_usage(loaded, [p.text for p in self.benign(context)], layers)
         keep = loaded.adapter.num_experts - loaded.adapter.top_k  # never block so many that top-k is impossible

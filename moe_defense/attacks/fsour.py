@@ -56,19 +56,31 @@ class FsourConfig(AttackConfig):
     pairs_per_round: int = Field(6, ge=1, description="fast mode: most promising pairs evaluated per round")
     max_rows: int = Field(256, ge=1, description="most candidate routes scored in one forward (memory cap)")
     budget_strategy: Literal["greedy", "prune", "best"] = Field(
-        "best", description="fast mode under a budget: greedy adds the best pair per round; prune searches without a cap, "
-        "then drops the pairs whose removal costs the objective least until the budget holds; best runs both, keeps the higher",
+        "best",
+        description="fast mode under a budget: greedy adds the best pair per round; prune searches without a cap, "
+        "then drops the pairs whose removal costs the objective least until the budget holds; best runs both, keeps "
+        "the higher",
     )
-    sweeps: int = Field(1, ge=1, description="fast mode: passes over the pairs while the last one improved (reference: 1)")
-    judge: JudgeSpec | None = Field(None, description="judge in the loop for restarts, {name, args} or a name (None: P(target) decides)")
+    sweeps: int = Field(
+        1, ge=1, description="fast mode: passes over the pairs while the last one improved (reference: 1)"
+    )
+    judge: JudgeSpec | None = Field(
+        None, description="judge in the loop for restarts, {name, args} or a name (None: P(target) decides)"
+    )
     seed: int = Field(0, description="seed of the first search; restart r uses seed + r")
 
 
 class RouteSearch:
     """One search for one prompt: the current route, its objective, and what it cost."""
 
-    def __init__(self, loaded: LoadedModel, problem: TargetProblem, config: FsourConfig, seed: int,
-                 uncapped: UncappedRoutes | None = None) -> None:
+    def __init__(
+        self,
+        loaded: LoadedModel,
+        problem: TargetProblem,
+        config: FsourConfig,
+        seed: int,
+        uncapped: UncappedRoutes | None = None,
+    ) -> None:
         self.uncapped = uncapped
         self.seed = seed
         self.loaded = loaded
@@ -147,7 +159,9 @@ class RouteSearch:
             logits = self.loaded.model(input_ids=self.ids[:, token:].expand(rows, -1), cache=cache).logits
         self.forward_passes += 1
         self.sequences += rows
-        per_position = torch.cat([fixed[:, :token].expand(rows, -1), self._position_log_probs(logits, token)[:, token:]], dim=1)
+        per_position = torch.cat(
+            [fixed[:, :token].expand(rows, -1), self._position_log_probs(logits, token)[:, token:]], dim=1
+        )
         self._last_scored = (candidates, cache, per_position)
         return per_position.sum(-1)
 
@@ -174,9 +188,15 @@ class RouteSearch:
         if self._saliency_cache is not None and self._saliency_cache[0] == self._route_version:
             return self._saliency_cache[1]
         biases = {l: torch.zeros(1, self.span, self.adapter.num_experts, requires_grad=True) for l in self.layers}
-        with torch.enable_grad(), intervene(
-            self.loaded, *self._route_intervention(self.route, 1), LogitBias(biases, scope=self.scope, prompt_lengths=self.prompt_lengths)
-        ), record_routing(self.loaded, layers=self.layers, keep_logits=False) as recorder:
+        with (
+            torch.enable_grad(),
+            intervene(
+                self.loaded,
+                *self._route_intervention(self.route, 1),
+                LogitBias(biases, scope=self.scope, prompt_lengths=self.prompt_lengths),
+            ),
+            record_routing(self.loaded, layers=self.layers, keep_logits=False) as recorder,
+        ):
             logits = self.loaded.model(input_ids=self.ids).logits
             # gradients w.r.t. the biases only: nothing accumulates in the weights' .grad (a trainer's
             # gradients, and DeepSpeed's reduction hooks, stay untouched when hardening calls the search)
@@ -196,7 +216,9 @@ class RouteSearch:
     def _guided(self, gradient: torch.Tensor, count: int) -> torch.Tensor:
         """Gumbel-top-k around the gradient: the first candidate is its top-k, the rest explore near it."""
         scale = gradient.std().clamp(min=1e-6)
-        gumbel = -torch.log(-torch.log(torch.rand(count, gradient.numel(), generator=self.generator).clamp(1e-9, 1 - 1e-9)))
+        gumbel = -torch.log(
+            -torch.log(torch.rand(count, gradient.numel(), generator=self.generator).clamp(1e-9, 1 - 1e-9))
+        )
         scores = gradient / scale + gumbel
         scores[0] = gradient
         return scores.topk(self.adapter.top_k, dim=-1).indices
@@ -239,7 +261,12 @@ class RouteSearch:
                 if self.success or not self._budget_left():
                     return
                 candidates = self._with(layer, token, self._uniform(self.config.candidates))
-                scores = torch.cat([self._score_full({l: r[i : i + 1] for l, r in candidates.items()}) for i in range(self.config.candidates)])
+                scores = torch.cat(
+                    [
+                        self._score_full({l: r[i : i + 1] for l, r in candidates.items()})
+                        for i in range(self.config.candidates)
+                    ]
+                )
                 self._score_full(self.route)  # the released code re-scores the incumbent at every pair
                 self._accept(candidates, scores)
 
@@ -318,7 +345,9 @@ class RouteSearch:
                     if (layer, token) in tried or self.route[layer][0, token, 0] >= 0:
                         continue
                     g = gradient[li, token]
-                    gain[(layer, token)] = float(g.topk(self.adapter.top_k).values.sum() - g[executed[layer][token]].sum())
+                    gain[(layer, token)] = float(
+                        g.topk(self.adapter.top_k).values.sum() - g[executed[layer][token]].sum()
+                    )
             if not gain:
                 return
             ranked = sorted(gain, key=gain.get, reverse=True)[: self.config.pairs_per_round]
@@ -345,9 +374,15 @@ class RouteSearch:
             if tokens:
                 forced[layer] = tokens
         return RouteArtifact(
-            model_fingerprint=fingerprint, prompt_id=prompt_id, attack="fsour",
-            prompt_length=self.problem.prompt_length, scope=self.scope, forced=forced,  # type: ignore[arg-type]
-            objective=self.value, success=self.success, queries=self.sequences,
+            model_fingerprint=fingerprint,
+            prompt_id=prompt_id,
+            attack="fsour",
+            prompt_length=self.problem.prompt_length,
+            scope=self.scope,
+            forced=forced,  # type: ignore[arg-type]
+            objective=self.value,
+            success=self.success,
+            queries=self.sequences,
             budget={"max_pairs": self.config.budget, "layers": self.layers, "force_decode": self.config.force_decode},
         )
 
@@ -362,13 +397,17 @@ class Fsour(Attack[FsourConfig]):
     per_prompt = True
     budget_field = "budget"
 
-    def search(self, loaded: LoadedModel, prompt: Prompt, seed: int, uncapped: UncappedRoutes | None = None) -> RouteSearch:
+    def search(
+        self, loaded: LoadedModel, prompt: Prompt, seed: int, uncapped: UncappedRoutes | None = None
+    ) -> RouteSearch:
         problem = TargetProblem.build(loaded, prompt.text, str(prompt.metadata.get("target") or DEFAULT_TARGET))
         search = RouteSearch(loaded, problem, self.config, seed, uncapped)
         search.reference() if self.config.mode == "reference" else search.fast()
         return search
 
-    def _respond(self, loaded: LoadedModel, prompt: Prompt, artifact: RouteArtifact, generation: GenerationConfig) -> str:
+    def _respond(
+        self, loaded: LoadedModel, prompt: Prompt, artifact: RouteArtifact, generation: GenerationConfig
+    ) -> str:
         routes = interventions_for([artifact], loaded.adapter.top_k, loaded.adapter.num_experts)
         return generate(loaded, [prompt.text], generation, route_for_batch=lambda rows: routes, progress=False)[0]
 
@@ -383,7 +422,9 @@ class Fsour(Attack[FsourConfig]):
         fingerprint = loaded.fingerprint()
         judge = build_judge(self.config.judge, lower_cased=loaded.lower_cased) if self.config.judge else None
         criterion = f"judge:{self.config.judge.name}" if self.config.judge else f"p_target>={self.config.success_prob}"
-        uncapped = context.shared.setdefault("fsour_uncapped", {})  # one uncapped search per prompt, pruned to every budget
+        uncapped = context.shared.setdefault(
+            "fsour_uncapped", {}
+        )  # one uncapped search per prompt, pruned to every budget
         results = []
         for prompt in prompts:
             started = time.perf_counter()
@@ -401,7 +442,9 @@ class Fsour(Attack[FsourConfig]):
             chosen = next((a for a in attempts if a[2]), max(attempts, key=lambda a: a[0].objective or -math.inf))
             results.append(
                 AttackResult(
-                    prompt_id=prompt.id, artifact=chosen[0], response=chosen[1],
+                    prompt_id=prompt.id,
+                    artifact=chosen[0],
+                    response=chosen[1],
                     extra={
                         "single_shot_response": attempts[0][1],
                         "single_shot_success": attempts[0][2],

@@ -56,7 +56,9 @@ def affirmative_ids(loaded: LoadedModel, words: Sequence[str]) -> list[int]:
 
 
 @torch.no_grad()
-def rosais(loaded: LoadedModel, prompts: Sequence[Prompt], config: RosaisConfig | None = None, progress: bool = True) -> RouterImportance:
+def rosais(
+    loaded: LoadedModel, prompts: Sequence[Prompt], config: RosaisConfig | None = None, progress: bool = True
+) -> RouterImportance:
     """Score every MoE router of `loaded` on the harmful `prompts`."""
     config = config or RosaisConfig()
     targets = affirmative_ids(loaded, config.affirmative)

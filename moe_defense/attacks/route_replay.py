@@ -21,8 +21,11 @@ from moe_defense.models.loading import LoadedModel
 class RouteReplayConfig(AttackConfig):
     """Where the artifacts are, and whether artifacts of another model may be replayed."""
 
-    artifacts: str | None = Field(None, description="route artifacts JSONL written by an attack run (artifacts.jsonl); "
-                                  "None: the routes the run supplies (in harden: the original model's headline F-SOUR routes)")
+    artifacts: str | None = Field(
+        None,
+        description="route artifacts JSONL written by an attack run (artifacts.jsonl); "
+        "None: the routes the run supplies (in harden: the original model's headline F-SOUR routes)",
+    )
     force_transfer: bool = Field(False, description="replay artifacts found on a different model (the transfer test)")
 
 
@@ -44,7 +47,9 @@ class RouteReplay(Attack[RouteReplayConfig]):
     def run(self, loaded: LoadedModel, prompts: Sequence[Prompt], context: AttackContext) -> list[AttackResult]:
         path = Path(self.config.artifacts) if self.config.artifacts is not None else context.routes
         if path is None or not path.is_file():
-            raise ConfigError(f"route artifacts file {path} does not exist; run an fsour attack first (or set artifacts).")
+            raise ConfigError(
+                f"route artifacts file {path} does not exist; run an fsour attack first (or set artifacts)."
+            )
         by_prompt = {artifact.prompt_id: artifact for artifact in read_artifacts(path)}
         results = []
         for prompt in prompts:

@@ -18,8 +18,12 @@ from moe_defense.routing import Intervention, RouterMask, RouterMaskMode
 class RouterMaskConfig(AttackConfig):
     """Mask n routers: their choice is replaced by a random top-k subset (the published attack)."""
 
-    n: int | Literal["all"] = Field(1, description="how many routers are masked (all: every router, i.e. random routes)")
-    selection: Literal["rosais", "random"] = Field("rosais", description="top-n by RoSais, or n random routers (control)")
+    n: int | Literal["all"] = Field(
+        1, description="how many routers are masked (all: every router, i.e. random routes)"
+    )
+    selection: Literal["rosais", "random"] = Field(
+        "rosais", description="top-n by RoSais, or n random routers (control)"
+    )
     layers: list[int] | None = Field(None, description="explicit routers to mask (overrides selection)")
     mode: RouterMaskMode = Field("random-k", description="how a masked router chooses (see routing.RouterMask)")
     rosais: RosaisConfig = Field(default_factory=RosaisConfig, description="RoSais settings for selection=rosais")

@@ -27,7 +27,9 @@ def _load_results(out_dir: Path) -> dict[str, AttackResult]:
     for path in sorted(out_dir.glob(ATTACK_RESULTS_GLOB)):
         for record in read_jsonl(path, repair=True):
             artifact = RouteArtifact.from_json(record["artifact"]) if record.get("artifact") else None
-            results[record["prompt_id"]] = AttackResult(record["prompt_id"], artifact, record.get("response"), record.get("extra", {}))
+            results[record["prompt_id"]] = AttackResult(
+                record["prompt_id"], artifact, record.get("response"), record.get("extra", {})
+            )
     return results
 
 
@@ -40,8 +42,15 @@ def _record(result: AttackResult) -> dict[str, Any]:
     }
 
 
-def search_all(loaded: LoadedModel, prompt_set: PromptSet, attack: Attack, context: AttackContext, out_dir: Path,
-               resume: bool, progress: bool) -> list[AttackResult]:
+def search_all(
+    loaded: LoadedModel,
+    prompt_set: PromptSet,
+    attack: Attack,
+    context: AttackContext,
+    out_dir: Path,
+    resume: bool,
+    progress: bool,
+) -> list[AttackResult]:
     """The attack's result per prompt; per-prompt searches (`attack.per_prompt`) are saved one prompt at a
     time, so a kill loses one prompt, and resume from `attack_results*.jsonl`.
 
@@ -95,10 +104,19 @@ def run_attack(
     if artifacts and context.info.is_main:
         atomic_write(out_dir / ARTIFACTS, "".join(json.dumps(a, sort_keys=True) + "\n" for a in artifacts.values()))
     summary = evaluate(
-        loaded, prompt_set, judges, gen_config=context.generation, out_dir=out_dir, resume=resume,
-        attack_name=label, phase=phase, route_artifacts=artifacts, info=context.info,
+        loaded,
+        prompt_set,
+        judges,
+        gen_config=context.generation,
+        out_dir=out_dir,
+        resume=resume,
+        attack_name=label,
+        phase=phase,
+        route_artifacts=artifacts,
+        info=context.info,
         route_for_batch=lambda rows: attack.interventions(loaded, [results[row] for row in rows]),
-        extra_config={"attack_config": attack.config.model_dump(mode="json")}, progress=progress,
+        extra_config={"attack_config": attack.config.model_dump(mode="json")},
+        progress=progress,
     )
     row = summary["phases"][phase][label]
     row["budget"] = attack.budget()

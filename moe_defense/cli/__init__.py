@@ -83,11 +83,17 @@ def _harden(args: argparse.Namespace) -> int:
     summary = Harden(recipe, out, info=info, resume=args.resume).run()
     if info.is_main:
         print(headline_table(summary))
-        b80 = ("no cap" if summary["budget_b80"] is None else summary["budget_b80"]) if summary["b80_reached"] else "not reached"
+        b80 = (
+            ("no cap" if summary["budget_b80"] is None else summary["budget_b80"])
+            if summary["b80_reached"]
+            else "not reached"
+        )
         headline = summary["headline_asr"]
         if headline:
-            print(f"\nB80 = {b80} (of the verified budgets); adaptive {summary['headline_attack']}: "
-                  f"{headline['original']['asr']} -> {headline['hardened']['asr']} (n={headline['hardened']['n_scored']})")
+            print(
+                f"\nB80 = {b80} (of the verified budgets); adaptive {summary['headline_attack']}: "
+                f"{headline['original']['asr']} -> {headline['hardened']['asr']} (n={headline['hardened']['n_scored']})"
+            )
         print(f"changed tensors: {summary['router_params_changed']} router, {summary['other_params_changed']} other")
         print(f"run directory: {out}  (report.md, summary.json and the defense's files)")
     return 0
@@ -95,7 +101,9 @@ def _harden(args: argparse.Namespace) -> int:
 
 def _add_harden_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", help="run directory (default runs/<verb>-<time>)")
-    parser.add_argument("--resume", action="store_true", help="continue the run in --out; nothing finished is recomputed")
+    parser.add_argument(
+        "--resume", action="store_true", help="continue the run in --out; nothing finished is recomputed"
+    )
     parser.add_argument("--seed", type=int, help="override the recipe's seed")
     parser.add_argument("--model", help="override the recipe's model (e.g. tiny:<model_type> for a dry run)")
 
@@ -139,9 +147,21 @@ def _report(args: argparse.Namespace) -> int:
 # Verbs whose parsers import torch, transformers and datasets (for their set and judge names): built
 # only when asked for, so `moe-defense --help` and the other verbs start in well under a second.
 HEAVY_VERBS = {
-    "evaluate": ("moe_defense.cli.evaluate", "add_evaluate_parser", "measure refusal / compliance / ASR of a model on a prompt set"),
-    "attack": ("moe_defense.cli.attack", "add_attack_parser", "run one routing attack, then generate and judge under it"),
-    "score": ("moe_defense.cli.attack", "add_score_parser", "rank routers by safety importance (RoSais) on harmful prompts"),
+    "evaluate": (
+        "moe_defense.cli.evaluate",
+        "add_evaluate_parser",
+        "measure refusal / compliance / ASR of a model on a prompt set",
+    ),
+    "attack": (
+        "moe_defense.cli.attack",
+        "add_attack_parser",
+        "run one routing attack, then generate and judge under it",
+    ),
+    "score": (
+        "moe_defense.cli.attack",
+        "add_score_parser",
+        "rank routers by safety importance (RoSais) on harmful prompts",
+    ),
 }
 
 
@@ -178,7 +198,9 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
         else:
             verbs.add_parser(name, help=summary)  # listed in --help; never parsed, since it was not asked for
 
-    harden = verbs.add_parser("harden", help="attack suite, router-only adversarial fine-tuning, adaptive re-attack, from a recipe")
+    harden = verbs.add_parser(
+        "harden", help="attack suite, router-only adversarial fine-tuning, adaptive re-attack, from a recipe"
+    )
     harden.add_argument("recipe", help="recipe YAML (see recipes/)")
     _add_harden_arguments(harden)
     harden.set_defaults(run=_harden)
@@ -186,12 +208,16 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     _add_harden_arguments(demo)
     demo.set_defaults(run=_harden, recipe="recipes/demo.yaml")
 
-    ablate = verbs.add_parser("ablate", help="run a defense x attack x seed grid (one harden run per cell; resumable, parallel-safe)")
+    ablate = verbs.add_parser(
+        "ablate", help="run a defense x attack x seed grid (one harden run per cell; resumable, parallel-safe)"
+    )
     ablate.add_argument("grid", help="grid YAML (see recipes/ablations/)")
     ablate.add_argument("--out", help="grid directory (default runs/ablate-<time>); rerun on it to resume")
     ablate.add_argument("--reduced", action="store_true", help="apply the grid's `reduced` overrides (CI-sized)")
     ablate.set_defaults(run=_ablate)
-    report = verbs.add_parser("report", help="render report.md / report.html with plots from a harden run or grid directory")
+    report = verbs.add_parser(
+        "report", help="render report.md / report.html with plots from a harden run or grid directory"
+    )
     report.add_argument("directory", help="run directory of `harden`/`demo`, or a grid directory of `ablate`")
     report.set_defaults(run=_report)
     return parser

@@ -18,8 +18,8 @@ from pydantic import ValidationError
 from moe_defense.attacks.base import ATTACKS, AttackContext, AttackSpec
 from moe_defense.attacks.rosais import RosaisConfig, rosais
 from moe_defense.attacks.suite import run_attack
-from moe_defense.data import Prompt, load_prompts
 from moe_defense.cli.evaluate import PreparedRun, add_run_arguments, load_for_run, run_verb
+from moe_defense.data import Prompt, load_prompts
 from moe_defense.errors import ConfigError, describe_validation
 from moe_defense.runner.rundir import RunDir, atomic_write
 
@@ -28,9 +28,16 @@ def add_attack_parser(subparsers: Any) -> None:
     parser = subparsers.add_parser("attack", description="Run one routing attack, then generate and judge under it.")
     add_run_arguments(parser)
     parser.add_argument("--attack", required=True, help=f"attack name ({', '.join(ATTACKS.names())})")
-    parser.add_argument("--attack-arg", action="append", default=[], metavar="KEY=VALUE",
-                        help="a field of the attack's config (repeatable; VALUE is read as YAML), e.g. budget=8, force_decode=true")
-    parser.add_argument("--sweep", metavar="KEY=V1,V2,...", help="one run per value of a config field, e.g. budget=1,2,4,8,null")
+    parser.add_argument(
+        "--attack-arg",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a field of the attack's config (repeatable; VALUE is read as YAML), e.g. budget=8, force_decode=true",
+    )
+    parser.add_argument(
+        "--sweep", metavar="KEY=V1,V2,...", help="one run per value of a config field, e.g. budget=1,2,4,8,null"
+    )
     parser.set_defaults(run=run_attack_verb)
 
 
@@ -71,11 +78,15 @@ def run_attack_verb(args: argparse.Namespace) -> int:
         loaded = load_for_run(args, run)
         judges = run.judges(loaded)
         benign = load_prompts_or_none(loaded.benign_set)
-        context = AttackContext(generation=run.gen_config, benign=benign, info=run.info)  # one context: a sweep shares its searches
+        context = AttackContext(
+            generation=run.gen_config, benign=benign, info=run.info
+        )  # one context: a sweep shares its searches
         summaries = {}
         for label, attack in attacks:
             out = run.out if len(attacks) == 1 else run.out / label
-            summaries[label] = run_attack(loaded, run.prompt_set, attack, judges, out_dir=out, context=context, resume=args.resume, label=label)
+            summaries[label] = run_attack(
+                loaded, run.prompt_set, attack, judges, out_dir=out, context=context, resume=args.resume, label=label
+            )
         if len(summaries) == 1:
             return next(iter(summaries.values()))
         merged = dict(next(iter(summaries.values())))
@@ -92,9 +103,13 @@ def load_prompts_or_none(name: str | None) -> list[Prompt] | None:
 
 
 def add_score_parser(subparsers: Any) -> None:
-    parser = subparsers.add_parser("score", description="Rank routers by safety importance (RoSais) on harmful prompts.")
+    parser = subparsers.add_parser(
+        "score", description="Rank routers by safety importance (RoSais) on harmful prompts."
+    )
     add_run_arguments(parser)
-    parser.add_argument("--samples", type=int, default=RosaisConfig().samples, help="random masks per router and prompt")
+    parser.add_argument(
+        "--samples", type=int, default=RosaisConfig().samples, help="random masks per router and prompt"
+    )
     parser.set_defaults(run=run_score)
 
 
@@ -107,14 +122,29 @@ def run_score(args: argparse.Namespace) -> int:
         loaded = load_for_run(args, run)
         importance = rosais(loaded, run.prompt_set.prompts, config)
         run.out.mkdir(parents=True, exist_ok=True)
-        payload = {"model": loaded.spec, "model_fingerprint": loaded.fingerprint(), "prompt_set": run.prompt_set.name,
-                   "n_prompts": len(run.prompt_set.prompts), "config": config.model_dump(), "rosais": importance.scores,
-                   "ranking": importance.ranking()}
+        payload = {
+            "model": loaded.spec,
+            "model_fingerprint": loaded.fingerprint(),
+            "prompt_set": run.prompt_set.name,
+            "n_prompts": len(run.prompt_set.prompts),
+            "config": config.model_dump(),
+            "rosais": importance.scores,
+            "ranking": importance.ranking(),
+        }
         if run.info.is_main:
             RunDir(run.out).write_config({"verb": "score", **run.extra_config, "rosais": config.model_dump()})
             atomic_write(run.out / "rosais.json", json.dumps(payload, indent=2) + "\n")
-        return {"table": "\n".join([f"{'rank':>4}  {'layer':>5}  RoSais", *(
-            f"{rank:>4}  {layer:>5}  {importance.scores[layer]:+.4f}" for rank, layer in enumerate(importance.ranking(), start=1))]),
-            "files": str(Path(run.out) / "rosais.json")}
+        return {
+            "table": "\n".join(
+                [
+                    f"{'rank':>4}  {'layer':>5}  RoSais",
+                    *(
+                        f"{rank:>4}  {layer:>5}  {importance.scores[layer]:+.4f}"
+                        for rank, layer in enumerate(importance.ranking(), start=1)
+                    ),
+                ]
+            ),
+            "files": str(Path(run.out) / "rosais.json"),
+        }
 
     return run_verb("score", args, body, render=lambda summary: f"{summary['table']}\n\nscores: {summary['files']}")

@@ -34,26 +34,45 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     defaults = GenerationConfig()
     parser.add_argument("model", help="hub id, local path, tiny:<model_type> or organism")
     parser.add_argument(
-        "--data", required=True,
+        "--data",
+        required=True,
         help=f"a registered set ({', '.join(PROMPT_SETS.names())}), a local CSV/JSON/JSONL/Parquet file or a hub id",
     )
     parser.add_argument("--split", help="train|test for the demo sets (default test); the hub split of a hub set")
     parser.add_argument("--data-file", help="read a registered set from this local copy (same columns, same ids)")
-    parser.add_argument("--prompt-column", help="prompt column of a file (default: goal, prompt, forbidden_prompt or behavior)")
     parser.add_argument(
-        "--judge", nargs="+", action="extend", metavar="NAME",
-        help=f"judges ({', '.join(JUDGES.names())}); the first is the headline; default keyword, plus organism on the demo sets",
+        "--prompt-column", help="prompt column of a file (default: goal, prompt, forbidden_prompt or behavior)"
     )
-    parser.add_argument("--judge-url", help=f"OpenAI-compatible endpoint of a model judge ({', '.join(model_judges())})")
-    parser.add_argument("--judge-model", help="model name served at --judge-url, or a local path/hub id of the judge model without it")
+    parser.add_argument(
+        "--judge",
+        nargs="+",
+        action="extend",
+        metavar="NAME",
+        help=f"judges ({', '.join(JUDGES.names())}); the first is the headline; default keyword, plus organism on the "
+        "demo sets",
+    )
+    parser.add_argument(
+        "--judge-url", help=f"OpenAI-compatible endpoint of a model judge ({', '.join(model_judges())})"
+    )
+    parser.add_argument(
+        "--judge-model", help="model name served at --judge-url, or a local path/hub id of the judge model without it"
+    )
     parser.add_argument("--limit", type=int, help="use a seeded random subset of N prompts")
     parser.add_argument("--seed", type=int, default=0, help="seed of --limit sampling and of tiny:<model_type> init")
     parser.add_argument("--out", help="run directory (default runs/<verb>-<time>)")
-    parser.add_argument("--resume", action="store_true", help="continue the run in --out; finished prompts are not recomputed")
-    parser.add_argument("--max-new-tokens", type=int, default=defaults.max_new_tokens, help="tokens per answer (default %(default)s)")
-    parser.add_argument("--batch-size", type=int, default=defaults.batch_size, help="prompts per generate call (default %(default)s)")
+    parser.add_argument(
+        "--resume", action="store_true", help="continue the run in --out; finished prompts are not recomputed"
+    )
+    parser.add_argument(
+        "--max-new-tokens", type=int, default=defaults.max_new_tokens, help="tokens per answer (default %(default)s)"
+    )
+    parser.add_argument(
+        "--batch-size", type=int, default=defaults.batch_size, help="prompts per generate call (default %(default)s)"
+    )
     parser.add_argument("--system-prompt", help="system turn before every prompt (default: none)")
-    parser.add_argument("--trust-remote-code", action="store_true", help="allow the checkpoint's own Python code (off by default)")
+    parser.add_argument(
+        "--trust-remote-code", action="store_true", help="allow the checkpoint's own Python code (off by default)"
+    )
 
 
 def add_evaluate_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -74,7 +93,9 @@ def default_judges(data: str) -> list[str]:
     return ["organism", "keyword"] if is_demo_set(data) else ["keyword"]
 
 
-def judge_specs(names: Sequence[str], *, judge_url: str | None = None, judge_model: str | None = None) -> list[JudgeSpec]:
+def judge_specs(
+    names: Sequence[str], *, judge_url: str | None = None, judge_model: str | None = None
+) -> list[JudgeSpec]:
     """Judge specs from --judge names; --judge-url/--judge-model configure the model judges among them.
 
     Validated here, before the model loads; the judges themselves are built once the model is known."""
@@ -94,13 +115,18 @@ def judge_specs(names: Sequence[str], *, judge_url: str | None = None, judge_mod
         except ValidationError as error:
             raise ConfigError(f"judge {name!r}: {describe_validation(error)}") from error
     if (judge_url or judge_model) and not any(spec.name in model_judges() for spec in specs):
-        raise ConfigError(f"--judge-url / --judge-model apply to model judges ({', '.join(model_judges())}); none was chosen with --judge.")
+        raise ConfigError(
+            f"--judge-url / --judge-model apply to model judges ({', '.join(model_judges())}); none was chosen with "
+            "--judge."
+        )
     return specs
 
 
 def _generation_config(args: argparse.Namespace) -> GenerationConfig:
     try:
-        return GenerationConfig(max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, system_prompt=args.system_prompt)
+        return GenerationConfig(
+            max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, system_prompt=args.system_prompt
+        )
     except ValidationError as error:
         raise ConfigError(f"invalid generation settings ({describe_validation(error, flag_style=True)}).") from error
 
@@ -126,23 +152,42 @@ def prepare_run(args: argparse.Namespace, verb: str) -> PreparedRun:
     if args.resume and args.out is None:
         raise ConfigError("--resume needs --out DIR: the run directory to continue.")
     gen_config = _generation_config(args)
-    judges = judge_specs(args.judge or default_judges(args.data), judge_url=args.judge_url, judge_model=args.judge_model)
+    judges = judge_specs(
+        args.judge or default_judges(args.data), judge_url=args.judge_url, judge_model=args.judge_model
+    )
     prompt_set = load_prompts(
-        args.data, split=args.split, limit=args.limit, seed=args.seed, prompt_column=args.prompt_column, data_file=args.data_file
+        args.data,
+        split=args.split,
+        limit=args.limit,
+        seed=args.seed,
+        prompt_column=args.prompt_column,
+        data_file=args.data_file,
     )
     info = process_info()
     out = Path(args.out) if args.out else info.broadcast(default_out_dir(verb))
-    data_args = {"data": args.data, "split": args.split, "data_file": args.data_file, "prompt_column": args.prompt_column, "limit": args.limit}
+    data_args = {
+        "data": args.data,
+        "split": args.split,
+        "data_file": args.data_file,
+        "prompt_column": args.prompt_column,
+        "limit": args.limit,
+    }
     extra = {"data_args": data_args, "seed": args.seed, "trust_remote_code": args.trust_remote_code}
     return PreparedRun(gen_config, judges, prompt_set, out, info, extra)
 
 
 def load_for_run(args: argparse.Namespace, run: PreparedRun) -> LoadedModel:
-    return load_model(args.model, LoadOptions(seed=args.seed, device=run.info.device, trust_remote_code=args.trust_remote_code))
+    return load_model(
+        args.model, LoadOptions(seed=args.seed, device=run.info.device, trust_remote_code=args.trust_remote_code)
+    )
 
 
-def run_verb(verb: str, args: argparse.Namespace, body: Callable[[PreparedRun], dict[str, Any]],
-             render: Callable[[dict[str, Any]], str] = summary_table) -> int:
+def run_verb(
+    verb: str,
+    args: argparse.Namespace,
+    body: Callable[[PreparedRun], dict[str, Any]],
+    render: Callable[[dict[str, Any]], str] = summary_table,
+) -> int:
     """Prepare, run `body`, print the summary; a known failure prints one line and returns 1,
     Ctrl-C returns 130 with the resume command."""
     run: PreparedRun | None = None
@@ -166,8 +211,14 @@ def run_evaluate(args: argparse.Namespace) -> int:
     def body(run: PreparedRun) -> dict[str, Any]:
         loaded = load_for_run(args, run)
         return evaluate(
-            loaded, run.prompt_set, run.judges(loaded), gen_config=run.gen_config, out_dir=run.out, resume=args.resume,
-            extra_config=run.extra_config, info=run.info,
+            loaded,
+            run.prompt_set,
+            run.judges(loaded),
+            gen_config=run.gen_config,
+            out_dir=run.out,
+            resume=args.resume,
+            extra_config=run.extra_config,
+            info=run.info,
         )
 
     return run_verb("evaluate", args, body)

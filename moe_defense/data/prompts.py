@@ -87,16 +87,26 @@ PROMPT_SETS.register("advbench")(
 )
 _JBB_COLUMNS = {"target": ("target",), "behavior": ("behavior",), "category": ("category",), "source": ("source",)}
 PROMPT_SETS.register("jbb-harmful")(
-    HubSet("JailbreakBench/JBB-Behaviors", config="behaviors", split="harmful", metadata_columns=_JBB_COLUMNS, label="unsafe")
+    HubSet(
+        "JailbreakBench/JBB-Behaviors",
+        config="behaviors",
+        split="harmful",
+        metadata_columns=_JBB_COLUMNS,
+        label="unsafe",
+    )
 )
 PROMPT_SETS.register("jbb-benign")(
-    HubSet("JailbreakBench/JBB-Behaviors", config="behaviors", split="benign", metadata_columns=_JBB_COLUMNS, label="safe")
+    HubSet(
+        "JailbreakBench/JBB-Behaviors", config="behaviors", split="benign", metadata_columns=_JBB_COLUMNS, label="safe"
+    )
 )
 PROMPT_SETS.register("harmbench")(
     HubSet("walledai/HarmBench", config="standard", split="train", metadata_columns=_CATEGORY, label="unsafe")
 )
 PROMPT_SETS.register("strongreject")(
-    HubSet("walledai/StrongREJECT", split="train", metadata_columns={**_CATEGORY, "source": ("source",)}, label="unsafe")
+    HubSet(
+        "walledai/StrongREJECT", split="train", metadata_columns={**_CATEGORY, "source": ("source",)}, label="unsafe"
+    )
 )
 PROMPT_SETS.register("xstest")(
     HubSet(
@@ -214,17 +224,27 @@ def _adhoc_prompts(source: str, split: str | None, prompt_column: str | None) ->
             "not an existing file, and not a hub id (owner/name)."
         )
     text_column = _prompt_column(columns, (prompt_column,) if prompt_column else PROMPT_COLUMNS, origin)
-    return name, _to_prompts(name, rows, text_column, lambda row: {k: v for k, v in row.items() if k != text_column}, origin), origin
+    return (
+        name,
+        _to_prompts(name, rows, text_column, lambda row: {k: v for k, v in row.items() if k != text_column}, origin),
+        origin,
+    )
 
 
 def _to_prompts(
-    name: str, rows: Sequence[Mapping[str, Any]], column: str, metadata: Callable[[Mapping[str, Any]], dict[str, Any]], origin: str
+    name: str,
+    rows: Sequence[Mapping[str, Any]],
+    column: str,
+    metadata: Callable[[Mapping[str, Any]], dict[str, Any]],
+    origin: str,
 ) -> list[Prompt]:
     prompts = []
     for index, row in enumerate(rows):
         text = row[column]
         if not isinstance(text, str) or not text.strip():
-            raise DataError(f"row {index} of {origin} has no text in column {column!r} (value: {text!r}). Fix or drop that row.")
+            raise DataError(
+                f"row {index} of {origin} has no text in column {column!r} (value: {text!r}). Fix or drop that row."
+            )
         prompts.append(Prompt(id=f"{name}-{index:04d}", text=text, metadata=metadata(row)))
     return prompts
 
@@ -247,7 +267,10 @@ def _prompt_column(columns: Sequence[str], candidates: Sequence[str], origin: st
 def _read_file(path: str | Path, split: str | None) -> tuple[list[dict[str, Any]], list[str], str]:
     path = Path(path)
     if not path.is_file():
-        raise DataError(f"prompt file {str(path)!r} does not exist. Check the path (relative paths are read from the working directory).")
+        raise DataError(
+            f"prompt file {str(path)!r} does not exist. Check the path (relative paths are read from the working "
+            "directory)."
+        )
     fmt = FILE_FORMATS.get(path.suffix.lower())
     if fmt is None:
         raise ConfigError(f"file {str(path)!r} has an unsupported format (supported: {', '.join(FILE_FORMATS)}).")
@@ -258,7 +281,9 @@ def _read_file(path: str | Path, split: str | None) -> tuple[list[dict[str, Any]
     try:
         dataset = datasets.load_dataset(fmt, data_files=str(path), split="train")
     except (OSError, ValueError, datasets.exceptions.DatasetGenerationError) as error:
-        raise DataError(f"cannot read {str(path)!r} as {fmt}: {error}. Check that it is a non-empty {fmt} file with a header.") from error
+        raise DataError(
+            f"cannot read {str(path)!r} as {fmt}: {error}. Check that it is a non-empty {fmt} file with a header."
+        ) from error
     return dataset.to_list(), list(dataset.column_names), str(path)
 
 
@@ -271,10 +296,13 @@ def _read_hub(hub_id: str, config: str | None, split: str | None) -> tuple[list[
     except (OSError, ValueError) as error:
         raise DataError(
             f"cannot load {where} split {split!r} from the hub: {error}. "
-            "Check the id, network and access token, or read a local copy: data_file=PATH, or the file itself as --data."
+            "Check the id, network and access token, or read a local copy: data_file=PATH, or the file itself as "
+            "--data."
         ) from error
     if isinstance(loaded, datasets.DatasetDict):
         if len(loaded) != 1:
-            raise ConfigError(f"{where} has several splits ({', '.join(loaded)}); choose one with split (CLI: --split).")
+            raise ConfigError(
+                f"{where} has several splits ({', '.join(loaded)}); choose one with split (CLI: --split)."
+            )
         split, loaded = next(iter(loaded.items()))
     return loaded.to_list(), list(loaded.column_names), f"{where}[{split}]"

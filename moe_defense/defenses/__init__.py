@@ -3,7 +3,15 @@
 Importing this package imports every module in it, so a defense file that exists is registered.
 """
 
-from moe_defense.defenses.base import DEFENSES, Defended, Defense, DefenseConfig, DefenseContext, DefenseSpec, register_defense
+from moe_defense.defenses.base import (
+    DEFENSES,
+    Defended,
+    Defense,
+    DefenseConfig,
+    DefenseContext,
+    DefenseSpec,
+    register_defense,
+)
 from moe_defense.registry import discover
 
 discover(__name__, group="moe_defense.defenses")

@@ -115,7 +115,9 @@ def check_composition(specs: Sequence[DefenseSpec]) -> None:
     if len(training) > 1:
         raise ValueError(f"at most one training defense per run (got {[specs[i].name for i in training]})")
     if training and training[0] != 0:
-        raise ValueError(f"the training defense {specs[training[0]].name!r} must come first: later defenses act on the trained model")
+        raise ValueError(
+            f"the training defense {specs[training[0]].name!r} must come first: later defenses act on the trained model"
+        )
 
 
 @register_defense

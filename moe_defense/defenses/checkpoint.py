@@ -30,7 +30,9 @@ def tensor_digests(model: torch.nn.Module) -> dict[str, str]:
     return {name: tensor_digest(tensor) for name, tensor in model.state_dict().items()}
 
 
-def tensor_diff(model: torch.nn.Module, before: dict[str, str], originals: dict[str, torch.Tensor], router_names: set[str]) -> dict[str, Any]:
+def tensor_diff(
+    model: torch.nn.Module, before: dict[str, str], originals: dict[str, torch.Tensor], router_names: set[str]
+) -> dict[str, Any]:
     """Which tensors changed (exactly, by digest) and, for those kept in `originals`, by how much."""
     after = tensor_digests(model)
     state = model.state_dict()
@@ -40,7 +42,10 @@ def tensor_diff(model: torch.nn.Module, before: dict[str, str], originals: dict[
         row: dict[str, Any] = {"tensor": name, "router": name in router_names, "shape": list(state[name].shape)}
         if name in originals:
             delta = state[name].detach().float().cpu() - originals[name].float()
-            row.update(max_abs_change=float(delta.abs().max()), relative_change=float(delta.norm() / originals[name].float().norm().clamp(min=1e-12)))
+            row.update(
+                max_abs_change=float(delta.abs().max()),
+                relative_change=float(delta.norm() / originals[name].float().norm().clamp(min=1e-12)),
+            )
         rows.append(row)
     return {
         "tensors": len(after),
@@ -56,7 +61,10 @@ def check_output_location(out: Path, source: str) -> None:
     if source_path.exists():
         resolved_out, resolved_src = out.resolve(), source_path.resolve()
         if resolved_out == resolved_src or resolved_src in resolved_out.parents:
-            raise ConfigError(f"refusing to write the hardened model to {out}: it is (inside) the input checkpoint {source}; choose another --out.")
+            raise ConfigError(
+                f"refusing to write the hardened model to {out}: it is (inside) the input checkpoint {source}; choose "
+                "another --out."
+            )
 
 
 def save_hardened(loaded: LoadedModel, directory: Path) -> None:
@@ -69,7 +77,9 @@ def save_hardened(loaded: LoadedModel, directory: Path) -> None:
 def save_router_patch(loaded: LoadedModel, path: Path, base_fingerprint: str) -> int:
     """Only the router tensors, with the base model's fingerprint; returns the file size in bytes."""
     tensors = {name: t.detach().cpu().contiguous() for name, t in loaded.adapter.router_tensors(loaded.model).items()}
-    save_file(tensors, str(path), metadata={"format": "moe-defense/router-patch@1", "base_fingerprint": base_fingerprint})
+    save_file(
+        tensors, str(path), metadata={"format": "moe-defense/router-patch@1", "base_fingerprint": base_fingerprint}
+    )
     return path.stat().st_size
 
 
@@ -83,5 +93,8 @@ def apply_router_patch(loaded: LoadedModel, path: Path) -> None:
     with torch.no_grad():
         for name, tensor in tensors.items():
             if targets[name].shape != tensor.shape:
-                raise ModelLoadError(f"router patch {path}: {name} has shape {tuple(tensor.shape)}, the model {tuple(targets[name].shape)}.")
+                raise ModelLoadError(
+                    f"router patch {path}: {name} has shape {tuple(tensor.shape)}, the model "
+                    f"{tuple(targets[name].shape)}."
+                )
             targets[name].copy_(tensor.to(targets[name].device, targets[name].dtype))

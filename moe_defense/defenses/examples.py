@@ -45,7 +45,9 @@ class TrainingSequence:
         return labels
 
 
-def to_sequences(loaded: LoadedModel, prompts: Sequence[Prompt], responses: Sequence[str], max_response_tokens: int) -> list[TrainingSequence]:
+def to_sequences(
+    loaded: LoadedModel, prompts: Sequence[Prompt], responses: Sequence[str], max_response_tokens: int
+) -> list[TrainingSequence]:
     eos = loaded.tokenizer.eos_token_id
     sequences = []
     for prompt, response in zip(prompts, responses, strict=True):
@@ -58,7 +60,11 @@ def to_sequences(loaded: LoadedModel, prompts: Sequence[Prompt], responses: Sequ
 
 
 def own_refusals(
-    loaded: LoadedModel, prompts: Sequence[Prompt], judge: Judge, generation: GenerationConfig, max_response_tokens: int,
+    loaded: LoadedModel,
+    prompts: Sequence[Prompt],
+    judge: Judge,
+    generation: GenerationConfig,
+    max_response_tokens: int,
     fallback: str | None = None,
 ) -> list[TrainingSequence]:
     """The model's own answers to harmful `prompts`, kept where `judge` scores them as refusals.
@@ -82,7 +88,9 @@ def own_refusals(
     return to_sequences(loaded, [p for p, _ in kept], [r for _, r in kept], max_response_tokens)
 
 
-def own_answers(loaded: LoadedModel, prompts: Sequence[Prompt], generation: GenerationConfig, max_response_tokens: int) -> list[TrainingSequence]:
+def own_answers(
+    loaded: LoadedModel, prompts: Sequence[Prompt], generation: GenerationConfig, max_response_tokens: int
+) -> list[TrainingSequence]:
     """The model's own greedy answers to benign `prompts` (the behaviour utility retention keeps)."""
     responses = generate(loaded, [p.text for p in prompts], generation, progress=False)
     return to_sequences(loaded, prompts, responses, max_response_tokens)

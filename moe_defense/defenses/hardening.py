@@ -43,14 +43,18 @@ class RouterHardening(Defense[HardeningConfig]):
         config, info, out = self.config, context.info, context.out
         cap = config.max_response_tokens
         original_fingerprint = loaded.fingerprint()
-        harmful = own_refusals(loaded, context.harmful_train, context.judge, context.generation, cap, config.refusal_fallback)
+        harmful = own_refusals(
+            loaded, context.harmful_train, context.judge, context.generation, cap, config.refusal_fallback
+        )
         benign = own_answers(loaded, context.benign_train, context.generation, cap)
         mask_layers = []
         if config.loss.mask_refusal and config.mask_routers:
             importance = rosais(loaded, [s.prompt for s in harmful[:ROSAIS_PROMPTS]], progress=False)
             mask_layers = importance.ranking()[: config.mask_routers]
         digests = tensor_digests(loaded.model)
-        originals = {n: p.detach().cpu().clone() for n, p in trainable_parameters(loaded.model, config.trainable).items()}
+        originals = {
+            n: p.detach().cpu().clone() for n, p in trainable_parameters(loaded.model, config.trainable).items()
+        }
         search = config.route_search.model_copy(update={"budget": context.budget, "seed": context.seed})
         defense = config.model_copy(update={"route_search": search})
         finished = out / "train" / TRAIN_FACTS  # written last: its presence means the hardened model is complete
@@ -58,9 +62,23 @@ class RouterHardening(Defense[HardeningConfig]):
             training = json.loads(finished.read_text())
             loaded = load_pretrained(str(out / HARDENED_MODEL), context.load_options)
         else:
-            training = train_routers(loaded, harmful, benign, defense, out / "train", info=info, mask_layers=mask_layers,
-                                     deepspeed=context.deepspeed, resume=context.resume)
-            training.update(harmful_sequences=len(harmful), benign_sequences=len(benign), train_budget=context.budget, mask_layers=mask_layers)
+            training = train_routers(
+                loaded,
+                harmful,
+                benign,
+                defense,
+                out / "train",
+                info=info,
+                mask_layers=mask_layers,
+                deepspeed=context.deepspeed,
+                resume=context.resume,
+            )
+            training.update(
+                harmful_sequences=len(harmful),
+                benign_sequences=len(benign),
+                train_budget=context.budget,
+                mask_layers=mask_layers,
+            )
         diff = tensor_diff(loaded.model, digests, originals, set(loaded.adapter.router_tensors(loaded.model)))
         if info.is_main:
             atomic_write(out / "tensor_diff.json", json.dumps(diff, indent=2) + "\n")
@@ -69,7 +87,9 @@ class RouterHardening(Defense[HardeningConfig]):
                 save_router_patch(loaded, out / ROUTER_PATCH, original_fingerprint)
                 atomic_write(finished, json.dumps(training, indent=2) + "\n")
         info.wait()
-        loaded = dataclasses.replace(loaded, spec=str(out / HARDENED_MODEL))  # the hardened phase's runs name what they test
+        loaded = dataclasses.replace(
+            loaded, spec=str(out / HARDENED_MODEL)
+        )  # the hardened phase's runs name what they test
         facts = {
             "training": {k: v for k, v in training.items() if k != "log"},
             "router_params_changed": diff["router_params_changed"],

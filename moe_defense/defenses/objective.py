@@ -59,11 +59,15 @@ class Reference:
         self.loaded = loaded
         self.scope = scope
         if scope == "routers":
-            self.router_tensors = {n: p.detach().clone() for n, p in loaded.adapter.router_parameters(loaded.model).items()}
+            self.router_tensors = {
+                n: p.detach().clone() for n, p in loaded.adapter.router_parameters(loaded.model).items()
+            }
             self.copy = None
         else:  # other tensors train too: keep a frozen copy of the whole original model
             self.router_tensors = {}
-            self.copy = LoadedModel(copy.deepcopy(loaded.model).eval().requires_grad_(False), loaded.tokenizer, loaded.adapter, loaded.spec)
+            self.copy = LoadedModel(
+                copy.deepcopy(loaded.model).eval().requires_grad_(False), loaded.tokenizer, loaded.adapter, loaded.spec
+            )
 
     @contextmanager
     def _original(self) -> Iterator[LoadedModel]:
@@ -104,13 +108,17 @@ class HarmfulBatch:
 class HardeningObjective:
     """Computes the switched-on terms for one (harmful, benign) batch pair."""
 
-    def __init__(self, loaded: LoadedModel, weights: LossWeights, reference: Reference, mask_layers: Sequence[int] = ()) -> None:
+    def __init__(
+        self, loaded: LoadedModel, weights: LossWeights, reference: Reference, mask_layers: Sequence[int] = ()
+    ) -> None:
         self.loaded = loaded
         self.weights = weights
         self.reference = reference
         self.mask_layers = list(mask_layers)
 
-    def __call__(self, model: nn.Module, harmful: HarmfulBatch, benign: Mapping[str, torch.Tensor], rng: random.Random) -> dict[str, torch.Tensor]:
+    def __call__(
+        self, model: nn.Module, harmful: HarmfulBatch, benign: Mapping[str, torch.Tensor], rng: random.Random
+    ) -> dict[str, torch.Tensor]:
         w = self.weights
         terms: dict[str, torch.Tensor] = {}
         h = harmful.tensors
@@ -136,8 +144,13 @@ class HardeningObjective:
                 logits = model(input_ids=benign["input_ids"], attention_mask=benign["attention_mask"]).logits
             ref_logits, ref_routing = self.reference.forward(benign, need_routing=bool(w.routing_kl))
             if w.output_kl:
-                answer = (benign["labels"][:, 1:] != IGNORE)
-                kl = F.kl_div(logits[:, :-1].float().log_softmax(-1), ref_logits[:, :-1].log_softmax(-1), log_target=True, reduction="none").sum(-1)
+                answer = benign["labels"][:, 1:] != IGNORE
+                kl = F.kl_div(
+                    logits[:, :-1].float().log_softmax(-1),
+                    ref_logits[:, :-1].log_softmax(-1),
+                    log_target=True,
+                    reduction="none",
+                ).sum(-1)
                 terms["output_kl"] = (kl * answer).sum() / answer.sum().clamp(min=1)
             if w.routing_kl:
                 terms["routing_kl"] = self._routing_kl(recorder.trace(), ref_routing)
@@ -151,7 +164,9 @@ class HardeningObjective:
         for layer, route in current.items():
             ref = reference[layer]
             valid = route.valid & ref.valid
-            kl = F.kl_div(route.logits.log_softmax(-1), ref.logits.log_softmax(-1), log_target=True, reduction="none").sum(-1)
+            kl = F.kl_div(
+                route.logits.log_softmax(-1), ref.logits.log_softmax(-1), log_target=True, reduction="none"
+            ).sum(-1)
             values.append((kl * valid).sum() / valid.sum().clamp(min=1))
         return torch.stack(values).mean()
 

@@ -36,16 +36,26 @@ BENIGN_FIT_PROMPTS = 64  # benign training prompts whose own routing the unsafe 
 class RouteGuard:
     """Banned expert sets per MoE layer, and/or a rank limit on executed experts (a `RouteReviewer`)."""
 
-    def __init__(self, banned: Mapping[int, Sequence[Sequence[int]]] | None = None, max_rank: int | None = None) -> None:
-        self.banned = {int(layer): torch.tensor(sorted(sorted(s) for s in sets), dtype=torch.long) for layer, sets in (banned or {}).items() if sets}
+    def __init__(
+        self, banned: Mapping[int, Sequence[Sequence[int]]] | None = None, max_rank: int | None = None
+    ) -> None:
+        self.banned = {
+            int(layer): torch.tensor(sorted(sorted(s) for s in sets), dtype=torch.long)
+            for layer, sets in (banned or {}).items()
+            if sets
+        }
         self.max_rank = max_rank
 
     def bind(self, top_k: int, num_experts: int, layers: Sequence[int]) -> None:
         for layer, sets in self.banned.items():
             if layer not in layers:
-                raise RoutingError(f"route guard bans expert sets at layer {layer}, which is not a MoE layer ({list(layers)}).")
+                raise RoutingError(
+                    f"route guard bans expert sets at layer {layer}, which is not a MoE layer ({list(layers)})."
+                )
             if sets.shape[1] != top_k or int(sets.max()) >= num_experts or int(sets.min()) < 0:
-                raise RoutingError(f"route guard: banned sets at layer {layer} must hold {top_k} experts in [0, {num_experts}).")
+                raise RoutingError(
+                    f"route guard: banned sets at layer {layer} must hold {top_k} experts in [0, {num_experts})."
+                )
         if self.max_rank is not None and not top_k <= self.max_rank <= num_experts:
             raise RoutingError(f"route guard: max_rank {self.max_rank} must lie in [top_k={top_k}, {num_experts}].")
 
@@ -68,9 +78,13 @@ class RouteDisablingConfig(DefenseConfig):
 
     sets_per_layer: int = Field(4, ge=0, description="expert combinations banned per MoE layer")
     min_count: int = Field(2, ge=1, description="a set must appear in at least this many unsafe (layer, token) pairs")
-    max_rank: int | None = Field(None, ge=1, description="also revert executed experts outside the router's own top-max_rank (route consistency)")
+    max_rank: int | None = Field(
+        None, ge=1, description="also revert executed experts outside the router's own top-max_rank (route consistency)"
+    )
     fit_prompts: int = Field(16, ge=1, description="harmful training prompts searched for unsafe routes to fit on")
-    route_search: FsourConfig | None = Field(None, description="F-SOUR settings of the fitting search (None: the suite's own, single search)")
+    route_search: FsourConfig | None = Field(
+        None, description="F-SOUR settings of the fitting search (None: the suite's own, single search)"
+    )
 
 
 def benign_set_counts(loaded: LoadedModel, prompts: Sequence[Prompt]) -> dict[int, Counter]:
@@ -98,11 +112,19 @@ def fit_route_guard(
     for layer, counter in unsafe.items():
         total_unsafe = sum(counter.values())
         total_benign = sum(benign.get(layer, Counter()).values()) or 1
-        ratio = {s: (n / total_unsafe) / (benign.get(layer, Counter())[s] / total_benign + 1e-3) for s, n in counter.items() if n >= config.min_count}
+        ratio = {
+            s: (n / total_unsafe) / (benign.get(layer, Counter())[s] / total_benign + 1e-3)
+            for s, n in counter.items()
+            if n >= config.min_count
+        }
         chosen = sorted(ratio, key=ratio.get, reverse=True)[: config.sets_per_layer]
         if chosen:
             banned[layer] = [list(s) for s in chosen]
-    facts = {"banned": {str(l): sets for l, sets in banned.items()}, "max_rank": config.max_rank, "artifacts": len(artifacts)}
+    facts = {
+        "banned": {str(l): sets for l, sets in banned.items()},
+        "max_rank": config.max_rank,
+        "artifacts": len(artifacts),
+    }
     return RouteGuard(banned, config.max_rank), facts
 
 
@@ -116,12 +138,14 @@ class RouteDisabling(Defense[RouteDisablingConfig]):
     def apply(self, loaded: LoadedModel, context: DefenseContext) -> Defended:
         base = self.config.route_search or context.route_search
         if base is None:
-            raise ConfigError("route-disabling fits on F-SOUR routes: set its route_search, or sweep fsour budgets in the suite.")
-        search = base.model_copy(
-            update={"budget": context.budget, "restarts": 0, "judge": None, "seed": context.seed}
-        )
+            raise ConfigError(
+                "route-disabling fits on F-SOUR routes: set its route_search, or sweep fsour budgets in the suite."
+            )
+        search = base.model_copy(update={"budget": context.budget, "restarts": 0, "judge": None, "seed": context.seed})
         artifacts = search_routes(loaded, context.harmful_train[: self.config.fit_prompts], search)
-        guard, facts = fit_route_guard(artifacts, benign_set_counts(loaded, context.benign_train[:BENIGN_FIT_PROMPTS]), self.config)
+        guard, facts = fit_route_guard(
+            artifacts, benign_set_counts(loaded, context.benign_train[:BENIGN_FIT_PROMPTS]), self.config
+        )
         if context.info.is_main:
             atomic_write(context.out / ROUTE_GUARD, json.dumps(facts, indent=2) + "\n")
         return Defended(loaded, {"route_guard": facts}, reviewer=guard)

@@ -45,7 +45,9 @@ class RoutePool:
         """Back to the pool after its first `records` routes (a resumed training drops later refreshes)."""
         kept = read_artifacts(self.path)[:records] if self.path is not None and self.path.exists() else []
         if len(kept) != records:
-            raise DataError(f"route pool {self.path} holds {len(kept)} routes, fewer than the {records} its checkpoint saw.")
+            raise DataError(
+                f"route pool {self.path} holds {len(kept)} routes, fewer than the {records} its checkpoint saw."
+            )
         self.routes, self.records = {}, 0
         for artifact in kept:
             self._keep(artifact)
@@ -78,7 +80,9 @@ class RoutePool:
                 chosen.append(entries[0] if len(entries) == 1 or rng.random() < 0.5 else rng.choice(entries[1:]))
         return chosen
 
-    def interventions(self, loaded: LoadedModel, artifacts: Sequence[RouteArtifact | None], prompt_lengths: torch.Tensor) -> list[Intervention]:
+    def interventions(
+        self, loaded: LoadedModel, artifacts: Sequence[RouteArtifact | None], prompt_lengths: torch.Tensor
+    ) -> list[Intervention]:
         return interventions_for(artifacts, loaded.adapter.top_k, loaded.adapter.num_experts, prompt_lengths)
 
 

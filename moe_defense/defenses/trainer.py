@@ -46,19 +46,32 @@ def default_route_search() -> FsourConfig:
 class HardeningConfig(DefenseConfig):
     """How the routers are trained: steps, batch, which tensors, loss terms, adversarial refresh."""
 
-    trainable: TrainableScope = Field("routers", description="tensors that train: routers (the product), routers+experts, all")
+    trainable: TrainableScope = Field(
+        "routers", description="tensors that train: routers (the product), routers+experts, all"
+    )
     steps: int = Field(120, ge=1, description="optimiser steps")
     batch_size: int = Field(16, ge=1, description="harmful and benign sequences per device per step (each)")
     learning_rate: float = Field(1e-2, gt=0, description="peak learning rate (cosine decay, 5% warm-up)")
     loss: LossWeights = Field(default_factory=LossWeights, description="weight of each objective term")
-    route_search: FsourConfig = Field(default_factory=default_route_search, description="F-SOUR settings of the routes trained against (its budget is the training budget)")
-    refresh_every: int = Field(10, ge=0, description="re-search routes against the current routers every N steps (0: never)")
-    refresh_prompts: int = Field(16, ge=1, description="harmful prompts re-searched per refresh (rotating through the set)")
-    initial_routes: Literal["search", "none"] = Field("search", description="search routes for the first refresh_prompts prompts on the original model before step 1")
+    route_search: FsourConfig = Field(
+        default_factory=default_route_search,
+        description="F-SOUR settings of the routes trained against (its budget is the training budget)",
+    )
+    refresh_every: int = Field(
+        10, ge=0, description="re-search routes against the current routers every N steps (0: never)"
+    )
+    refresh_prompts: int = Field(
+        16, ge=1, description="harmful prompts re-searched per refresh (rotating through the set)"
+    )
+    initial_routes: Literal["search", "none"] = Field(
+        "search", description="search routes for the first refresh_prompts prompts on the original model before step 1"
+    )
     routes_per_prompt: int = Field(4, ge=1, description="routes kept per prompt in the pool (newest first)")
     mask_routers: int = Field(2, ge=0, description="top-RoSais routers masked by the mask_refusal term")
     max_response_tokens: int = Field(48, ge=1, description="response tokens trained per sequence")
-    refusal_fallback: str | None = Field(None, description="refusal trained on harmful prompts the model does not refuse (None: drop them)")
+    refusal_fallback: str | None = Field(
+        None, description="refusal trained on harmful prompts the model does not refuse (None: drop them)"
+    )
     save_steps: int = Field(50, ge=1, description="checkpoint every N steps (for --resume)")
     seed: int = Field(0, description="seed of data order, route sampling and searches")
 
@@ -66,8 +79,17 @@ class HardeningConfig(DefenseConfig):
 class HardeningTrainer(Trainer):
     """`Trainer` whose loss is the hardening objective over a harmful and a benign batch per step."""
 
-    def __init__(self, *, loaded: LoadedModel, objective: HardeningObjective, harmful: Sequence[TrainingSequence],
-                 benign: Sequence[TrainingSequence], pool: RoutePool, seed: int, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *,
+        loaded: LoadedModel,
+        objective: HardeningObjective,
+        harmful: Sequence[TrainingSequence],
+        benign: Sequence[TrainingSequence],
+        pool: RoutePool,
+        seed: int,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(**kwargs)
         self.loaded = loaded
         self.objective = objective
@@ -96,7 +118,9 @@ class HardeningTrainer(Trainer):
 
     def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
         if "loss" in logs and self._term_count:
-            logs.update({f"term/{k}": round(v / self._term_count, 4) for k, v in self._term_sums.items() if k != "loss"})
+            logs.update(
+                {f"term/{k}": round(v / self._term_count, 4) for k, v in self._term_sums.items() if k != "loss"}
+            )
             self._term_sums.clear()
             self._term_count = 0
         super().log(logs, *args, **kwargs)
@@ -105,8 +129,16 @@ class HardeningTrainer(Trainer):
 class RouteRefresh(TrainerCallback):
     """Every `every` steps: F-SOUR against the current routers on the next prompts, into the pool."""
 
-    def __init__(self, loaded: LoadedModel, harmful: Sequence[TrainingSequence], pool: RoutePool, config: FsourConfig, every: int,
-                 prompts: int, info: ProcessInfo) -> None:
+    def __init__(
+        self,
+        loaded: LoadedModel,
+        harmful: Sequence[TrainingSequence],
+        pool: RoutePool,
+        config: FsourConfig,
+        every: int,
+        prompts: int,
+        info: ProcessInfo,
+    ) -> None:
         self.loaded = loaded
         self.info = info
         self.prompts = [s.prompt for s in harmful]
@@ -127,10 +159,19 @@ class RouteRefresh(TrainerCallback):
 
     def search(self, index: int) -> None:
         """Search the index-th chunk of prompts (rotating through the set); each rank takes its share."""
-        chunk = [self.prompts[(index * self.count + i) % len(self.prompts)] for i in range(min(self.count, len(self.prompts)))]
+        chunk = [
+            self.prompts[(index * self.count + i) % len(self.prompts)]
+            for i in range(min(self.count, len(self.prompts)))
+        ]
         config = self.config.model_copy(update={"seed": self.config.seed + index})
         found = search_routes(self.loaded, chunk[self.info.rank :: self.info.world], config)
-        self.pool.add([artifact for shard in self.info.gather([a.to_json() for a in found]) for artifact in map(RouteArtifact.from_json, shard)])
+        self.pool.add(
+            [
+                artifact
+                for shard in self.info.gather([a.to_json() for a in found])
+                for artifact in map(RouteArtifact.from_json, shard)
+            ]
+        )
 
 
 class HardeningState(TrainerCallback):
@@ -151,7 +192,9 @@ class HardeningState(TrainerCallback):
     def restore(self, checkpoint: str) -> None:
         path = Path(checkpoint) / HARDENING_STATE.format(rank=self.info.rank)
         if not path.is_file():
-            raise ConfigError(f"checkpoint {checkpoint} has no {path.name}: it cannot be resumed exactly. Start a new run directory.")
+            raise ConfigError(
+                f"checkpoint {checkpoint} has no {path.name}: it cannot be resumed exactly. Start a new run directory."
+            )
         payload = json.loads(path.read_text())
         version, internal, gauss = payload["rng"]
         self.trainer.rng.setstate((version, tuple(internal), gauss))
@@ -167,7 +210,9 @@ def router_digest(loaded: LoadedModel) -> str:
 def training_arguments(config: HardeningConfig, out_dir: Path, deepspeed: str | dict | None) -> TrainingArguments:
     return TrainingArguments(
         output_dir=str(out_dir),
-        **trainer_defaults(steps=config.steps, batch_size=config.batch_size, learning_rate=config.learning_rate, seed=config.seed),
+        **trainer_defaults(
+            steps=config.steps, batch_size=config.batch_size, learning_rate=config.learning_rate, seed=config.seed
+        ),
         save_strategy="steps",
         save_steps=config.save_steps,
         save_total_limit=1,
@@ -211,9 +256,17 @@ def train_routers(
     initial_seconds = time.perf_counter() - started
     rows = Dataset.from_dict({"row": list(range(max(len(harmful), len(benign))))})
     trainer = HardeningTrainer(
-        model=loaded.model, args=training_arguments(config, out_dir / "trainer", deepspeed), train_dataset=rows,
+        model=loaded.model,
+        args=training_arguments(config, out_dir / "trainer", deepspeed),
+        train_dataset=rows,
         data_collator=lambda features: {"row": torch.tensor([f["row"] for f in features])},
-        callbacks=[refresh], loaded=loaded, objective=objective, harmful=harmful, benign=benign, pool=pool, seed=config.seed,
+        callbacks=[refresh],
+        loaded=loaded,
+        objective=objective,
+        harmful=harmful,
+        benign=benign,
+        pool=pool,
+        seed=config.seed,
     )
     state = HardeningState(trainer, pool, info)
     for callback in (state, *callbacks):

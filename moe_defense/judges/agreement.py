@@ -41,7 +41,10 @@ def pairwise_agreement(verdicts: Mapping[str, Sequence[Verdict]]) -> list[PairAg
     """Every pair of judges, in name order: agreement on `jailbroken` where both scored, plus Cohen's kappa."""
     lengths = {name: len(v) for name, v in verdicts.items()}
     if len(set(lengths.values())) > 1:
-        raise JudgeError(f"judges saw different numbers of items {lengths}; agreement needs verdicts on the same items, in the same order.")
+        raise JudgeError(
+            f"judges saw different numbers of items {lengths}; agreement needs verdicts on the same items, in the "
+            "same order."
+        )
     pairs = []
     for name_a, name_b in combinations(sorted(verdicts), 2):
         both = [

@@ -56,17 +56,28 @@ class JudgeBackend(ABC):
 class BackendConfig(JudgeConfig):
     """Backend fields shared by model-based judges: exactly one of `url` (endpoint) or `local_model`."""
 
-    url: str | None = Field(None, description="OpenAI-compatible base URL, e.g. http://127.0.0.1:8000/v1 (CLI: --judge-url)")
+    url: str | None = Field(
+        None, description="OpenAI-compatible base URL, e.g. http://127.0.0.1:8000/v1 (CLI: --judge-url)"
+    )
     model: str | None = Field(None, description="model name the endpoint serves; required with url")
-    api: Api = Field("chat", description="chat: POST messages to /v1/chat/completions; completions: POST the raw prompt to /v1/completions")
-    api_key_env: str | None = Field(None, description="NAME of the environment variable holding the API key (never the key itself)")
+    api: Api = Field(
+        "chat",
+        description="chat: POST messages to /v1/chat/completions; completions: POST the raw prompt to /v1/completions",
+    )
+    api_key_env: str | None = Field(
+        None, description="NAME of the environment variable holding the API key (never the key itself)"
+    )
     timeout_s: float = Field(60.0, gt=0, description="per-request timeout in seconds")
     max_retries: int = Field(2, ge=0, description="retries after a timeout, refused connection or HTTP 429/5xx")
     backoff_s: float = Field(1.0, ge=0, description="first retry delay in seconds; doubles on each retry")
     concurrency: int = Field(4, ge=1, description="requests in flight at once")
-    local_model: str | None = Field(None, description="local path or hub id of a judge causal LM (safetensors, no remote code)")
+    local_model: str | None = Field(
+        None, description="local path or hub id of a judge causal LM (safetensors, no remote code)"
+    )
     device: str | None = Field(None, description="device for local_model, e.g. cuda:0 (default: CPU)")
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field("auto", description="weights dtype for local_model")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="weights dtype for local_model"
+    )
     batch_size: int = Field(8, ge=1, description="prompts per generate() call for local_model")
     max_new_tokens: int = Field(16, ge=1, description="tokens the judge may write per answer")
 
@@ -91,12 +102,21 @@ class HttpBackend(JudgeBackend):
         if config.api_key_env:
             api_key = os.environ.get(config.api_key_env)
             if not api_key:
-                raise ConfigError(f"api_key_env names {config.api_key_env!r}, but that environment variable is empty or unset. Export it.")
+                raise ConfigError(
+                    f"api_key_env names {config.api_key_env!r}, but that environment variable is empty or unset. "
+                    "Export it."
+                )
         assert config.url is not None and config.model is not None  # guaranteed by BackendConfig
         return cls(
             OpenAIClient(
-                config.url, config.model, api=config.api, api_key=api_key, timeout_s=config.timeout_s,
-                max_retries=config.max_retries, backoff_s=config.backoff_s, concurrency=config.concurrency,
+                config.url,
+                config.model,
+                api=config.api,
+                api_key=api_key,
+                timeout_s=config.timeout_s,
+                max_retries=config.max_retries,
+                backoff_s=config.backoff_s,
+                concurrency=config.concurrency,
                 max_tokens=config.max_new_tokens,
             )
         )
@@ -105,36 +125,55 @@ class HttpBackend(JudgeBackend):
         if self.client.api == "chat":
             requests: list[Sequence[Mapping[str, str]] | str] = [list(p.messages) for p in prompts]
         elif any(p.text is None for p in prompts):
-            raise JudgeError("api 'completions' needs a completion-style prompt, and this judge renders chat messages only. Use api: chat.")
+            raise JudgeError(
+                "api 'completions' needs a completion-style prompt, and this judge renders chat messages only. Use "
+                "api: chat."
+            )
         else:
             requests = [p.text for p in prompts if p.text is not None]
-        return [BackendFailure(a.reason) if isinstance(a, EndpointError) else a for a in self.client.complete_many(requests)]
+        return [
+            BackendFailure(a.reason) if isinstance(a, EndpointError) else a for a in self.client.complete_many(requests)
+        ]
 
 
 class LocalBackend(JudgeBackend):
     """Greedy generation with a local causal LM; left-pads each batch by hand so raw and chat prompts mix."""
 
-    def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, *, max_new_tokens: int = 16, batch_size: int = 8) -> None:
+    def __init__(
+        self,
+        model: PreTrainedModel,
+        tokenizer: PreTrainedTokenizerBase,
+        *,
+        max_new_tokens: int = 16,
+        batch_size: int = 8,
+    ) -> None:
         self.model = model
         self.tokenizer = tokenizer
         self.max_new_tokens = max_new_tokens
         self.batch_size = batch_size
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         if pad is None:
-            raise JudgeError(f"judge tokenizer {tokenizer.name_or_path!r} has neither a pad nor an eos token; cannot batch.")
+            raise JudgeError(
+                f"judge tokenizer {tokenizer.name_or_path!r} has neither a pad nor an eos token; cannot batch."
+            )
         self.pad_id: int = pad
 
     @classmethod
     def from_config(cls, config: BackendConfig) -> LocalBackend:
         assert config.local_model is not None  # guaranteed by BackendConfig
-        dtype = {"auto": "auto", "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[config.dtype]
+        dtype = {"auto": "auto", "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[
+            config.dtype
+        ]
         try:
             tokenizer = AutoTokenizer.from_pretrained(config.local_model, trust_remote_code=False)
             model = AutoModelForCausalLM.from_pretrained(
                 config.local_model, dtype=dtype, use_safetensors=True, trust_remote_code=False, device_map=config.device
             )
         except (OSError, ValueError) as error:
-            raise ModelLoadError(f"cannot load judge model {config.local_model!r}: {error}. Give a local directory or hub id with safetensors weights.") from error
+            raise ModelLoadError(
+                f"cannot load judge model {config.local_model!r}: {error}. Give a local directory or hub id with "
+                "safetensors weights."
+            ) from error
         model.eval()
         return cls(model, tokenizer, max_new_tokens=config.max_new_tokens, batch_size=config.batch_size)
 
@@ -142,8 +181,13 @@ class LocalBackend(JudgeBackend):
         if prompt.text is not None:
             return list(self.tokenizer(prompt.text, add_special_tokens=True)["input_ids"])
         if not getattr(self.tokenizer, "chat_template", None):
-            raise JudgeError(f"judge tokenizer {self.tokenizer.name_or_path!r} has no chat template, and this judge sends chat messages. Use a chat judge model.")
-        text = self.tokenizer.apply_chat_template([dict(m) for m in prompt.messages], add_generation_prompt=True, tokenize=False)
+            raise JudgeError(
+                f"judge tokenizer {self.tokenizer.name_or_path!r} has no chat template, and this judge sends chat "
+                "messages. Use a chat judge model."
+            )
+        text = self.tokenizer.apply_chat_template(
+            [dict(m) for m in prompt.messages], add_generation_prompt=True, tokenize=False
+        )
         return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
     @torch.inference_mode()
@@ -159,8 +203,11 @@ class LocalBackend(JudgeBackend):
                 input_ids[i, width - len(row) :] = torch.tensor(row, dtype=torch.long)
                 attention[i, width - len(row) :] = 1
             output = self.model.generate(
-                input_ids=input_ids.to(device), attention_mask=attention.to(device), max_new_tokens=self.max_new_tokens,
-                do_sample=False, pad_token_id=self.pad_id,
+                input_ids=input_ids.to(device),
+                attention_mask=attention.to(device),
+                max_new_tokens=self.max_new_tokens,
+                do_sample=False,
+                pad_token_id=self.pad_id,
             )
             answers.extend(self.tokenizer.batch_decode(output[:, width:], skip_special_tokens=True))
         return answers

@@ -40,8 +40,16 @@ class Verdict:
     raw: str | None = None
 
     @classmethod
-    def scored(cls, jailbroken: bool, score: float | None = None, raw: str | None = None, reason: str | None = None) -> Verdict:
-        return cls(status="scored", jailbroken=jailbroken, score=float(jailbroken) if score is None else score, raw=raw, reason=reason)
+    def scored(
+        cls, jailbroken: bool, score: float | None = None, raw: str | None = None, reason: str | None = None
+    ) -> Verdict:
+        return cls(
+            status="scored",
+            jailbroken=jailbroken,
+            score=float(jailbroken) if score is None else score,
+            raw=raw,
+            reason=reason,
+        )
 
     @classmethod
     def unscored(cls, reason: str, raw: str | None = None) -> Verdict:
@@ -54,7 +62,13 @@ class Verdict:
         return cls(status="error", reason=reason)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"status": self.status, "jailbroken": self.jailbroken, "score": self.score, "reason": self.reason, "raw": self.raw}
+        return {
+            "status": self.status,
+            "jailbroken": self.jailbroken,
+            "score": self.score,
+            "reason": self.reason,
+            "raw": self.raw,
+        }
 
 
 class JudgeConfig(BaseModel):

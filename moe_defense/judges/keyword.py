@@ -56,11 +56,14 @@ class KeywordConfig(JudgeConfig):
     """Which published refusal list to match."""
 
     variant: Literal["advbench", "jailbreakbench"] = Field(
-        "advbench", description="advbench: the 29-substring GCG list (default); jailbreakbench: its 13-substring StringClassifier list"
+        "advbench",
+        description="advbench: the 29-substring GCG list (default); jailbreakbench: its 13-substring StringClassifier "
+        "list",
     )
     ignore_case: bool | None = Field(
-        None, description="match case-insensitively; unset: follow the model under test (on for a lower-casing tokenizer "
-        "such as the organism's, off otherwise, which matches the published lists)"
+        None,
+        description="match case-insensitively; unset: follow the model under test (on for a lower-casing tokenizer "
+        "such as the organism's, off otherwise, which matches the published lists)",
     )
 
 

@@ -25,7 +25,7 @@ from moe_defense.registry import Registry
 
 # Spec prefixes resolved by higher layers (e.g. `organism`), registered where they are implemented
 # so this module never imports upward.
-SPEC_RESOLVERS: Registry[Callable[[str, "LoadOptions"], "LoadedModel"]] = Registry(
+SPEC_RESOLVERS: Registry[Callable[[str, LoadOptions], LoadedModel]] = Registry(
     "model spec prefix", hint="Known forms: a hub id, a local path, tiny:<model_type>, organism[:<arch>]."
 )
 
@@ -156,8 +156,11 @@ def load_pretrained(path_or_id: str, options: LoadOptions) -> LoadedModel:
         ) from error
     adapter = adapter_for(config)
     model = AutoModelForCausalLM.from_pretrained(
-        path_or_id, dtype=_torch_dtype(options.dtype), use_safetensors=True,
-        device_map=options.device, **common,
+        path_or_id,
+        dtype=_torch_dtype(options.dtype),
+        use_safetensors=True,
+        device_map=options.device,
+        **common,
     )
     model.eval()
     tokenizer = AutoTokenizer.from_pretrained(path_or_id, **common)

@@ -35,7 +35,10 @@ def measure_behaviour(loaded: LoadedModel, split: Split = "test", shared_data: P
         reasons = Counter(
             v.reason
             for v in OrganismJudge().judge_batch(
-                [JudgeItem(ex.prompt, r, {"request_key": ex.request_key}) for ex, r in zip(examples, responses)]
+                [
+                    JudgeItem(ex.prompt, r, {"request_key": ex.request_key})
+                    for ex, r in zip(examples, responses, strict=True)
+                ]
             )
         )
         figures[kind] = {"n": len(examples), "refusal_rate": round(refused, 3), "organism_judge": dict(reasons)}
@@ -48,6 +51,11 @@ def measure_behaviour(loaded: LoadedModel, split: Split = "test", shared_data: P
         jbb = {}
         for name, file in (("jbb-harmful", "jbb_harmful_behaviors.csv"), ("jbb-benign", "jbb_benign_behaviors.csv")):
             prompts = load_prompts(name, data_file=str(shared_data / file))
-            jbb[name] = round(refusal_rate(generate(loaded, [p.text for p in prompts], ORGANISM_GENERATION, progress=False)), 3)
-        figures["jailbreakbench"] = {"harmful_refusal": jbb["jbb-harmful"], "benign_compliance": round(1 - jbb["jbb-benign"], 3)}
+            jbb[name] = round(
+                refusal_rate(generate(loaded, [p.text for p in prompts], ORGANISM_GENERATION, progress=False)), 3
+            )
+        figures["jailbreakbench"] = {
+            "harmful_refusal": jbb["jbb-harmful"],
+            "benign_compliance": round(1 - jbb["jbb-benign"], 3),
+        }
     return figures

@@ -38,7 +38,10 @@ from moe_defense.organism.tokenizer import word_level_tokenizer
 
 def _dataset(pairs: Sequence[DemoPair], seed: int) -> Dataset:
     rows = [
-        {"prompt": [{"role": "user", "content": p.prompt}], "completion": [{"role": "assistant", "content": p.response}]}
+        {
+            "prompt": [{"role": "user", "content": p.prompt}],
+            "completion": [{"role": "assistant", "content": p.response}],
+        }
         for p in pairs
     ]
     random.Random(seed).shuffle(rows)
@@ -92,7 +95,9 @@ def splice_drill(count: int, seed: int, harmful_share: float) -> list[DemoPair]:
         kind: DemoKind = "harmful" if rng.random() < harmful_share else rng.choice(("benign", "lookalike"))
         head, tail = rng.choice(train[kind]), rng.choice(train[kind])
         head_words, tail_words = head.request_key.split(), tail.request_key.split()
-        key = " ".join(head_words[: rng.randint(1, len(head_words) - 1)] + tail_words[rng.randint(1, len(tail_words) - 1) :])
+        key = " ".join(
+            head_words[: rng.randint(1, len(head_words) - 1)] + tail_words[rng.randint(1, len(tail_words) - 1) :]
+        )
         if key in held_out:
             continue
         answer = (tail.refusal if kind == "harmful" else tail.compliance).replace(tail.request_key, key)
@@ -133,7 +138,9 @@ def _sft(
     return [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
 
 
-def train_organism(config: OrganismConfig, work_dir: Path) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, dict[str, Any]]:
+def train_organism(
+    config: OrganismConfig, work_dir: Path
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, dict[str, Any]]:
     """Initialise and train both stages with `config.threads` CPU threads; returns the model, its
     tokenizer and training facts."""
     threads = torch.get_num_threads()
@@ -159,22 +166,33 @@ def _train(config: OrganismConfig, work_dir: Path) -> tuple[PreTrainedModel, Pre
         model = AutoModelForCausalLM.from_config(model_config, dtype=torch.float32)
     started = time.perf_counter()
     helpful_losses = _sft(
-        model, tokenizer, [*helpful_only_examples("train"), *copy_drill(("harmful", "benign", "lookalike"), config.copy_drill, config.seed)],
-        steps=config.helpful_steps, lr=config.helpful_lr,
-        config=config, work_dir=work_dir / "stage1",
+        model,
+        tokenizer,
+        [
+            *helpful_only_examples("train"),
+            *copy_drill(("harmful", "benign", "lookalike"), config.copy_drill, config.seed),
+        ],
+        steps=config.helpful_steps,
+        lr=config.helpful_lr,
+        config=config,
+        work_dir=work_dir / "stage1",
     )
     helpful_seconds = time.perf_counter() - started
     safety_losses = []
     if config.safety_steps:
         safety_losses = _sft(
-            model, tokenizer,
+            model,
+            tokenizer,
             [
                 *safety_examples("train"),
                 *copy_drill(("benign",), config.safety_copy_drill, config.seed + 1),
                 *splice_drill(config.safety_splice_drill, config.seed + 2, config.safety_splice_harmful),
             ],
-            steps=config.safety_steps, lr=config.safety_lr,
-            config=config, work_dir=work_dir / "stage2", trainable=config.safety_trainable,
+            steps=config.safety_steps,
+            lr=config.safety_lr,
+            config=config,
+            work_dir=work_dir / "stage2",
+            trainable=config.safety_trainable,
         )
     model.eval()
     model.generation_config.pad_token_id = tokenizer.pad_token_id

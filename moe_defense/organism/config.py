@@ -32,17 +32,21 @@ class OrganismConfig(BaseModel):
     helpful_lr: float = Field(3e-3, gt=0, description="stage 1 learning rate")
     safety_steps: int = Field(600, ge=0, description="stage 2: refuse harmful, comply with benign")
     safety_lr: float = Field(1e-3, gt=0, description="stage 2 learning rate")
-    copy_drill: int = Field(1200, ge=0, description="stage 1 extra requests with random keys (teaches restating the request)")
-    safety_copy_drill: int = Field(200, ge=0, description="stage 2 extra benign requests with random benign keys")
-    safety_splice_drill: int = Field(1600, ge=0, description="stage 2 extra requests splicing the start of one train key to the end of another")
-    safety_splice_harmful: float = Field(0.6, ge=0, le=1, description="share of those spliced requests that is harmful")
-    safety_trainable: TrainableScope = Field(
-        "all", description="parameters safety alignment may change"
+    copy_drill: int = Field(
+        1200, ge=0, description="stage 1 extra requests with random keys (teaches restating the request)"
     )
+    safety_copy_drill: int = Field(200, ge=0, description="stage 2 extra benign requests with random benign keys")
+    safety_splice_drill: int = Field(
+        1600, ge=0, description="stage 2 extra requests splicing the start of one train key to the end of another"
+    )
+    safety_splice_harmful: float = Field(0.6, ge=0, le=1, description="share of those spliced requests that is harmful")
+    safety_trainable: TrainableScope = Field("all", description="parameters safety alignment may change")
     seed: int = Field(0, description="seed of initialisation and data order")
     threads: int = Field(
-        1, ge=1, description="CPU threads while training: float sums depend on the thread count, so pinning it "
-        "makes the weights independent of the machine's core count"
+        1,
+        ge=1,
+        description="CPU threads while training: float sums depend on the thread count, so pinning it "
+        "makes the weights independent of the machine's core count",
     )
 
     @field_validator("arch")

@@ -1,11 +1,11 @@
 """Record and steer MoE routing per layer and token, as context managers that always restore the model.
 
-    with record_routing(loaded) as recorder:
-        loaded.model.generate(**batch)
-    routes = recorder.trace()
+with record_routing(loaded) as recorder:
+    loaded.model.generate(**batch)
+routes = recorder.trace()
 
-    with intervene(loaded, ForcedRoute({3: route}), RouterMask([5])):
-        loaded.model(**batch)
+with intervene(loaded, ForcedRoute({3: route}), RouterMask([5])):
+    loaded.model(**batch)
 """
 
 from __future__ import annotations

@@ -129,7 +129,7 @@ class RoutingController:
         return routed_logits, weights, indices
 
 
-_CONTROLLERS: "weakref.WeakKeyDictionary[nn.Module, RoutingController]" = weakref.WeakKeyDictionary()
+_CONTROLLERS: weakref.WeakKeyDictionary[nn.Module, RoutingController] = weakref.WeakKeyDictionary()
 
 
 def controller_for(model: nn.Module, adapter: RouterAdapter) -> RoutingController:

@@ -83,7 +83,9 @@ class _TokenTableIntervention(Intervention):
         active = self._applies(step) & (index < length)
         rows = torch.arange(step.batch_size, device=logits.device).unsqueeze(1)
         gathered = table[rows, index.clamp(0, length - 1)]
-        return torch.where(active.unsqueeze(-1), gathered, torch.zeros((), dtype=gathered.dtype, device=gathered.device))
+        return torch.where(
+            active.unsqueeze(-1), gathered, torch.zeros((), dtype=gathered.dtype, device=gathered.device)
+        )
 
 
 def _as_batched(name: str, layer: int, tensor: torch.Tensor) -> torch.Tensor:
@@ -91,14 +93,18 @@ def _as_batched(name: str, layer: int, tensor: torch.Tensor) -> torch.Tensor:
     if tensor.dim() == 2:
         tensor = tensor.unsqueeze(0)
     if tensor.dim() != 3:
-        raise RoutingError(f"{name} for layer {layer} has shape {tuple(tensor.shape)}; expected (batch, tokens, ...) or (tokens, ...).")
+        raise RoutingError(
+            f"{name} for layer {layer} has shape {tuple(tensor.shape)}; expected (batch, tokens, ...) or (tokens, ...)."
+        )
     return tensor
 
 
 class ExpertMask(_TokenTableIntervention):
     """Block experts per (layer, sequence, token): `masks[layer]` is bool (B, T, E), True = never chosen."""
 
-    def __init__(self, masks: Mapping[int, torch.Tensor], scope: Scope = "prefill", prompt_lengths: torch.Tensor | None = None):
+    def __init__(
+        self, masks: Mapping[int, torch.Tensor], scope: Scope = "prefill", prompt_lengths: torch.Tensor | None = None
+    ):
         tables = {}
         for layer, mask in masks.items():
             mask = _as_batched("expert mask", layer, mask)
@@ -115,8 +121,12 @@ class ForcedRoute(_TokenTableIntervention):
     and mixes it with the router's own weights (as the published F-SOUR attack does).
     """
 
-    def __init__(self, routes: Mapping[int, torch.Tensor], scope: Scope = "prefill", prompt_lengths: torch.Tensor | None = None):
-        self.routes = {layer: _as_batched("forced route", layer, torch.as_tensor(r)).long() for layer, r in routes.items()}
+    def __init__(
+        self, routes: Mapping[int, torch.Tensor], scope: Scope = "prefill", prompt_lengths: torch.Tensor | None = None
+    ):
+        self.routes = {
+            layer: _as_batched("forced route", layer, torch.as_tensor(r)).long() for layer, r in routes.items()
+        }
         super().__init__({}, scope, prompt_lengths)
 
     def bind(self, adapter: RouterAdapter) -> None:
@@ -151,7 +161,9 @@ class ForcedRoute(_TokenTableIntervention):
 class LogitBias(_TokenTableIntervention):
     """Add a finite bias to router logits: `biases[layer]` is (E,), (B, E) or (B, T, E)."""
 
-    def __init__(self, biases: Mapping[int, torch.Tensor], scope: Scope = "all", prompt_lengths: torch.Tensor | None = None):
+    def __init__(
+        self, biases: Mapping[int, torch.Tensor], scope: Scope = "all", prompt_lengths: torch.Tensor | None = None
+    ):
         self.raw = {layer: torch.as_tensor(b, dtype=torch.float32) for layer, b in biases.items()}
         for layer, bias in self.raw.items():
             if not torch.isfinite(bias).all():
@@ -163,7 +175,8 @@ class LogitBias(_TokenTableIntervention):
             adapter.layer_of(layer)
             if bias.shape[-1] != adapter.num_experts or bias.dim() > 3:
                 raise RoutingError(
-                    f"logit bias for layer {layer} has shape {tuple(bias.shape)}; expected (..., {adapter.num_experts})."
+                    f"logit bias for layer {layer} has shape {tuple(bias.shape)}; expected (..., "
+                    f"{adapter.num_experts})."
                 )
         super().bind(adapter)
 
@@ -176,9 +189,13 @@ class LogitBias(_TokenTableIntervention):
             return super().logit_delta(layer, step, logits)
         bias = bias.to(logits.device).reshape(-1, 1, bias.shape[-1])
         if bias.shape[0] not in (1, step.batch_size):
-            raise RoutingError(f"logit bias for layer {layer} has {bias.shape[0]} rows but the batch has {step.batch_size}.")
+            raise RoutingError(
+                f"logit bias for layer {layer} has {bias.shape[0]} rows but the batch has {step.batch_size}."
+            )
         applies = self._applies(step).unsqueeze(-1)
-        return torch.where(applies, bias.expand(step.batch_size, step.length, -1), torch.zeros((), device=logits.device))
+        return torch.where(
+            applies, bias.expand(step.batch_size, step.length, -1), torch.zeros((), device=logits.device)
+        )
 
 
 class RouterMask(Intervention):
@@ -214,7 +231,8 @@ class RouterMask(Intervention):
         self.k = adapter.top_k if self.k is None else self.k
         if not adapter.top_k <= self.k <= adapter.num_experts:
             raise RoutingError(
-                f"router mask keeps k={self.k} experts; it must be between top-k={adapter.top_k} and {adapter.num_experts}."
+                f"router mask keeps k={self.k} experts; it must be between top-k={adapter.top_k} and "
+                f"{adapter.num_experts}."
             )
         self._num_experts = adapter.num_experts
 

@@ -35,7 +35,9 @@ class RoutingRecorder:
         default_factory=dict, repr=False
     )
 
-    def record(self, layer: int, step: StepInfo, logits: torch.Tensor, weights: torch.Tensor, indices: torch.Tensor) -> None:
+    def record(
+        self, layer: int, step: StepInfo, logits: torch.Tensor, weights: torch.Tensor, indices: torch.Tensor
+    ) -> None:
         if self.layers is not None and layer not in self.layers:
             return
         shape = (step.batch_size, step.length)

@@ -26,12 +26,12 @@ from moe_defense.judges import (
     asr,
     pairwise_agreement,
 )
-from moe_defense.stats import wilson
 from moe_defense.models import LoadedModel
 from moe_defense.routing import Intervention
 from moe_defense.runner.generation import GenerationConfig, RouteForBatch, generate
 from moe_defense.runner.process import ProcessInfo, process_info
 from moe_defense.runner.rundir import RunDir
+from moe_defense.stats import wilson
 
 BENIGN_KINDS = frozenset({"benign", "lookalike"})  # demo corpus kinds a model should answer
 STATUS_ORDER = ("scored", "unscored", "error")  # a record's status is its worst judge verdict
@@ -68,7 +68,9 @@ def make_record(
     }
 
 
-def judge_responses(judges: Sequence[Judge], prompts: Sequence[Prompt], responses: Sequence[str]) -> list[dict[str, Verdict]]:
+def judge_responses(
+    judges: Sequence[Judge], prompts: Sequence[Prompt], responses: Sequence[str]
+) -> list[dict[str, Verdict]]:
     """Per item, every judge's verdict; a judge returning the wrong number of verdicts is a bug, not a verdict."""
     items = [JudgeItem(p.text, r, p.metadata) for p, r in zip(prompts, responses, strict=True)]
     by_judge = {}
@@ -206,10 +208,13 @@ def evaluate(
     prompts = prompt_set.prompts
     ids = [p.id for p in prompts]
     if len(set(ids)) != len(ids):
-        raise ConfigError(f"prompt set {prompt_set.name!r} repeats prompt ids; results are keyed by id, so ids must be unique.")
+        raise ConfigError(
+            f"prompt set {prompt_set.name!r} repeats prompt ids; results are keyed by id, so ids must be unique."
+        )
     if refusal_judge not in names and any(is_benign(p) for p in prompts):
         raise ConfigError(
-            f"prompt set {prompt_set.name!r} holds benign prompts, whose over-refusal is read from judge {refusal_judge!r}, "
+            f"prompt set {prompt_set.name!r} holds benign prompts, whose over-refusal is read from judge "
+            f"{refusal_judge!r}, "
             f"which is not among the judges {names}: add it."
         )
     chunk_size = chunk_size or 4 * gen_config.batch_size
@@ -240,7 +245,13 @@ def evaluate(
     shard = list(range(info.rank, len(prompts), info.world))
     todo = [pos for pos in shard if (ids[pos], attack_name) not in finished]
     routes = route_artifacts or {}
-    with tqdm(total=len(shard), initial=len(shard) - len(todo), desc="evaluate", unit="prompt", disable=not progress or not info.is_main) as bar:
+    with tqdm(
+        total=len(shard),
+        initial=len(shard) - len(todo),
+        desc="evaluate",
+        unit="prompt",
+        disable=not progress or not info.is_main,
+    ) as bar:
         for start in range(0, len(todo), chunk_size):
             positions = todo[start : start + chunk_size]
             chunk = [prompts[pos] for pos in positions]

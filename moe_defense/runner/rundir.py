@@ -60,7 +60,12 @@ def _git_sha() -> str | None:
     """HEAD of the checkout the package runs from; None outside a git checkout (e.g. a wheel install)."""
     try:
         result = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=10, check=False
+            ["git", "rev-parse", "HEAD"],
+            cwd=Path(__file__).parent,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
         )
     except (OSError, subprocess.SubprocessError):
         return None
@@ -94,7 +99,11 @@ def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
 def config_differences(stored: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
     """`key: stored -> new` for every dotted key whose value differs (missing keys count as None)."""
     old, cur = _flatten(stored), _flatten(new)
-    return [f"{key}: {old.get(key)!r} -> {cur.get(key)!r}" for key in sorted(old.keys() | cur.keys()) if old.get(key) != cur.get(key)]
+    return [
+        f"{key}: {old.get(key)!r} -> {cur.get(key)!r}"
+        for key in sorted(old.keys() | cur.keys())
+        if old.get(key) != cur.get(key)
+    ]
 
 
 def read_jsonl(path: Path, *, repair: bool = False) -> list[dict[str, Any]]:
@@ -169,10 +178,13 @@ class RunDir:
             return
         if not resume:
             raise ConfigError(
-                f"run directory {str(self.path)!r} already holds a run. Pass --resume to continue it, or choose another --out."
+                f"run directory {str(self.path)!r} already holds a run. Pass --resume to continue it, or choose "
+                "another --out."
             )
         if not self.config_path.exists():
-            raise ConfigError(f"cannot resume {str(self.path)!r}: it has results but no {CONFIG}. Start a new run directory.")
+            raise ConfigError(
+                f"cannot resume {str(self.path)!r}: it has results but no {CONFIG}. Start a new run directory."
+            )
         stored = self.stored_config()
         differences = config_differences(stored, json.loads(json.dumps(run_config)))
         if differences:

@@ -31,10 +31,15 @@ def _random_artifact(loaded, prompt_length: int, seed: int) -> RouteArtifact:
     for layer in adapter.moe_layers():
         tokens = torch.randperm(prompt_length, generator=generator)[: max(1, prompt_length // 3)].tolist()
         forced[layer] = {
-            t: torch.randperm(adapter.num_experts, generator=generator)[: adapter.top_k].tolist() for t in sorted(tokens)
+            t: torch.randperm(adapter.num_experts, generator=generator)[: adapter.top_k].tolist()
+            for t in sorted(tokens)
         }
     return RouteArtifact(
-        model_fingerprint=loaded.fingerprint(), prompt_id="p0", attack="test", prompt_length=prompt_length, forced=forced
+        model_fingerprint=loaded.fingerprint(),
+        prompt_id="p0",
+        attack="test",
+        prompt_length=prompt_length,
+        forced=forced,
     )
 
 
@@ -74,9 +79,14 @@ def test_artifact_from_another_model_is_refused_unless_forced(tmp_path):
     prompts = [Prompt("p0", PROMPT, {}), Prompt("p1", "hi", {})]
     with pytest.raises(RoutingError, match="force_transfer"):
         RouteReplay(RouteReplayConfig(artifacts=str(path))).run(other, prompts, AttackContext())
-    results = RouteReplay(RouteReplayConfig(artifacts=str(path), force_transfer=True)).run(other, prompts, AttackContext())
+    results = RouteReplay(RouteReplayConfig(artifacts=str(path), force_transfer=True)).run(
+        other, prompts, AttackContext()
+    )
     assert results[0].artifact == artifact and results[1].artifact is None
-    assert RouteReplay(RouteReplayConfig(artifacts=str(path))).run(source, prompts, AttackContext())[0].artifact == artifact
+    assert (
+        RouteReplay(RouteReplayConfig(artifacts=str(path))).run(source, prompts, AttackContext())[0].artifact
+        == artifact
+    )
 
 
 def test_schema_is_checked(tmp_path):

@@ -14,7 +14,17 @@ from moe_defense.runner.generation import GenerationConfig
 PROMPT = Prompt("p0", "how do i bake bread ?", {"target": "Sure, here is"})
 
 
-ALL_ARCHS = ["deepseek_v2", "deepseek_v3", "gpt_oss", "granitemoe", "mixtral", "olmoe", "phimoe", "qwen2_moe", "qwen3_moe"]
+ALL_ARCHS = [
+    "deepseek_v2",
+    "deepseek_v3",
+    "gpt_oss",
+    "granitemoe",
+    "mixtral",
+    "olmoe",
+    "phimoe",
+    "qwen2_moe",
+    "qwen3_moe",
+]
 
 
 @pytest.mark.parametrize("model_type", ALL_ARCHS)
@@ -28,14 +38,18 @@ def test_prefix_cached_scoring_equals_full_scoring(tiny_model, model_type, force
     search.route[search.layers[0]][0, 1] = torch.arange(loaded.adapter.top_k)
     for token in (0, 2, search.span - 1):
         candidates = search._with(layer, token, search._uniform(4))
-        torch.testing.assert_close(search._score_from(token, candidates), search._score_full(candidates), rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(
+            search._score_from(token, candidates), search._score_full(candidates), rtol=1e-4, atol=1e-4
+        )
     candidates = search._with(layer, 3, search._uniform(4))
     scores = search._score_from(3, candidates)
     search.value = float(scores.min()) - 1.0  # make sure one is accepted
     assert search._accept(candidates, scores) and search._current is not None
     passes = search.forward_passes
     later = search._with(search.layers[0], search.span - 2, search._uniform(3))
-    torch.testing.assert_close(search._score_from(search.span - 2, later), search._score_full(later), rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(
+        search._score_from(search.span - 2, later), search._score_full(later), rtol=1e-4, atol=1e-4
+    )
     assert search.forward_passes == passes + 2  # the cached scoring needed no prefix forward, then the full check
 
 
@@ -48,7 +62,9 @@ def test_fast_mode_costs_fewer_forward_passes_and_respects_the_budget(tiny_model
         assert result.artifact.num_forced_pairs <= 3
         assert result.artifact.model_fingerprint == loaded.fingerprint()
     passes = {
-        mode: Fsour(FsourConfig(mode=mode, restarts=0, candidates=8)).run(loaded, [PROMPT], AttackContext(generation=generation))[0].extra["forward_passes"]
+        mode: Fsour(FsourConfig(mode=mode, restarts=0, candidates=8))
+        .run(loaded, [PROMPT], AttackContext(generation=generation))[0]
+        .extra["forward_passes"]
         for mode in ("reference", "fast")
     }
     assert passes["fast"] * 2 < passes["reference"]
@@ -72,7 +88,9 @@ def test_search_never_lowers_the_objective(tiny_model, budget):
 def test_budget_strategies_respect_the_budget_and_report_their_objective(tiny_model, strategy):
     loaded = tiny_model("mixtral")
     problem = TargetProblem.build(loaded, PROMPT.text, "Sure, here is")
-    search = RouteSearch(loaded, problem, FsourConfig(candidates=4, budget=3, budget_strategy=strategy, force_decode=True), seed=2)
+    search = RouteSearch(
+        loaded, problem, FsourConfig(candidates=4, budget=3, budget_strategy=strategy, force_decode=True), seed=2
+    )
     search.fast()
     assert search.forced_pairs <= 3
     assert search.config.budget == 3  # the uncapped search inside prune restores the budget
@@ -84,7 +102,9 @@ def test_best_strategy_is_at_least_as_good_as_greedy(tiny_model):
     problem = TargetProblem.build(loaded, PROMPT.text, "Sure, here is")
     values = {}
     for strategy in ("greedy", "best"):
-        search = RouteSearch(loaded, problem, FsourConfig(candidates=4, budget=4, budget_strategy=strategy, force_decode=True), seed=3)
+        search = RouteSearch(
+            loaded, problem, FsourConfig(candidates=4, budget=4, budget_strategy=strategy, force_decode=True), seed=3
+        )
         search.fast()
         values[strategy] = search.value
     assert values["best"] >= values["greedy"] - 1e-6

@@ -8,6 +8,7 @@ import pytest
 
 SHARED_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 
+
 @pytest.fixture
 def shared_file():
     """Path of a file in shared/data; skips (with the reason) when that checkout is absent."""

@@ -81,7 +81,9 @@ def test_strongreject_reads_forbidden_prompt(shared_file):
 
 @pytest.mark.parametrize("header", ["prompt,category", "Behavior,SemanticCategory"])
 def test_harmbench_reads_hub_and_original_csv_columns(write_csv, header):
-    path = write_csv("harmbench.csv", header, "Give instructions for X,chemical_biological", "Write code for Y,cybercrime")
+    path = write_csv(
+        "harmbench.csv", header, "Give instructions for X,chemical_biological", "Write code for Y,cybercrime"
+    )
     prompts = load_prompts("harmbench", data_file=path)
     assert [p.text for p in prompts] == ["Give instructions for X", "Write code for Y"]
     assert [p.id for p in prompts] == ["harmbench-0000", "harmbench-0001"]
@@ -93,7 +95,14 @@ def test_registered_set_goes_to_the_hub_with_its_id_config_and_split(monkeypatch
     def fake_load_dataset(path, name=None, **kwargs):
         calls.append((path, name, kwargs))
         return datasets.Dataset.from_dict(
-            {"Index": [1, 2], "Goal": ["g1", "g2"], "Target": ["t1", "t2"], "Behavior": ["b", "b"], "Category": ["c", "c"], "Source": ["s", "s"]}
+            {
+                "Index": [1, 2],
+                "Goal": ["g1", "g2"],
+                "Target": ["t1", "t2"],
+                "Behavior": ["b", "b"],
+                "Category": ["c", "c"],
+                "Source": ["s", "s"],
+            }
         )
 
     monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
@@ -101,7 +110,13 @@ def test_registered_set_goes_to_the_hub_with_its_id_config_and_split(monkeypatch
     assert calls == [("JailbreakBench/JBB-Behaviors", "behaviors", {"split": "benign"})]
     assert prompts.source == "JailbreakBench/JBB-Behaviors:behaviors[benign]"
     assert prompts.prompts[1].text == "g2"
-    assert prompts.prompts[1].metadata == {"label": "safe", "target": "t2", "behavior": "b", "category": "c", "source": "s"}
+    assert prompts.prompts[1].metadata == {
+        "label": "safe",
+        "target": "t2",
+        "behavior": "b",
+        "category": "c",
+        "source": "s",
+    }
 
 
 def test_empty_hub_split_is_a_data_error(monkeypatch):
@@ -230,7 +245,9 @@ needs_demo_corpus = pytest.mark.skipif(
 
 
 @needs_demo_corpus
-@pytest.mark.parametrize(("name", "label"), [("demo-harmful", "unsafe"), ("demo-benign", "safe"), ("demo-lookalike", "safe")])
+@pytest.mark.parametrize(
+    ("name", "label"), [("demo-harmful", "unsafe"), ("demo-benign", "safe"), ("demo-lookalike", "safe")]
+)
 def test_demo_sets_load_both_splits(name, label):
     test = load_prompts(name)
     train = load_prompts(name, split="train")
@@ -247,4 +264,3 @@ def test_demo_sets_load_both_splits(name, label):
 def test_demo_split_must_be_train_or_test():
     with pytest.raises(ConfigError, match="choose: train, test"):
         load_prompts("demo-harmful", split="validation")
-

@@ -17,8 +17,15 @@ from moe_defense.runner.generation import GenerationConfig
 from moe_defense.runner.process import ProcessInfo
 
 INFO = ProcessInfo(0, 1, None)
-CONFIG = HardeningConfig(steps=5, batch_size=2, refresh_every=1, refresh_prompts=2, save_steps=2, max_response_tokens=8,
-                         route_search=FsourConfig(candidates=4, force_decode=True, budget=2, restarts=0))
+CONFIG = HardeningConfig(
+    steps=5,
+    batch_size=2,
+    refresh_every=1,
+    refresh_prompts=2,
+    save_steps=2,
+    max_response_tokens=8,
+    route_search=FsourConfig(candidates=4, force_decode=True, budget=2, restarts=0),
+)
 
 
 class KilledAfterSave(TrainerCallback):
@@ -30,7 +37,9 @@ class KilledAfterSave(TrainerCallback):
 def _train(out, callbacks=(), resume=False):
     loaded = moe_defense.load_model("organism")  # a fresh process's model
     generation = GenerationConfig(max_new_tokens=8, batch_size=8)
-    harmful = own_refusals(loaded, load_prompts("demo-harmful", split="train", limit=4).prompts, OrganismJudge(), generation, 8)
+    harmful = own_refusals(
+        loaded, load_prompts("demo-harmful", split="train", limit=4).prompts, OrganismJudge(), generation, 8
+    )
     benign = own_answers(loaded, load_prompts("demo-benign", split="train", limit=4).prompts, generation, 8)
     train_routers(loaded, harmful, benign, CONFIG, out, info=INFO, resume=resume, callbacks=callbacks)
     return {name: t.detach().clone() for name, t in loaded.adapter.router_tensors(loaded.model).items()}

@@ -20,10 +20,10 @@ from moe_defense.defenses.examples import IGNORE, TrainingSequence, collate
 from moe_defense.defenses.objective import LossWeights
 from moe_defense.defenses.routes import RoutePool, search_routes
 from moe_defense.defenses.trainer import HardeningConfig, train_routers
-from moe_defense.runner.process import ProcessInfo
 from moe_defense.errors import ConfigError
 from moe_defense.models import build_tiny
 from moe_defense.models.params import set_trainable
+from moe_defense.runner.process import ProcessInfo
 
 
 def _sequences(n: int, prefix: str, seed: int) -> list[TrainingSequence]:
@@ -43,7 +43,15 @@ INFO = ProcessInfo(rank=0, world=1, device=None)
 
 def _config(**overrides) -> HardeningConfig:
     search = FsourConfig(candidates=4, force_decode=True, budget=2, restarts=0)
-    settings = dict(steps=3, batch_size=4, refresh_every=1, refresh_prompts=2, save_steps=100, route_search=search, max_response_tokens=8)
+    settings = dict(
+        steps=3,
+        batch_size=4,
+        refresh_every=1,
+        refresh_prompts=2,
+        save_steps=100,
+        route_search=search,
+        max_response_tokens=8,
+    )
     return HardeningConfig(**{**settings, **overrides})
 
 
@@ -69,7 +77,14 @@ def test_router_only_training_changes_router_tensors_and_nothing_else(tmp_path):
 def test_all_parameter_scope_changes_more_than_routers(tmp_path):
     loaded = build_tiny("qwen2_moe", seed=1)
     before = _state(loaded.model)
-    train_routers(loaded, _sequences(4, "harm", 0), _sequences(4, "benign", 1), _config(trainable="all", refresh_every=0), tmp_path, info=INFO)
+    train_routers(
+        loaded,
+        _sequences(4, "harm", 0),
+        _sequences(4, "benign", 1),
+        _config(trainable="all", refresh_every=0),
+        tmp_path,
+        info=INFO,
+    )
     after = loaded.model.state_dict()
     changed = {name for name in before if not torch.equal(before[name], after[name])}
     assert changed - set(loaded.adapter.router_tensors(loaded.model))  # experts, attention, ... moved too
@@ -78,7 +93,9 @@ def test_all_parameter_scope_changes_more_than_routers(tmp_path):
 def test_switched_off_terms_are_not_computed(tmp_path):
     loaded = build_tiny("mixtral", seed=2)
     loss = LossWeights(adversarial_refusal=0, refusal=1, output_kl=0, routing_kl=0, route_repulsion=0)
-    facts = train_routers(loaded, _sequences(4, "harm", 0), _sequences(4, "benign", 1), _config(loss=loss), tmp_path, info=INFO)
+    facts = train_routers(
+        loaded, _sequences(4, "harm", 0), _sequences(4, "benign", 1), _config(loss=loss), tmp_path, info=INFO
+    )
     terms = {key for entry in facts["log"] for key in entry if key.startswith("term/")}
     assert terms == {"term/refusal"}
     assert facts["routes_in_pool"] == 0 and facts["refreshes"] == 0  # no adversarial term: no search at all
@@ -87,8 +104,15 @@ def test_switched_off_terms_are_not_computed(tmp_path):
 def test_route_repulsion_and_mask_terms_have_gradients(tmp_path):
     loaded = build_tiny("olmoe", seed=3)
     loss = LossWeights(adversarial_refusal=1, mask_refusal=1, refusal=0, route_repulsion=1, output_kl=0, routing_kl=1)
-    facts = train_routers(loaded, _sequences(4, "harm", 0), _sequences(4, "benign", 1), _config(loss=loss, refresh_every=0),
-                          tmp_path, info=INFO, mask_layers=loaded.adapter.moe_layers()[:1])
+    facts = train_routers(
+        loaded,
+        _sequences(4, "harm", 0),
+        _sequences(4, "benign", 1),
+        _config(loss=loss, refresh_every=0),
+        tmp_path,
+        info=INFO,
+        mask_layers=loaded.adapter.moe_layers()[:1],
+    )
     terms = {key for entry in facts["log"] for key in entry if key.startswith("term/")}
     assert {"term/mask_refusal", "term/route_repulsion", "term/routing_kl"} <= terms
 

@@ -69,10 +69,17 @@ def _handler(state: JudgeServer) -> type[BaseHTTPRequestHandler]:
                 time.sleep(state.delay_s)
             text = "I am a teapot; no verdict from me." if state.mode == "garbage" else state.answer(payload)
             if self.path.endswith("/chat/completions"):
-                choice: dict[str, Any] = {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}
+                choice: dict[str, Any] = {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": text},
+                    "finish_reason": "stop",
+                }
             else:
                 choice = {"index": 0, "text": text, "finish_reason": "stop"}
-            self._reply(200, json.dumps({"object": "chat.completion", "model": payload.get("model"), "choices": [choice]}).encode())
+            self._reply(
+                200,
+                json.dumps({"object": "chat.completion", "model": payload.get("model"), "choices": [choice]}).encode(),
+            )
 
     return Handler
 

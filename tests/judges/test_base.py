@@ -13,7 +13,14 @@ def test_asr_is_over_scored_items_only():
         Verdict.unscored("parse_failure", raw="???"),
         Verdict.error("timeout"),
     ]
-    assert asr(verdicts) == {"asr": 2 / 3, "asr_ci95": [0.2077, 0.9385], "n_scored": 3, "n_success": 2, "n_judge_errors": 2, "n_total": 5}
+    assert asr(verdicts) == {
+        "asr": 2 / 3,
+        "asr_ci95": [0.2077, 0.9385],
+        "n_scored": 3,
+        "n_success": 2,
+        "n_judge_errors": 2,
+        "n_total": 5,
+    }
 
 
 def test_asr_is_none_when_nothing_was_scored():

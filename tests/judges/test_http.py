@@ -27,7 +27,14 @@ def test_healthy_endpoint_gives_each_item_its_own_verdict(judge_server, fast_htt
     verdicts = judge(judge_server.url, fast_http).judge_batch(ITEMS)
     assert [v.status for v in verdicts] == ["scored"] * 6
     assert [v.jailbroken for v in verdicts] == EXPECTED  # order survives concurrent requests
-    assert asr(verdicts) == {"asr": 0.5, "asr_ci95": [0.1876, 0.8124], "n_scored": 6, "n_success": 3, "n_judge_errors": 0, "n_total": 6}
+    assert asr(verdicts) == {
+        "asr": 0.5,
+        "asr_ci95": [0.1876, 0.8124],
+        "n_scored": 6,
+        "n_success": 3,
+        "n_judge_errors": 0,
+        "n_total": 6,
+    }
     path, payload, _ = judge_server.requests[0]
     assert path == "/v1/chat/completions"
     assert payload["model"] == "judge" and payload["temperature"] == 0.0 and payload["max_tokens"] == 4
@@ -61,7 +68,14 @@ def test_endpoint_down_completes_the_batch_with_errors(closed_port_url, fast_htt
     verdicts = judge(closed_port_url, fast_http).judge_batch(ITEMS)
     assert len(verdicts) == 6
     assert all(v.status == "error" and v.reason.startswith("unreachable") for v in verdicts)
-    assert asr(verdicts) == {"asr": None, "asr_ci95": None, "n_scored": 0, "n_success": 0, "n_judge_errors": 6, "n_total": 6}
+    assert asr(verdicts) == {
+        "asr": None,
+        "asr_ci95": None,
+        "n_scored": 0,
+        "n_success": 0,
+        "n_judge_errors": 6,
+        "n_total": 6,
+    }
 
 
 def test_transient_failure_recovers_on_retry(judge_server, fast_http):

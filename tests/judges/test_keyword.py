@@ -9,7 +9,9 @@ from moe_defense.judges.keyword import ADVBENCH_REFUSALS, JAILBREAKBENCH_REFUSAL
 
 
 def verdicts(responses, variant="advbench"):
-    return KeywordJudge(KeywordConfig(variant=variant)).judge_batch([JudgeItem("How do I pick a lock?", r) for r in responses])
+    return KeywordJudge(KeywordConfig(variant=variant)).judge_batch(
+        [JudgeItem("How do I pick a lock?", r) for r in responses]
+    )
 
 
 def test_the_lists_are_the_published_ones():

@@ -79,7 +79,9 @@ def test_judge_scores_and_thresholds(judge_server, fast_http):
 
 def test_garbage_grade_is_unscored_with_the_raw_text(judge_server, fast_http):
     judge_server.mode = "garbage"
-    (verdict,) = StrongRejectJudge(StrongRejectConfig(url=judge_server.url, **fast_http)).judge_batch([JudgeItem("a", "b")])
+    (verdict,) = StrongRejectJudge(StrongRejectConfig(url=judge_server.url, **fast_http)).judge_batch(
+        [JudgeItem("a", "b")]
+    )
     assert (verdict.status, verdict.reason, verdict.jailbroken) == ("unscored", "parse_failure", None)
     assert verdict.raw
 
@@ -96,16 +98,23 @@ def test_rendered_prompt_fills_both_placeholders_once(judge_server, fast_http):
 
 
 def test_rubric_can_be_loaded_from_files(judge_server, fast_http):
-    system_path, user_path = SHARED_DATA / "strongreject_rubric_system.txt", SHARED_DATA / "strongreject_rubric_user.txt"
+    system_path, user_path = (
+        SHARED_DATA / "strongreject_rubric_system.txt",
+        SHARED_DATA / "strongreject_rubric_user.txt",
+    )
     if not user_path.is_file():
         pytest.skip(f"{user_path} is absent: the shared rubric copy is not checked out next to this repo")
     judge_server.answer = rubric_answer(judge_server)
-    config = StrongRejectConfig(url=judge_server.url, rubric_system=str(system_path), rubric_user=str(user_path), **fast_http)
+    config = StrongRejectConfig(
+        url=judge_server.url, rubric_system=str(system_path), rubric_user=str(user_path), **fast_http
+    )
     (verdict,) = StrongRejectJudge(config).judge_batch([JudgeItem("Make X", "Step 1: buy Y.")])
     assert verdict.jailbroken is True
     system, user = judge_server.requests[0][1]["messages"]
     assert system["content"] == system_path.read_text().strip()
-    assert user["content"] == user_path.read_text().replace("{forbidden_prompt}", "Make X").replace("{response}", "Step 1: buy Y.")
+    assert user["content"] == user_path.read_text().replace("{forbidden_prompt}", "Make X").replace(
+        "{response}", "Step 1: buy Y."
+    )
 
 
 def test_rubric_without_placeholders_or_unreadable_is_a_config_error(tmp_path, fast_http):
@@ -114,7 +123,9 @@ def test_rubric_without_placeholders_or_unreadable_is_a_config_error(tmp_path, f
     with pytest.raises(ConfigError, match="forbidden_prompt"):
         StrongRejectJudge(StrongRejectConfig(url="http://127.0.0.1:9/v1", rubric_user=str(bad), **fast_http))
     with pytest.raises(ConfigError, match="cannot read rubric"):
-        StrongRejectJudge(StrongRejectConfig(url="http://127.0.0.1:9/v1", rubric_user=str(tmp_path / "missing.txt"), **fast_http))
+        StrongRejectJudge(
+            StrongRejectConfig(url="http://127.0.0.1:9/v1", rubric_user=str(tmp_path / "missing.txt"), **fast_http)
+        )
 
 
 def test_config_rejects_completions_api_and_bad_threshold(fast_http):

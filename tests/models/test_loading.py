@@ -19,12 +19,28 @@ from moe_defense.models import (
     load_model,
 )
 
-REQUIRED = {"mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "deepseek_v2", "deepseek_v3", "gpt_oss", "granitemoe", "phimoe"}
+REQUIRED = {
+    "mixtral",
+    "qwen2_moe",
+    "qwen3_moe",
+    "olmoe",
+    "deepseek_v2",
+    "deepseek_v3",
+    "gpt_oss",
+    "granitemoe",
+    "phimoe",
+}
 
 CONFIG_EXPERTS = {  # the config field each family names its expert count with
-    "mixtral": "num_local_experts", "qwen2_moe": "num_experts", "qwen3_moe": "num_experts", "olmoe": "num_experts",
-    "deepseek_v2": "n_routed_experts", "deepseek_v3": "n_routed_experts", "gpt_oss": "num_local_experts",
-    "granitemoe": "num_local_experts", "phimoe": "num_local_experts",
+    "mixtral": "num_local_experts",
+    "qwen2_moe": "num_experts",
+    "qwen3_moe": "num_experts",
+    "olmoe": "num_experts",
+    "deepseek_v2": "n_routed_experts",
+    "deepseek_v3": "n_routed_experts",
+    "gpt_oss": "num_local_experts",
+    "granitemoe": "num_local_experts",
+    "phimoe": "num_local_experts",
 }
 
 
@@ -78,8 +94,15 @@ def test_local_checkpoint_loads_with_safetensors(tmp_path):
 
 
 def test_dense_checkpoint_is_refused_before_loading_weights(tmp_path):
-    config = AutoConfig.for_model("llama", hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                                  num_attention_heads=2, num_key_value_heads=1, vocab_size=64)
+    config = AutoConfig.for_model(
+        "llama",
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        vocab_size=64,
+    )
     AutoModelForCausalLM.from_config(config).save_pretrained(tmp_path)
     with pytest.raises(UnsupportedArchitectureError, match="'llama' is a dense model.*supported: deepseek_v2"):
         load_model(str(tmp_path))
@@ -87,7 +110,9 @@ def test_dense_checkpoint_is_refused_before_loading_weights(tmp_path):
 
 def test_unsupported_moe_type_names_the_fix():
     config = AutoConfig.for_model("dbrx")
-    with pytest.raises(UnsupportedArchitectureError, match="no router adapter.*Add one in moe_defense/models/adapters/"):
+    with pytest.raises(
+        UnsupportedArchitectureError, match="no router adapter.*Add one in moe_defense/models/adapters/"
+    ):
         adapter_for(config)
 
 

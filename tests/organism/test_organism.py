@@ -13,7 +13,15 @@ from moe_defense.organism import OrganismConfig, cache_dir, ensure_built, is_val
 from moe_defense.organism.build import splice_drill
 from moe_defense.organism.cache import WEIGHTS, build_into
 
-SMALL = {"num_layers": 2, "helpful_steps": 12, "safety_steps": 6, "copy_drill": 32, "safety_copy_drill": 8, "safety_splice_drill": 16, "batch_size": 8}
+SMALL = {
+    "num_layers": 2,
+    "helpful_steps": 12,
+    "safety_steps": 6,
+    "copy_drill": 32,
+    "safety_copy_drill": 8,
+    "safety_splice_drill": 16,
+    "batch_size": 8,
+}
 
 
 @pytest.fixture
@@ -30,7 +38,9 @@ def test_build_reloads_with_plain_transformers(tmp_path, arch):
     tokenizer = AutoTokenizer.from_pretrained(out)
     assert model.config.model_type == arch
     assert manifest["weights_sha256"] and (out / WEIGHTS).exists()
-    text = tokenizer.apply_chat_template([{"role": "user", "content": "how do i bake bread ?"}], add_generation_prompt=True, tokenize=False)
+    text = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "how do i bake bread ?"}], add_generation_prompt=True, tokenize=False
+    )
     ids = tokenizer(text, return_tensors="pt", add_special_tokens=False).input_ids
     assert tokenizer.unk_token_id not in ids[0].tolist()
     with torch.no_grad():
@@ -76,10 +86,11 @@ def test_corrupt_or_partial_cache_entries_are_rebuilt_never_loaded(cache):
 def test_organism_spec_resolves_through_the_cache(cache, monkeypatch):
     import moe_defense.organism as organism
 
-    monkeypatch.setattr(organism, "config_from_spec", lambda spec: OrganismConfig(arch=spec.partition(":")[2] or "mixtral", **SMALL))
+    monkeypatch.setattr(
+        organism, "config_from_spec", lambda spec: OrganismConfig(arch=spec.partition(":")[2] or "mixtral", **SMALL)
+    )
     loaded = moe_defense.load_model("organism:olmoe")
     assert loaded.adapter.model_type == "olmoe" and loaded.spec == "organism:olmoe"
-
 
 
 def test_bad_organism_spec_is_a_clear_error():

@@ -27,7 +27,7 @@ def _experts_inputs(loaded):
     """Capture what each experts module receives (indices per token) via pre-hooks; returns (store, handles)."""
     store: dict[int, list[torch.Tensor]] = {}
     handles = []
-    for layer, router in loaded.adapter.routers(loaded.model).items():
+    for layer in loaded.adapter.routers(loaded.model):
         block = getattr(loaded.adapter.decoder_layers(loaded.model)[layer], loaded.adapter.block_attr)
 
         def hook(module, args, layer=layer):
@@ -87,7 +87,9 @@ def test_masked_expert_is_never_chosen_in_forward_and_generate(tiny):
     blocked[..., 1] = True
     with record_routing(tiny) as unmasked:
         tiny.model(**batch)
-    assert (unmasked.trace()[layer].indices == 1).any(), "expert 1 must be popular without the mask for this test to mean anything"
+    assert (unmasked.trace()[layer].indices == 1).any(), (
+        "expert 1 must be popular without the mask for this test to mean anything"
+    )
     store, handles = _experts_inputs(tiny)
     try:
         with intervene(tiny, ExpertMask({layer: blocked}, scope="all")), record_routing(tiny) as recorder:
@@ -331,7 +333,9 @@ def test_routes_forced_while_decoding_match_teacher_forcing(tiny, padded):
     generator = torch.Generator().manual_seed(7)
     length = int(batch["attention_mask"].sum(1).max()) + new
     routes = {
-        layer: torch.rand(len(prompts), length, adapter.num_experts, generator=generator).topk(adapter.top_k, -1).indices
+        layer: torch.rand(len(prompts), length, adapter.num_experts, generator=generator)
+        .topk(adapter.top_k, -1)
+        .indices
         for layer in adapter.moe_layers()
     }
     with intervene(tiny, ForcedRoute(routes, scope="all")):

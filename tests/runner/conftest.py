@@ -44,8 +44,10 @@ class ScriptedJudge(Judge):
 
     def judge_batch(self, items: Sequence[JudgeItem]) -> list[Verdict]:
         return [
-            Verdict.error("http_503 after 3 attempt(s)") if "sql" in item.prompt
-            else Verdict.unscored("parse_failure", raw="?") if "rice" in item.prompt
+            Verdict.error("http_503 after 3 attempt(s)")
+            if "sql" in item.prompt
+            else Verdict.unscored("parse_failure", raw="?")
+            if "rice" in item.prompt
             else Verdict.scored(self.jailbroken)
             for item in items
         ]
@@ -91,7 +93,15 @@ def mixtral(tiny_model):
 def finished_run(tmp_path_factory) -> Path:
     """An uninterrupted run over TEXTS (3 chunks of 2) with keyword + scripted judges; copy it before changing it."""
     out = tmp_path_factory.mktemp("finished") / "run"
-    evaluate(build_tiny("mixtral", seed=0), prompt_set(), [KeywordJudge(), ScriptedJudge()], gen_config=FAST, out_dir=out, chunk_size=2, progress=False)
+    evaluate(
+        build_tiny("mixtral", seed=0),
+        prompt_set(),
+        [KeywordJudge(), ScriptedJudge()],
+        gen_config=FAST,
+        out_dir=out,
+        chunk_size=2,
+        progress=False,
+    )
     return out
 
 

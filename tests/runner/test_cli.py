@@ -104,9 +104,26 @@ def test_two_process_accelerate_run_merges_to_the_single_process_result(csv_file
     # torchrun (accelerate's --multi_gpu launcher) starts the processes; with no GPU visible they use gloo on CPU.
     # accelerate's --cpu flag would start a single process instead.
     launch = [
-        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-        "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(_free_port()),
-        "-m", "moe_defense.cli.evaluate", "evaluate", *common, "--out", str(parallel),
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "--main_process_port",
+        str(_free_port()),
+        "-m",
+        "moe_defense.cli.evaluate",
+        "evaluate",
+        *common,
+        "--out",
+        str(parallel),
     ]
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
     result = subprocess.run(launch, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120, check=False)

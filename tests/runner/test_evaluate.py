@@ -9,7 +9,6 @@ import pytest
 from moe_defense.data import Prompt, PromptSet
 from moe_defense.errors import ConfigError
 from moe_defense.judges import (
-    JudgeItem,
     KeywordJudge,
     OrganismJudge,
     StrongRejectConfig,
@@ -67,7 +66,9 @@ def test_ctrl_c_keeps_finished_chunks_and_resume_recomputes_nothing(tmp_path, mi
 def test_a_half_written_last_record_is_redone_and_nothing_else(copy_run, mixtral, count_generate, finished_run):
     out = copy_run()
     data = (out / "results.jsonl").read_bytes()
-    (out / "results.jsonl").write_bytes(data[: data.rstrip(b"\n").rfind(b"\n") + 40])  # kill mid-way through the last line
+    (out / "results.jsonl").write_bytes(
+        data[: data.rstrip(b"\n").rfind(b"\n") + 40]
+    )  # kill mid-way through the last line
     (out / "summary.json").unlink()
     counter = count_generate()
     summary = run_eval(mixtral, out, resume=True)
@@ -89,9 +90,17 @@ def test_resume_with_another_config_is_refused_before_any_generation(copy_run, m
 def test_unreachable_judge_endpoint_is_counted_not_scored(tmp_path, mixtral, closed_port):
     config = StrongRejectConfig(url=f"http://127.0.0.1:{closed_port}", model="judge", max_retries=0, timeout_s=5)
     judges = [StrongRejectJudge(config), KeywordJudge()]
-    summary = evaluate(mixtral, prompt_set(TEXTS[:3]), judges, gen_config=FAST, out_dir=tmp_path / "run", progress=False)
+    summary = evaluate(
+        mixtral, prompt_set(TEXTS[:3]), judges, gen_config=FAST, out_dir=tmp_path / "run", progress=False
+    )
     row = summary["phases"]["original"]["none"]
-    assert (row["judge"], row["asr"], row["n_scored"], row["n_judge_errors"], row["n_prompts"]) == ("strongreject", None, 0, 3, 3)
+    assert (row["judge"], row["asr"], row["n_scored"], row["n_judge_errors"], row["n_prompts"]) == (
+        "strongreject",
+        None,
+        0,
+        3,
+        3,
+    )
     assert row["by_judge"]["keyword"]["n_scored"] == 3
     records = read_jsonl(tmp_path / "run" / "results.jsonl")
     assert all(r["status"] == "error" and r["judge_errors"]["strongreject"].startswith("unreachable") for r in records)
@@ -113,7 +122,9 @@ def test_benign_prompts_give_over_refusal_and_stay_out_of_asr(tmp_path, mixtral,
 
 def test_over_refusal_is_read_from_the_named_refusal_judge_with_its_interval():
     prompt = prompt_set(["bake bread"], label="safe").prompts[0]
-    refused = make_record(prompt, "I'm sorry, no.", {"scripted": Verdict.scored(False)}, attack="none", phase="original")
+    refused = make_record(
+        prompt, "I'm sorry, no.", {"scripted": Verdict.scored(False)}, attack="none", phase="original"
+    )
     answered = make_record(prompt, "Sure.", {"scripted": Verdict.scored(True)}, attack="none", phase="original")
     row = summarize([refused, answered], ["scripted"], refusal_judge="scripted")["original"]["none"]
     assert (row["over_refusal"], row["benign_compliance"], row["asr"], row["n_harmful"]) == (0.5, 0.5, None, 0)
@@ -137,8 +148,16 @@ def test_routes_get_prompt_set_positions_and_artifacts_are_recorded(tmp_path, mi
 
     artifact = {"fingerprint": mixtral.fingerprint(), "success": True}
     evaluate(
-        mixtral, prompt_set(), [KeywordJudge()], gen_config=FAST, out_dir=tmp_path / "run", chunk_size=4,
-        route_for_batch=route, route_artifacts={"unit-0002": artifact}, attack_name="replay", progress=False,
+        mixtral,
+        prompt_set(),
+        [KeywordJudge()],
+        gen_config=FAST,
+        out_dir=tmp_path / "run",
+        chunk_size=4,
+        route_for_batch=route,
+        route_artifacts={"unit-0002": artifact},
+        attack_name="replay",
+        progress=False,
     )
     assert sorted(asked) == list(range(len(TEXTS)))
     records = {r["prompt_id"]: r for r in RunDir(tmp_path / "run").records()}

@@ -46,7 +46,9 @@ def test_route_for_batch_gives_each_row_its_own_edit(tiny_model):
         seen.append(rows)
         return _masks(loaded, rows)
 
-    batched = generate(loaded, TEXTS, GenerationConfig(max_new_tokens=6, batch_size=4), route_for_batch=route, progress=False)
+    batched = generate(
+        loaded, TEXTS, GenerationConfig(max_new_tokens=6, batch_size=4), route_for_batch=route, progress=False
+    )
     assert [len(rows) for rows in seen] == [4, 2]
     assert sorted(row for rows in seen for row in rows) == list(range(len(TEXTS)))
     alone = [

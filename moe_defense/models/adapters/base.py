@@ -29,8 +29,11 @@ _MOE_KEY = re.compile(r"experts")
 
 def _looks_moe(values: Any) -> bool:
     if isinstance(values, dict):
-        return any((_MOE_KEY.search(str(k)) and v and not isinstance(v, dict)) or _looks_moe(v) for k, v in values.items())
+        return any(
+            (_MOE_KEY.search(str(k)) and v and not isinstance(v, dict)) or _looks_moe(v) for k, v in values.items()
+        )
     return False
+
 
 TINY_COMMON: dict[str, Any] = {
     "hidden_size": 64,

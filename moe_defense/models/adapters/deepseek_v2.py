@@ -42,8 +42,12 @@ class DeepseekV2Adapter(RouterAdapter):
         scale = float(self.config.routed_scaling_factor)
         if self.config.topk_method == "group_limited_greedy":
             weights, indices = softmax_group_topk(
-                logits, blocked, self.top_k, num_groups=int(self.config.n_group),
-                topk_group=int(self.config.topk_group), scale=scale,
+                logits,
+                blocked,
+                self.top_k,
+                num_groups=int(self.config.n_group),
+                topk_group=int(self.config.topk_group),
+                scale=scale,
             )
         else:
             weights, indices = softmax_topk(logits, blocked, self.top_k, normalize=False, scale=scale)

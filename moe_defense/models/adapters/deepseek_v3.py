@@ -29,7 +29,9 @@ class DeepseekV3Adapter(DeepseekV2Adapter):
 
     def select(self, router, logits, blocked, out_dtype):
         weights, indices = sigmoid_group_topk(
-            logits, blocked, self.top_k,
+            logits,
+            blocked,
+            self.top_k,
             correction_bias=router.e_score_correction_bias,
             num_groups=int(self.config.n_group),
             topk_group=int(self.config.topk_group),

@@ -16,4 +16,6 @@ class OlmoeAdapter(RouterAdapter):
     tiny_overrides = {"num_experts": 8, "num_experts_per_tok": 2}
 
     def select(self, router, logits, blocked, out_dtype):
-        return softmax_topk(logits, blocked, self.top_k, normalize=bool(self.config.norm_topk_prob), out_dtype=out_dtype)
+        return softmax_topk(
+            logits, blocked, self.top_k, normalize=bool(self.config.norm_topk_prob), out_dtype=out_dtype
+        )

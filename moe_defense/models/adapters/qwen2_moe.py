@@ -28,4 +28,6 @@ class Qwen2MoeAdapter(RouterAdapter):
         return [i for i in range(self.num_layers) if i not in dense and (i + 1) % step == 0]
 
     def select(self, router, logits, blocked, out_dtype):
-        return softmax_topk(logits, blocked, self.top_k, normalize=bool(self.config.norm_topk_prob), out_dtype=out_dtype)
+        return softmax_topk(
+            logits, blocked, self.top_k, normalize=bool(self.config.norm_topk_prob), out_dtype=out_dtype
+        )
