@@ -121,7 +121,7 @@ def test_hardened_checkpoint_is_plain_transformers_and_only_routers_differ(organ
 
 def test_report_and_plot_are_written(harden_run):
     report = (harden_run / "report.md").read_text()
-    assert "adaptive F-SOUR" in report and "asr_vs_budget.png" in report
+    assert "adaptive fsour@" in report and "asr_vs_budget.png" in report and " n=4" in report
     assert (harden_run / "asr_vs_budget.png").stat().st_size > 10_000
 
 

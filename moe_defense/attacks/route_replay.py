@@ -26,7 +26,9 @@ class RouteReplayConfig(AttackConfig):
         description="route artifacts JSONL written by an attack run (artifacts.jsonl); "
         "None: the routes the run supplies (in harden: the original model's headline F-SOUR routes)",
     )
-    force_transfer: bool = Field(False, description="replay artifacts found on a different model (the transfer test)")
+    force_transfer: bool = Field(
+        False, description="replay artifacts found on a different model (always so for supplied routes: the transfer test)"
+    )
 
 
 @register_attack
@@ -55,6 +57,6 @@ class RouteReplay(Attack[RouteReplayConfig]):
         for prompt in prompts:
             artifact = by_prompt.get(prompt.id)
             if artifact is not None:
-                artifact.check_model(loaded, force=self.config.force_transfer)
+                artifact.check_model(loaded, force=self.config.force_transfer or self.needs_supplied_routes)
             results.append(AttackResult(prompt_id=prompt.id, artifact=artifact))
         return results

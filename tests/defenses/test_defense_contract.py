@@ -20,7 +20,7 @@ from moe_defense.runner.process import ProcessInfo
 
 # CI-sized values for whichever of these fields a defense's config has (any new defense gets them too)
 SMALL = {
-    "steps": 1,
+    "steps": 2,
     "batch_size": 2,
     "refresh_every": 0,
     "refresh_prompts": 1,
