@@ -27,7 +27,7 @@ class RouteReplayConfig(AttackConfig):
         "None: the routes the run supplies (in harden: the original model's headline F-SOUR routes)",
     )
     force_transfer: bool = Field(
-        False, description="replay artifacts found on a different model (always so for supplied routes: the transfer test)"
+        False, description="replay artifacts found on another model (always so for supplied routes: the transfer test)"
     )
 
 
