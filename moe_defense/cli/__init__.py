@@ -231,6 +231,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except MoEDefenseError as error:
         print(f"moe-defense {args.verb}: error: {error}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        resumable = getattr(args, "out", None) and args.verb in ("harden", "demo")
+        again = f" continue with `moe-defense {' '.join(argv)} --resume`" if resumable else ""
+        print(f"moe-defense {args.verb}: interrupted; finished work is saved.{again}", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -96,6 +96,7 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
+@pytest.mark.distributed
 @pytest.mark.skipif(shutil.which("accelerate") is None, reason="accelerate's launcher is not installed")
 def test_two_process_accelerate_run_merges_to_the_single_process_result(csv_file, tmp_path):
     common = ["tiny:mixtral", "--data", str(csv_file), "--max-new-tokens", "4", "--batch-size", "2"]
