@@ -53,9 +53,8 @@ def benign_nll(loaded: LoadedModel, sequences: list[TrainingSequence], batch_siz
         logits = loaded.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
         tokens = int((batch["labels"][:, 1:] != IGNORE).sum())
         if tokens:
-            total += (
-                float(response_ce(logits, batch["labels"])) * tokens
-            )  # the training loss's mean, re-weighted to a sum
+            # the training loss's mean, re-weighted to a sum
+            total += float(response_ce(logits, batch["labels"])) * tokens
             count += tokens
     return total / max(count, 1)
 
@@ -126,13 +125,14 @@ class Harden:
         )
 
         routing = {"original": self.original_phase(loaded, suite)}
-        budgets = policy(suite.curve(), recipe.verify.asr_threshold, recipe.train_budget) if suite.curve() else None
+        curve = suite.curve()
+        budgets = policy(curve, recipe.verify.asr_threshold, recipe.train_budget) if curve else None
         trained_at = budgets.train_budget if budgets else recipe.train_budget
         benign_eval_answers = own_answers(
             loaded, self.sets["benign_eval"].prompts, recipe.generation, recipe.verify.benign_nll_tokens
         )
         nll_before = benign_nll(loaded, benign_eval_answers)
-        loaded, facts, reviewers = self.defend(loaded, judges, trained_at, suite)
+        loaded, facts, reviewers = self.defend(loaded, judges, trained_at)
 
         with contextlib.ExitStack() as defended:
             for reviewer in reviewers:
@@ -160,9 +160,8 @@ class Harden:
         marker = self.original_dir / ORIGINAL_ROWS
         settings = original_settings(self.recipe)
         single = self.info.world == 1  # ranks of one data-parallel run cooperate instead of locking each other out
-        with (
-            exclusive(self.original_dir / ".lock") if single else contextlib.nullcontext()
-        ):  # one run computes, others wait and read
+        # one run computes, others wait and read
+        with exclusive(self.original_dir / ".lock") if single else contextlib.nullcontext():
             if marker.is_file() and (self.resume or self.original_dir != self.out / "original"):
                 stored = json.loads(marker.read_text())
                 differences = config_differences(stored.get("settings", {}), settings)
@@ -183,9 +182,7 @@ class Harden:
                 )
             return routing
 
-    def defend(
-        self, loaded: LoadedModel, judges: list, budget: int | None, suite: Suite
-    ) -> tuple[LoadedModel, dict[str, Any], list]:
+    def defend(self, loaded: LoadedModel, judges: list, budget: int | None) -> tuple[LoadedModel, dict[str, Any], list]:
         """Apply the recipe's defenses in order; their facts and route reviewers."""
         recipe = self.recipe
         curve = recipe.verify.curve
