@@ -199,6 +199,18 @@ class HardeningState(TrainerCallback):
         version, internal, gauss = payload["rng"]
         self.trainer.rng.setstate((version, tuple(internal), gauss))
         self.pool.truncate(payload["pool_records"])
+        if not self.trainer.is_deepspeed_enabled:  # DeepSpeed restores its engine's own checkpoint
+            self._restore_weights(checkpoint)
+
+    def _restore_weights(self, checkpoint: str) -> None:
+        """The checkpoint's weights, read through `from_pretrained`: a checkpoint written with a model's
+        legacy tensor names (Mixtral's `block_sparse_moe.*`) is renamed on load, whereas the Trainer's own
+        resume loads the file without renaming and silently skips every tensor whose name changed."""
+        model = self.trainer.model
+        dtype = next(model.parameters()).dtype
+        saved = type(model).from_pretrained(checkpoint, dtype=dtype, use_safetensors=True)
+        with torch.no_grad():
+            model.load_state_dict(saved.state_dict())
 
 
 def router_digest(loaded: LoadedModel) -> str:

@@ -21,7 +21,7 @@ CONFIG = HardeningConfig(
     steps=5,
     batch_size=2,
     refresh_every=1,
-    refresh_prompts=2,
+    refresh_prompts=4,  # every prompt refreshed every step: route sampling draws from the RNG from step 2 on
     save_steps=2,
     max_response_tokens=8,
     route_search=FsourConfig(candidates=4, force_decode=True, budget=2, restarts=0),
