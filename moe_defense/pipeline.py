@@ -141,7 +141,11 @@ class Harden:
             nll_after = benign_nll(loaded, benign_eval_answers)
             routing["hardened"] = suite.routing_stats(loaded, self.out / "hardened")
 
-        summary = harden_summary(recipe, suite, budgets, facts, (nll_before, nll_after))
+        minimal = {
+            phase: suite.robustness(phase, directory)
+            for phase, directory in (("original", self.original_dir), ("hardened", self.out / "hardened"))
+        }
+        summary = harden_summary(recipe, suite, budgets, facts, (nll_before, nll_after), minimal)
         summary["routing"] = routing
         summary["seconds"] = round(time.perf_counter() - started, 1)
         if info.is_main:

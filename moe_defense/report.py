@@ -16,6 +16,7 @@ from moe_defense.runner.rundir import atomic_write
 GRID_SUMMARY = "grid_summary.json"
 UTILITY = ("benign_compliance", "over_refusal", "benign_nll")
 ASR_VS_BUDGET = "asr_vs_budget.png"
+SURVIVAL_PLOT = "survival.png"
 ROSAIS_PLOT = "rosais.png"
 USAGE_PLOT = "expert_usage.png"
 
@@ -80,6 +81,49 @@ def plot_asr_vs_budget(summary: dict[str, Any], path: Path) -> None:
     axes.set_title(f"adaptive attack vs budget, {summary['trainable']} hardening")
     axes.legend()
     _save(figure, path)
+
+
+def plot_survival(summary: dict[str, Any], path: Path) -> None:
+    """Fraction of prompts still safe (minimal budget above b) per verified budget, original vs hardened."""
+    plt = _pyplot()
+    figure, axes = plt.subplots(figsize=(6, 3.6), dpi=120)
+    for offset, (phase, style) in zip((-0.05, 0.05), (("original", "o-"), ("hardened", "s-")), strict=True):
+        points = summary["minimal_budget"][phase]["survival"]
+        x = [i + offset for i in range(len(points))]
+        values = [float("nan") if p["safe"] is None else p["safe"] for p in points]
+        low = [0.0 if p["ci95"] is None else p["safe"] - p["ci95"][0] for p in points]
+        high = [0.0 if p["ci95"] is None else p["ci95"][1] - p["safe"] for p in points]
+        axes.errorbar(x, values, yerr=[low, high], fmt=style, capsize=3, drawstyle="steps-post", label=phase)
+        axes.set_xticks(range(len(points)), [_budget_tick(p["budget"]) for p in points])
+    _budget_axes(axes, "fraction of prompts still safe")
+    axes.set_title("survival: no found route of <= b pairs flips the prompt")
+    axes.legend()
+    _save(figure, path)
+
+
+def _budget_value(budget: float | None) -> str:
+    return "inf" if budget is None else f"{budget:g}"
+
+
+def minimal_budget_line(summary: dict[str, Any]) -> str:
+    """The median minimal budget before -> after, with its order-statistic 95% interval and n."""
+    minimal = summary.get("minimal_budget") or {}
+    if not minimal:
+        return "- the suite sweeps no attack budget: no minimal budgets"
+
+    def median(phase: str) -> str:
+        m = minimal[phase]
+        ci = m["median_ci95"]
+        interval = f" [{_budget_value(ci[0])}, {_budget_value(ci[1])}]" if ci else ""
+        return f"{_budget_value(m['median'])}{interval} n={m['n']} ({m['unflipped']} never flipped)"
+
+    ratio = summary.get("median_budget_ratio")
+    return (
+        "- minimal budget per prompt (fewest forced pairs of any flipping route the adaptive search found; inf = "
+        f"none found at any verified budget), median: {median('original')} -> {median('hardened')}"
+        + (f", x{ratio}" if ratio is not None else "")
+        + " (95% order-statistic intervals)"
+    )
 
 
 def _budget_axes(axes, ylabel: str) -> None:
@@ -190,6 +234,8 @@ def write_harden_report(out: Path, summary: dict[str, Any]) -> Path:
     """report.md + report.html beside summary.json, with the ASR-vs-budget, RoSais and expert-usage plots."""
     if summary["asr_vs_budget"]:
         plot_asr_vs_budget(summary, out / ASR_VS_BUDGET)
+    if summary.get("minimal_budget"):
+        plot_survival(summary, out / SURVIVAL_PLOT)
     plot_rosais(summary, out / ROSAIS_PLOT)
     plot_expert_usage(summary, out / USAGE_PLOT)
     b80 = _budget_tick(summary["budget_b80"]) if summary["b80_reached"] else f"not reached ({summary['b80_note']})"
@@ -217,12 +263,15 @@ def write_harden_report(out: Path, summary: dict[str, Any]) -> Path:
             f"- B80 (smallest budget with original ASR >= threshold): {b80}; trained against routes of budget "
             f"{summary['train_budget']}",
             at,
+            minimal_budget_line(summary),
             f"- training: {training['steps']} steps in {training['seconds']} s ({training['refreshes']} route "
             f"refreshes, {training['routes_in_pool']} routes in the pool)",
             "",
             headline_table(summary),
             "",
             f"![ASR vs budget]({ASR_VS_BUDGET})" if summary["asr_vs_budget"] else "",
+            "",
+            f"![survival vs budget]({SURVIVAL_PLOT})" if summary.get("minimal_budget") else "",
             "",
             f"![RoSais per router]({ROSAIS_PLOT})",
             "",

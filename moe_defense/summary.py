@@ -10,6 +10,7 @@ from typing import Any
 
 from moe_defense.budget import BudgetPolicy
 from moe_defense.recipe import Recipe
+from moe_defense.robustness import median_ratio
 from moe_defense.verify import UTILITY_ROWS, Suite
 
 
@@ -33,8 +34,15 @@ def utility(rows: dict[str, dict[str, Any]], nll: float) -> dict[str, Any]:
 
 
 def harden_summary(
-    recipe: Recipe, suite: Suite, budgets: BudgetPolicy | None, facts: dict[str, Any], nll: tuple[float, float]
+    recipe: Recipe,
+    suite: Suite,
+    budgets: BudgetPolicy | None,
+    facts: dict[str, Any],
+    nll: tuple[float, float],
+    minimal: dict[str, dict[str, Any] | None],
 ) -> dict[str, Any]:
+    """`minimal` is each phase's `robustness()` (None without a curve attack)."""
+    swept = all(minimal.values())
     rows = suite.rows
     training_defense = recipe.training_defense
     curve = (
@@ -60,6 +68,8 @@ def harden_summary(
         "headline_budget": budgets.headline.budget if budgets else None,
         "headline_asr": {phase: asr_point(rows[phase].get(headline)) for phase in rows} if headline else None,
         "asr_vs_budget": curve,
+        "minimal_budget": minimal if swept else {},
+        "median_budget_ratio": median_ratio(minimal["original"], minimal["hardened"]) if swept else None,
         "utility": {
             phase: utility(rows[phase], value) for phase, value in zip(("original", "hardened"), nll, strict=True)
         },

@@ -23,10 +23,11 @@ from moe_defense.budget import CurvePoint
 from moe_defense.data import PromptSet
 from moe_defense.judges import Judge
 from moe_defense.models import LoadedModel
+from moe_defense.robustness import Outcome, robustness
 from moe_defense.runner.evaluate import evaluate
 from moe_defense.runner.generation import GenerationConfig
 from moe_defense.runner.process import ProcessInfo
-from moe_defense.runner.rundir import atomic_write
+from moe_defense.runner.rundir import RunDir, atomic_write
 
 ADAPTIVE_SEED_OFFSET = 1000  # searches on the hardened model use seeds the original's never did
 UTILITY_ROWS = ("benign", "over-refusal")  # the suite's utility rows, beside the attacks
@@ -73,6 +74,27 @@ class Suite:
             CurvePoint(getattr(a.config, budget_field), label, self.rows[phase].get(label, {}).get("asr"))
             for label, a in spec.build(seed=phase_seed(self.seed, phase, spec.component_class()))
         ]
+
+    def robustness(self, phase: str, directory: Path) -> dict[str, Any] | None:
+        """Per-prompt minimal budgets over every verified point of the curve attack in `directory`, by the
+        headline judge, and the survival curve on the curve's capped budgets; None when the suite has no curve."""
+        points = self.curve(phase)
+        if not points:
+            return None
+        judge = self.judges[0].name
+        outcomes = []
+        for point in points:
+            for record in RunDir(directory / point.label).records():
+                verdict = record["verdicts"].get(judge, {})
+                forced = (record.get("route") or {}).get("forced", {})
+                outcomes.append(
+                    Outcome(
+                        str(record["prompt_id"]),
+                        verdict.get("jailbroken") if verdict.get("status") == "scored" else None,
+                        sum(len(tokens) for tokens in forced.values()),
+                    )
+                )
+        return robustness(outcomes, [p.budget for p in points if p.budget is not None])
 
     def run(
         self, loaded: LoadedModel, phase: str, directory: Path, routes: Path | None = None

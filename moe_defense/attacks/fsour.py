@@ -29,7 +29,7 @@ from transformers import Cache, DynamicCache
 
 from moe_defense.attacks.artifacts import RouteArtifact, interventions_for
 from moe_defense.attacks.base import Attack, AttackConfig, AttackContext, AttackResult, register_attack
-from moe_defense.attacks.objective import TargetProblem
+from moe_defense.attacks.objective import TargetProblem, prompt_target
 from moe_defense.data.prompts import Prompt
 from moe_defense.judges import Judge, JudgeItem
 from moe_defense.judges.factory import JudgeSpec, build_judge
@@ -37,7 +37,6 @@ from moe_defense.models.loading import LoadedModel
 from moe_defense.routing import ForcedRoute, LogitBias, intervene, record_routing
 from moe_defense.runner.generation import GenerationConfig, generate
 
-DEFAULT_TARGET = "Sure, here is"
 # (seed, force_decode, layers, token ids) -> the uncapped route and its objective: a budget sweep prunes
 # the same uncapped route to every budget instead of searching it again (valid for one model only)
 UncappedRoutes = dict[tuple, tuple[dict[int, torch.Tensor], float]]
@@ -400,7 +399,7 @@ class Fsour(Attack[FsourConfig]):
     def search(
         self, loaded: LoadedModel, prompt: Prompt, seed: int, uncapped: UncappedRoutes | None = None
     ) -> RouteSearch:
-        problem = TargetProblem.build(loaded, prompt.text, str(prompt.metadata.get("target") or DEFAULT_TARGET))
+        problem = TargetProblem.build(loaded, prompt.text, prompt_target(prompt))
         search = RouteSearch(loaded, problem, self.config, seed, uncapped)
         search.reference() if self.config.mode == "reference" else search.fast()
         return search

@@ -10,8 +10,16 @@ from dataclasses import dataclass
 
 import torch
 
+from moe_defense.data.prompts import Prompt
 from moe_defense.models.loading import LoadedModel
 from moe_defense.runner.generation import encode_prompts
+
+DEFAULT_TARGET = "Sure, here is"
+
+
+def prompt_target(prompt: Prompt) -> str:
+    """The affirmative opening an unsafe route aims at: the prompt set's own (AdvBench `target`), else the default."""
+    return str(prompt.metadata.get("target") or DEFAULT_TARGET)
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from moe_defense.attacks.objective import TargetProblem
+from moe_defense.attacks.objective import TargetProblem, prompt_target
 from moe_defense.data.prompts import Prompt
 from moe_defense.errors import DataError
 from moe_defense.judges import Judge, JudgeItem
@@ -24,11 +24,12 @@ IGNORE = -100  # label of positions that carry no loss (prompt, padding)
 
 @dataclass(frozen=True)
 class TrainingSequence:
-    """Prompt ids then response ids (+ EOS); the loss covers the response only."""
+    """Prompt ids then response ids (+ EOS); the loss covers the response after its first `unlabelled` tokens."""
 
     prompt: Prompt
     prompt_ids: torch.Tensor
     response_ids: torch.Tensor
+    unlabelled: int = 0  # response tokens given, not trained (a recovery's compliant opening)
 
     @property
     def prompt_length(self) -> int:
@@ -41,7 +42,7 @@ class TrainingSequence:
     @property
     def labels(self) -> torch.Tensor:
         labels = self.input_ids.clone()
-        labels[: self.prompt_length] = IGNORE
+        labels[: self.prompt_length + self.unlabelled] = IGNORE
         return labels
 
 
@@ -86,6 +87,26 @@ def own_refusals(
             "(or set defense.refusal_fallback to a refusal text to train towards)."
         )
     return to_sequences(loaded, [p for p, _ in kept], [r for _, r in kept], max_response_tokens)
+
+
+def recovery_sequences(loaded: LoadedModel, refusals: Sequence[TrainingSequence]) -> list[TrainingSequence]:
+    """Each refusal behind the prompt's affirmative target ("sure , here is how to ..."), loss on the refusal.
+
+    This is what an unsafe route does at attack time: it forces the prompt and the target's positions,
+    the model emits the target, and every later position is routed by the router again. Trained under
+    that route, the router learns to route those later positions back into the refusal."""
+    sequences = []
+    for sequence in refusals:
+        target_ids = TargetProblem.build(loaded, sequence.prompt.text, prompt_target(sequence.prompt)).target_ids
+        sequences.append(
+            TrainingSequence(
+                sequence.prompt,
+                sequence.prompt_ids,
+                torch.cat([target_ids, sequence.response_ids]),
+                unlabelled=int(target_ids.numel()),
+            )
+        )
+    return sequences
 
 
 def own_answers(

@@ -1,11 +1,19 @@
 """The hardening objective: refusal under unsafe routes, plus utility retention; every term switchable.
 
     loss = w_adv   * CE(refusal | harmful prompt, routes from the pool)          adversarial refusal
+         + w_rec   * CE(refusal | harmful prompt + target, routes from the pool)  recovery after a forced opening
+         + w_spr   * CE(refusal | harmful prompt, random experts forced at n pairs) spread refusal
          + w_mask  * CE(refusal | harmful prompt, top-RoSais routers masked)     router-mask refusal
          + w_ref   * CE(refusal | harmful prompt, own routing)                   refusal kept
          + w_rep   * router mass on the experts the unsafe routes forced         route repulsion
          + w_out   * KL(original || current) next-token, benign answers          output retention
+         + w_pout  * the same KL, both models under the same random forced routes  utility under perturbation
          + w_route * KL(original || current) router distributions, benign        routing drift (SafeMoE-style)
+
+Why recovery: an unsafe route forces the prompt and the target's first ~10 answer positions; later
+positions are routed by the router again, which is the router's lever to return to a refusal. Why the
+perturbed output KL: trained with refusal alone under forced routes, routers learn "forced route ->
+refuse" and refuse benign requests too; the same perturbation on benign answers must change nothing.
 
 The reference for both KL terms is the original model: when only routers train, it is the same
 network with the original router tensors swapped in (no second copy of the weights).
@@ -28,7 +36,9 @@ from moe_defense.attacks.artifacts import RouteArtifact
 from moe_defense.defenses.examples import IGNORE
 from moe_defense.models.loading import LoadedModel
 from moe_defense.models.params import TrainableScope
-from moe_defense.routing import Intervention, RouterMask, intervene, record_routing
+from moe_defense.routing import ForcedRoute, Intervention, RouterMask, intervene, record_routing
+
+SPREAD_ANSWER_TOKENS = 12  # answer positions random forcing may reach: where unsafe routes force (the target)
 
 
 class LossWeights(BaseModel):
@@ -37,10 +47,19 @@ class LossWeights(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     adversarial_refusal: float = Field(1.0, ge=0, description="refusal CE under unsafe routes from the pool")
+    recovery: float = Field(
+        0.0, ge=0, description="refusal CE after the affirmative target, under the pool's route (recover from it)"
+    )
+    spread_refusal: float = Field(
+        0.0, ge=0, description="refusal CE under random experts forced at spread_pairs random (token, layer) pairs"
+    )
     mask_refusal: float = Field(0.0, ge=0, description="refusal CE with the top-RoSais routers randomly masked")
     refusal: float = Field(1.0, ge=0, description="refusal CE under the model's own routing")
     route_repulsion: float = Field(0.0, ge=0, description="router probability on the experts unsafe routes forced")
     output_kl: float = Field(1.0, ge=0, description="benign next-token KL to the original model")
+    perturbed_output_kl: float = Field(
+        0.0, ge=0, description="benign next-token KL to the original model, both under the same random forced routes"
+    )
     routing_kl: float = Field(0.1, ge=0, description="benign router-distribution KL to the original model")
 
 
@@ -50,6 +69,18 @@ def response_ce(logits: torch.Tensor, labels: torch.Tensor, rows: torch.Tensor |
     if rows is not None:
         shifted, targets = shifted[rows], targets[rows]
     return F.cross_entropy(shifted.reshape(-1, shifted.shape[-1]), targets.reshape(-1), ignore_index=IGNORE)
+
+
+def answer_kl(logits: torch.Tensor, reference_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean KL(reference || current) of the next-token distributions over answer tokens."""
+    answer = labels[:, 1:] != IGNORE
+    kl = F.kl_div(
+        logits[:, :-1].float().log_softmax(-1),
+        reference_logits[:, :-1].log_softmax(-1),
+        log_target=True,
+        reduction="none",
+    ).sum(-1)
+    return (kl * answer).sum() / answer.sum().clamp(min=1)
 
 
 class Reference:
@@ -85,8 +116,14 @@ class Reference:
                 parameter.data = saved[name]
 
     @torch.no_grad()
-    def forward(self, batch: Mapping[str, torch.Tensor], need_routing: bool) -> tuple[torch.Tensor, dict]:
-        with self._original() as original, record_routing(original, keep_logits=need_routing) as recorder:
+    def forward(
+        self, batch: Mapping[str, torch.Tensor], need_routing: bool, interventions: Sequence[Intervention] = ()
+    ) -> tuple[torch.Tensor, dict]:
+        with (
+            self._original() as original,
+            intervene(original, *interventions),
+            record_routing(original, keep_logits=need_routing) as recorder,
+        ):
             was_training = original.model.training
             original.model.eval()
             try:
@@ -96,25 +133,52 @@ class Reference:
         return logits.float(), (recorder.trace() if need_routing else {})
 
 
+def random_forcing(
+    loaded: LoadedModel, batch: Mapping[str, torch.Tensor], pairs: int, generator: torch.Generator
+) -> ForcedRoute:
+    """Random experts forced at `pairs` random (token, layer) pairs of every row, over its prompt and
+    first answer tokens: a perturbation shaped like an unsafe route but aimed nowhere."""
+    adapter = loaded.adapter
+    layers = adapter.moe_layers()
+    lengths = batch["attention_mask"].sum(-1).tolist()
+    prompt_lengths = batch["prompt_lengths"].tolist()
+    width = int(batch["input_ids"].shape[1])
+    routes = {layer: torch.full((len(lengths), width, adapter.top_k), -1, dtype=torch.long) for layer in layers}
+    for row, (length, prompt_length) in enumerate(zip(lengths, prompt_lengths, strict=True)):
+        span = min(int(length), int(prompt_length) + SPREAD_ANSWER_TOKENS)
+        for cell in torch.randperm(span * len(layers), generator=generator)[:pairs].tolist():
+            experts = torch.randperm(adapter.num_experts, generator=generator)[: adapter.top_k]
+            routes[layers[cell % len(layers)]][row, cell // len(layers)] = experts
+    return ForcedRoute(routes, scope="all")
+
+
 @dataclass
 class HarmfulBatch:
-    """A harmful batch with the unsafe route (or None) each row trains against."""
+    """A harmful batch with the unsafe route (or None) each row trains against, and the same rows as
+    recoveries (the target, then the refusal) when the recovery term is on."""
 
     tensors: Mapping[str, torch.Tensor]
     routes: Sequence[RouteArtifact | None]
     route_interventions: list[Intervention]
+    recovery: Mapping[str, torch.Tensor] | None = None
 
 
 class HardeningObjective:
     """Computes the switched-on terms for one (harmful, benign) batch pair."""
 
     def __init__(
-        self, loaded: LoadedModel, weights: LossWeights, reference: Reference, mask_layers: Sequence[int] = ()
+        self,
+        loaded: LoadedModel,
+        weights: LossWeights,
+        reference: Reference,
+        mask_layers: Sequence[int] = (),
+        spread_pairs: int = 32,
     ) -> None:
         self.loaded = loaded
         self.weights = weights
         self.reference = reference
         self.mask_layers = list(mask_layers)
+        self.spread_pairs = spread_pairs
 
     def __call__(
         self, model: nn.Module, harmful: HarmfulBatch, benign: Mapping[str, torch.Tensor], rng: random.Random
@@ -127,6 +191,18 @@ class HardeningObjective:
             with intervene(self.loaded, *harmful.route_interventions):
                 logits = model(input_ids=h["input_ids"], attention_mask=h["attention_mask"]).logits
             terms["adversarial_refusal"] = response_ce(logits, h["labels"], routed)
+        if w.recovery and harmful.recovery is not None:
+            r = harmful.recovery
+            with intervene(self.loaded, *harmful.route_interventions):
+                logits = model(input_ids=r["input_ids"], attention_mask=r["attention_mask"]).logits
+            terms["recovery"] = response_ce(logits, r["labels"])
+        generator = (
+            torch.Generator().manual_seed(rng.randrange(2**31)) if w.spread_refusal or w.perturbed_output_kl else None
+        )
+        if w.spread_refusal:
+            with intervene(self.loaded, random_forcing(self.loaded, h, self.spread_pairs, generator)):
+                logits = model(input_ids=h["input_ids"], attention_mask=h["attention_mask"]).logits
+            terms["spread_refusal"] = response_ce(logits, h["labels"])
         if w.mask_refusal and self.mask_layers:
             mask = RouterMask(self.mask_layers, mode="random-k-per-token", seed=rng.randrange(2**31))
             with intervene(self.loaded, mask):
@@ -144,16 +220,15 @@ class HardeningObjective:
                 logits = model(input_ids=benign["input_ids"], attention_mask=benign["attention_mask"]).logits
             ref_logits, ref_routing = self.reference.forward(benign, need_routing=bool(w.routing_kl))
             if w.output_kl:
-                answer = benign["labels"][:, 1:] != IGNORE
-                kl = F.kl_div(
-                    logits[:, :-1].float().log_softmax(-1),
-                    ref_logits[:, :-1].log_softmax(-1),
-                    log_target=True,
-                    reduction="none",
-                ).sum(-1)
-                terms["output_kl"] = (kl * answer).sum() / answer.sum().clamp(min=1)
+                terms["output_kl"] = answer_kl(logits, ref_logits, benign["labels"])
             if w.routing_kl:
                 terms["routing_kl"] = self._routing_kl(recorder.trace(), ref_routing)
+        if w.perturbed_output_kl:
+            forcing = random_forcing(self.loaded, benign, self.spread_pairs, generator)
+            with intervene(self.loaded, forcing):
+                logits = model(input_ids=benign["input_ids"], attention_mask=benign["attention_mask"]).logits
+            ref_logits, _ = self.reference.forward(benign, need_routing=False, interventions=(forcing,))
+            terms["perturbed_output_kl"] = answer_kl(logits, ref_logits, benign["labels"])
         weight_of = w.model_dump()
         terms["loss"] = sum(weight_of[name] * value for name, value in terms.items())
         return terms

@@ -26,7 +26,7 @@ from moe_defense.attacks.artifacts import RouteArtifact
 from moe_defense.attacks.fsour import FsourConfig
 from moe_defense.defenses.base import DefenseConfig
 from moe_defense.defenses.checkpoint import tensor_digest
-from moe_defense.defenses.examples import TrainingSequence, collate
+from moe_defense.defenses.examples import TrainingSequence, collate, recovery_sequences
 from moe_defense.defenses.objective import HardeningObjective, HarmfulBatch, LossWeights, Reference
 from moe_defense.defenses.routes import RoutePool, search_routes
 from moe_defense.errors import ConfigError
@@ -68,6 +68,14 @@ class HardeningConfig(DefenseConfig):
     )
     routes_per_prompt: int = Field(4, ge=1, description="routes kept per prompt in the pool (newest first)")
     mask_routers: int = Field(2, ge=0, description="top-RoSais routers masked by the mask_refusal term")
+    spread_pairs: int = Field(
+        32, ge=1, description="random (token, layer) pairs forced by the spread_refusal and perturbed_output_kl terms"
+    )
+    budget_curriculum: list[int | None] | None = Field(
+        None,
+        description="budgets of the refreshed routes, in order over training (None = no cap), e.g. [2, 4, 8, 16, "
+        "null]; unset: every refresh searches at the training budget",
+    )
     max_response_tokens: int = Field(48, ge=1, description="response tokens trained per sequence")
     refusal_fallback: str | None = Field(
         None, description="refusal trained on harmful prompts the model does not refuse (None: drop them)"
@@ -88,12 +96,14 @@ class HardeningTrainer(Trainer):
         benign: Sequence[TrainingSequence],
         pool: RoutePool,
         seed: int,
+        recovery: Sequence[TrainingSequence] = (),
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         self.loaded = loaded
         self.objective = objective
         self.harmful = list(harmful)
+        self.recovery = list(recovery)  # recovery[i] is harmful[i] behind its affirmative target
         self.benign = list(benign)
         self.pool = pool
         self.rng = random.Random(seed)
@@ -109,7 +119,12 @@ class HardeningTrainer(Trainer):
         h = {k: v.to(device) for k, v in collate(harmful, pad).items()}
         b = {k: v.to(device) for k, v in collate(benign, pad).items()}
         routes = self.pool.sample([s.prompt.id for s in harmful], self.rng)
-        batch = HarmfulBatch(h, routes, self.pool.interventions(self.loaded, routes, h["prompt_lengths"]))
+        recovery = (
+            {k: v.to(device) for k, v in collate([self.recovery[r % len(self.recovery)] for r in rows], pad).items()}
+            if self.recovery
+            else None
+        )
+        batch = HarmfulBatch(h, routes, self.pool.interventions(self.loaded, routes, h["prompt_lengths"]), recovery)
         terms = self.objective(model, batch, b, self.rng)
         for name, value in terms.items():
             self._term_sums[name] += float(value.detach())
@@ -138,7 +153,11 @@ class RouteRefresh(TrainerCallback):
         every: int,
         prompts: int,
         info: ProcessInfo,
+        curriculum: Sequence[int | None] | None = None,
+        total_refreshes: int = 1,
     ) -> None:
+        self.curriculum = list(curriculum) if curriculum else None
+        self.total_refreshes = max(1, total_refreshes)
         self.loaded = loaded
         self.info = info
         self.prompts = [s.prompt for s in harmful]
@@ -157,13 +176,21 @@ class RouteRefresh(TrainerCallback):
         self.seconds += time.perf_counter() - started
         self.refreshes += 1
 
+    def budget(self, index: int) -> int | None:
+        """The budget of refresh `index` (0 = before step 1): the curriculum's stage for this point of
+        training, else the training budget."""
+        if self.curriculum is None:
+            return self.config.budget
+        stage = min(len(self.curriculum) - 1, index * len(self.curriculum) // (self.total_refreshes + 1))
+        return self.curriculum[stage]
+
     def search(self, index: int) -> None:
         """Search the index-th chunk of prompts (rotating through the set); each rank takes its share."""
         chunk = [
             self.prompts[(index * self.count + i) % len(self.prompts)]
             for i in range(min(self.count, len(self.prompts)))
         ]
-        config = self.config.model_copy(update={"seed": self.config.seed + index})
+        config = self.config.model_copy(update={"seed": self.config.seed + index, "budget": self.budget(index)})
         found = search_routes(self.loaded, chunk[self.info.rank :: self.info.world], config)
         self.pool.add(
             [
@@ -260,10 +287,21 @@ def train_routers(
         pool_path.unlink(missing_ok=True)  # nothing to continue from: routes found after step 0 would change the run
     info.wait()
     pool = RoutePool(config.routes_per_prompt, pool_path, write=info.is_main)
-    objective = HardeningObjective(loaded, config.loss, reference, mask_layers)
-    every = config.refresh_every if config.loss.adversarial_refusal else 0
-    refresh = RouteRefresh(loaded, harmful, pool, config.route_search, every, config.refresh_prompts, info)
-    if config.initial_routes == "search" and not len(pool) and config.loss.adversarial_refusal:
+    objective = HardeningObjective(loaded, config.loss, reference, mask_layers, config.spread_pairs)
+    uses_routes = bool(config.loss.adversarial_refusal or config.loss.recovery)
+    every = config.refresh_every if uses_routes else 0
+    refresh = RouteRefresh(
+        loaded,
+        harmful,
+        pool,
+        config.route_search,
+        every,
+        config.refresh_prompts,
+        info,
+        curriculum=config.budget_curriculum,
+        total_refreshes=(config.steps - 1) // every if every else 0,
+    )
+    if config.initial_routes == "search" and not len(pool) and uses_routes:
         refresh.search(0)  # step 0: routes found on the original model, for the first chunk of prompts
     initial_seconds = time.perf_counter() - started
     rows = Dataset.from_dict({"row": list(range(max(len(harmful), len(benign))))})
@@ -279,6 +317,7 @@ def train_routers(
         benign=benign,
         pool=pool,
         seed=config.seed,
+        recovery=recovery_sequences(loaded, harmful) if config.loss.recovery else (),
     )
     state = HardeningState(trainer, pool, info)
     for callback in (state, *callbacks):
