@@ -16,7 +16,7 @@ import torch
 
 from moe_defense.errors import RoutingError
 from moe_defense.models.loading import LoadedModel
-from moe_defense.routing import ExpertMask, ForcedRoute, Intervention, Scope
+from moe_defense.routing import ExpertMask, ForcedRoute, ForcedWeights, Intervention, Scope
 
 SCHEMA = "moe-defense/route-artifact@1"
 
@@ -36,6 +36,7 @@ class RouteArtifact:
     success: bool | None = None
     queries: int = 0
     budget: dict[str, Any] = field(default_factory=dict)
+    weights: ForcedWeights = "router"  # who mixes the forced experts: the router, or uniform (see ForcedRoute)
     schema: str = SCHEMA
 
     @property
@@ -86,6 +87,9 @@ def interventions_for(
     if len(scopes) > 1:
         raise RoutingError("a batch mixes prefill-only and decode-forcing artifacts; group them by scope.")
     scope = scopes.pop()
+    weights = {a.weights for a in artifacts if a}
+    if len(weights) > 1:
+        raise RoutingError("a batch mixes router-weighted and uniform-weighted forced routes; group them.")
     forced = {l: torch.full((batch, length, top_k), -1, dtype=torch.long) for l in layers}
     blocked = {l: torch.zeros((batch, length, num_experts), dtype=torch.bool) for l in layers}
     for row, artifact in enumerate(artifacts):
@@ -101,7 +105,7 @@ def interventions_for(
     forced = {l: r for l, r in forced.items() if (r >= 0).any()}
     blocked = {l: m for l, m in blocked.items() if m.any()}
     if forced:
-        result.append(ForcedRoute(forced, scope=scope, prompt_lengths=prompt_lengths))
+        result.append(ForcedRoute(forced, scope=scope, prompt_lengths=prompt_lengths, weights=weights.pop()))
     if blocked:
         result.append(ExpertMask(blocked, scope=scope, prompt_lengths=prompt_lengths))
     return result

@@ -37,7 +37,7 @@ from moe_defense.models.loading import LoadedModel
 from moe_defense.routing import ForcedRoute, LogitBias, intervene, record_routing
 from moe_defense.runner.generation import GenerationConfig, generate
 
-# (seed, force_decode, layers, token ids) -> the uncapped route and its objective: a budget sweep prunes
+# (seed, force_decode, forced_weights, layers, token ids) -> the uncapped route and its objective: a budget sweep prunes
 # the same uncapped route to every budget instead of searching it again (valid for one model only)
 UncappedRoutes = dict[tuple, tuple[dict[int, torch.Tensor], float]]
 
@@ -52,6 +52,11 @@ class FsourConfig(AttackConfig):
     budget: int | None = Field(None, ge=1, description="max forced (token, layer) pairs; None = no cap")
     layers: list[int] | None = Field(None, description="MoE layers the attacker may force; None = all")
     force_decode: bool = Field(False, description="also force routes at answer positions (searched on the target)")
+    forced_weights: Literal["router", "uniform"] = Field(
+        "router",
+        description="who mixes the forced experts: the router (the published attack) or uniform weights (an "
+        "attacker who also sets the mixing weights; measures a defense's reliance on them)",
+    )
     pairs_per_round: int = Field(6, ge=1, description="fast mode: most promising pairs evaluated per round")
     max_rows: int = Field(256, ge=1, description="most candidate routes scored in one forward (memory cap)")
     budget_strategy: Literal["greedy", "prune", "best"] = Field(
@@ -112,7 +117,14 @@ class RouteSearch:
         forced = {l: r for l, r in route.items() if (r >= 0).any()}
         if not forced:
             return []
-        return [ForcedRoute(forced, scope=self.scope, prompt_lengths=self.prompt_lengths.expand(rows))]
+        return [
+            ForcedRoute(
+                forced,
+                scope=self.scope,
+                prompt_lengths=self.prompt_lengths.expand(rows),
+                weights=self.config.forced_weights,
+            )
+        ]
 
     def _position_log_probs(self, logits: torch.Tensor, first_position: int) -> torch.Tensor:
         """(rows, sequence length): at position p, the log-prob of target token p + 1 that `logits`
@@ -277,7 +289,13 @@ class RouteSearch:
             return
         kept = (self.route, self.value)
         self._reset_route()
-        key = (self.seed, self.config.force_decode, tuple(self.layers), tuple(self.ids[0].tolist()))
+        key = (
+            self.seed,
+            self.config.force_decode,
+            self.config.forced_weights,
+            tuple(self.layers),
+            tuple(self.ids[0].tolist()),
+        )
         if self.uncapped is not None and key in self.uncapped:
             route, self.value = self.uncapped[key]
             self.route = {l: r.clone() for l, r in route.items()}
@@ -383,6 +401,7 @@ class RouteSearch:
             success=self.success,
             queries=self.sequences,
             budget={"max_pairs": self.config.budget, "layers": self.layers, "force_decode": self.config.force_decode},
+            weights=self.config.forced_weights,
         )
 
 

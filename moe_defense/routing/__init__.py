@@ -18,6 +18,7 @@ from moe_defense.routing.controller import controller_for
 from moe_defense.routing.interventions import (
     ExpertMask,
     ForcedRoute,
+    ForcedWeights,
     Intervention,
     LogitBias,
     RouterMask,
@@ -30,6 +31,7 @@ from moe_defense.routing.step import StepInfo
 __all__ = [
     "ExpertMask",
     "ForcedRoute",
+    "ForcedWeights",
     "Intervention",
     "LayerRoute",
     "LogitBias",

@@ -114,22 +114,48 @@ class ExpertMask(_TokenTableIntervention):
         super().__init__(tables, scope, prompt_lengths)
 
 
+ForcedWeights = Literal["router", "uniform"]
+
+
 class ForcedRoute(_TokenTableIntervention):
     """Force the top-k set per (layer, sequence, token): `routes[layer]` is long (B, T, k), -1 rows = unforced.
 
     All experts outside the forced set get -inf, so the architecture's own rule picks exactly the set
-    and mixes it with the router's own weights (as the published F-SOUR attack does).
+    and, with `weights="router"`, mixes it with the router's own weights (as the published F-SOUR attack
+    does). `weights="uniform"` also levels the forced experts' logits, so the router no longer sets how
+    they mix: the attacker of a stronger threat model, and the measure of how much of a router defense
+    acts through the mixing weights alone.
     """
 
     def __init__(
-        self, routes: Mapping[int, torch.Tensor], scope: Scope = "prefill", prompt_lengths: torch.Tensor | None = None
+        self,
+        routes: Mapping[int, torch.Tensor],
+        scope: Scope = "prefill",
+        prompt_lengths: torch.Tensor | None = None,
+        weights: ForcedWeights = "router",
     ):
+        if weights not in ("router", "uniform"):
+            raise RoutingError(f"forced route weights {weights!r} are not 'router' or 'uniform'.")
         self.routes = {
             layer: _as_batched("forced route", layer, torch.as_tensor(r)).long() for layer, r in routes.items()
         }
+        self.weights = weights
         super().__init__({}, scope, prompt_lengths)
 
+    def logit_delta(self, layer: int, step: StepInfo, logits: torch.Tensor) -> torch.Tensor | None:
+        delta = super().logit_delta(layer, step, logits)
+        if delta is None or self.weights == "router":
+            return delta
+        forced = torch.isinf(delta).any(-1, keepdim=True)  # positions where a set is forced (k < E)
+        own = logits.detach().reshape(delta.shape)  # the router sees (B*T, E); edits are (B, T, E)
+        return torch.where(forced, delta - own, delta)
+
     def bind(self, adapter: RouterAdapter) -> None:
+        if self.weights == "uniform" and adapter.scoring.startswith("sparsemixer"):
+            raise RoutingError(
+                f"uniform forced weights level the forced experts' logits; {adapter.model_type}'s {adapter.scoring} "
+                "weights are not a function of those alone, so they cannot be levelled this way."
+            )
         tables = {}
         for layer, route in self.routes.items():
             adapter.layer_of(layer)

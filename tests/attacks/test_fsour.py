@@ -108,3 +108,21 @@ def test_best_strategy_is_at_least_as_good_as_greedy(tiny_model):
         search.fast()
         values[strategy] = search.value
     assert values["best"] >= values["greedy"] - 1e-6
+
+
+def test_uniform_weight_search_scores_and_replays_with_uniform_weights(tiny_model):
+    """forced_weights="uniform": the search scores uniform-mixed routes, and the artifact replays them so."""
+    loaded = tiny_model("mixtral")
+    config = FsourConfig(candidates=4, budget=3, restarts=0, forced_weights="uniform")
+    attack = Fsour(config)
+    result = attack.run(loaded, [PROMPT], AttackContext(generation=GenerationConfig(max_new_tokens=4)))[0]
+    assert result.artifact.weights == "uniform" and result.artifact.num_forced_pairs <= 3
+    (route,) = attack.interventions(loaded, [result])
+    assert route.weights == "uniform"
+    problem = TargetProblem.build(loaded, PROMPT.text, "Sure, here is")
+    search = RouteSearch(loaded, problem, config, seed=0)
+    search.route[search.layers[0]][0, 1] = torch.arange(loaded.adapter.top_k)
+    router_weighted = RouteSearch(loaded, problem, config.model_copy(update={"forced_weights": "router"}), seed=0)
+    router_weighted.route[search.layers[0]][0, 1] = torch.arange(loaded.adapter.top_k)
+    # the same forced set scores differently once the router no longer mixes it
+    assert float(search._score_full(search.route)[0]) != float(router_weighted._score_full(router_weighted.route)[0])

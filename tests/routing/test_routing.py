@@ -349,3 +349,38 @@ def test_routes_forced_while_decoding_match_teacher_forcing(tiny, padded):
             logits = tiny.model(input_ids=sequence[None]).logits
         prompt_length = int(real.sum())
         assert torch.equal(logits[0, prompt_length - 1 : -1].argmax(-1), generated[row, width:])
+
+
+@torch.no_grad()
+def test_uniform_forced_weights_level_the_forced_experts_and_keep_the_set(tiny):
+    """weights="uniform": same experts as the router-weighted forcing, mixed with equal weights."""
+    adapter = tiny.adapter
+    batch = tiny.tokenizer([PROMPTS[0]] * 2, return_tensors="pt", padding=True)
+    generator = torch.Generator().manual_seed(4)
+    routes = {
+        layer: torch.rand(2, batch["input_ids"].shape[1], adapter.num_experts, generator=generator)
+        .topk(adapter.top_k, dim=-1)
+        .indices
+        for layer in adapter.moe_layers()
+    }
+    routes[adapter.moe_layers()[0]][:, 0] = -1  # one unforced token keeps the router's own weights
+    if adapter.scoring.startswith("sparsemixer"):  # PhiMoE: weights are not levelled by equal logits
+        with (
+            pytest.raises(RoutingError, match="cannot be levelled"),
+            intervene(tiny, ForcedRoute(routes, weights="uniform")),
+        ):
+            pass
+        return
+    traces = {}
+    for weights in ("router", "uniform"):
+        with intervene(tiny, ForcedRoute(routes, weights=weights)), record_routing(tiny) as recorder:
+            tiny.model(**batch)
+        traces[weights] = recorder.trace()
+    for layer, route in traces["uniform"].items():
+        assert torch.equal(route.indices.sort(-1).values, traces["router"][layer].indices.sort(-1).values)
+        forced = (routes[layer] >= 0).all(-1)
+        levelled = route.weights[forced]
+        torch.testing.assert_close(levelled, levelled[:, :1].expand_as(levelled), rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(route.weights[~forced], traces["router"][layer].weights[~forced])
+    with pytest.raises(RoutingError, match="router' or 'uniform"):
+        ForcedRoute(routes, weights="mean")
