@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from moe_defense.defenses import DefenseSpec
 from moe_defense.errors import ConfigError, describe_validation
 from moe_defense.pipeline import Harden
-from moe_defense.recipe import Recipe, load_recipe, resolve_path
+from moe_defense.recipe import Recipe, compose_defenses, load_recipe, merge, resolve_path
 from moe_defense.registry import validated
 from moe_defense.report import GRID_SUMMARY, UTILITY, write_grid_report
 from moe_defense.runner.process import ProcessInfo
@@ -51,23 +51,6 @@ class GridConfig(BaseModel):
     )
 
 
-def merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
-    """Recursive dict merge; override wins, lists are replaced."""
-    merged = dict(base)
-    for key, value in override.items():
-        merged[key] = (
-            merge(merged[key], value) if isinstance(value, dict) and isinstance(merged.get(key), dict) else value
-        )
-    return merged
-
-
-def _row_defenses(row: DefenseSpec | list[DefenseSpec], base: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The row's defenses, each one's args merged over the base recipe's args for the same defense."""
-    inherited = {spec["name"]: spec["args"] for spec in base}
-    specs = row if isinstance(row, list) else [row]
-    return [{"name": spec.name, "args": merge(inherited.get(spec.name, {}), spec.args)} for spec in specs]
-
-
 def load_grid(path: str | Path, reduced: bool = False) -> tuple[GridConfig, dict[tuple[str, int], Recipe]]:
     """The grid and every cell's recipe, all validated before any model loads."""
     path = resolve_path(str(path))
@@ -86,11 +69,11 @@ def load_grid(path: str | Path, reduced: bool = False) -> tuple[GridConfig, dict
             reduced_specs = [
                 validated(DefenseSpec, spec, f"grid {path}: reduced.defenses") for spec in grid.reduced["defenses"]
             ]
-            base["defenses"] = _row_defenses(reduced_specs, base["defenses"])
+            base["defenses"] = compose_defenses(reduced_specs, base["defenses"])
     cells = {}
     for name, row in grid.defenses.items():
         for seed in grid.seeds:
-            payload = {**base, "seed": seed, "defenses": _row_defenses(row, base["defenses"])}
+            payload = {**base, "seed": seed, "defenses": compose_defenses(row, base["defenses"])}
             try:
                 cells[(name, seed)] = Recipe.model_validate(payload)
             except ValidationError as error:

@@ -21,6 +21,7 @@ from moe_defense.errors import ConfigError
 from moe_defense.judges.factory import JudgeSpec
 from moe_defense.registry import validated
 from moe_defense.runner.generation import GenerationConfig
+from moe_defense.target import HardeningTarget
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -158,6 +159,11 @@ class Recipe(Strict):
         "b80", description="budget of the routes trained against (b80: the measured B80)"
     )
     verify: VerifyConfig = Field(default_factory=VerifyConfig, description="the attack suite, before and after")
+    target: HardeningTarget | None = Field(
+        None,
+        description="harden to a target: climb target.rungs (smallest patch first) until the adaptive verification "
+        "meets it; null: apply `defenses` once",
+    )
     deepspeed: str | None = Field(
         None, description="DeepSpeed config JSON (e.g. train/ds/zero2.json); null: plain Trainer"
     )
@@ -178,6 +184,14 @@ class Recipe(Strict):
         if self.over_refusal_judge not in names:
             raise ValueError(f"over_refusal_judge {self.over_refusal_judge!r} is not one of the judges {names}")
         check_composition(self.defenses)
+        if self.target is not None:
+            if self.verify.curve is None:
+                raise ValueError("target needs a budget sweep in verify.attacks (its ASR is read off the curve)")
+            for name, rung in self.target.rungs.items():
+                try:
+                    check_composition(rung)
+                except ValueError as error:
+                    raise ValueError(f"target.rungs.{name}: {error}") from error
         if self.verify.curve is None:
             if self.train_budget == "b80":
                 raise ValueError(
@@ -197,6 +211,24 @@ class Recipe(Strict):
     @property
     def training_defense(self) -> DefenseSpec | None:
         return next((spec for spec in self.defenses if spec.component_class().trains), None)
+
+
+def merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """Recursive dict merge; override wins, lists are replaced."""
+    merged = dict(base)
+    for key, value in override.items():
+        merged[key] = (
+            merge(merged[key], value) if isinstance(value, dict) and isinstance(merged.get(key), dict) else value
+        )
+    return merged
+
+
+def compose_defenses(row: DefenseSpec | list[DefenseSpec], base: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A grid row's or ladder rung's defenses, each one's args merged over the base recipe's args for the same
+    defense (so a row states only what it changes)."""
+    inherited = {spec["name"]: spec["args"] for spec in base}
+    specs = row if isinstance(row, list) else [row]
+    return [{"name": spec.name, "args": merge(inherited.get(spec.name, {}), spec.args)} for spec in specs]
 
 
 def resolve_path(path: str) -> Path:

@@ -418,3 +418,61 @@ def render(directory: Path) -> Path:
         f"{directory} is neither a harden run (summary.json from `moe-defense harden`) nor an ablation grid "
         f"({GRID_SUMMARY})."
     )
+
+
+def _criterion(criterion: dict[str, Any]) -> str:
+    mark = "yes" if criterion["met"] else "no"
+    return f"{fmt(criterion['value'])} (<= {criterion['limit']}: {mark})"
+
+
+def ladder_report(out: Path, ladder: dict[str, Any]) -> Path:
+    """report.md + report.html of a harden run with a target: every rung tried against it, then what to ship."""
+    target = ladder["target"]
+    lines = [
+        "# Hardening to a target",
+        "",
+        f"- target: adaptive ASR <= {target['asr']} at budget {target['budget']}, benign-compliance drop <= "
+        f"{target['max_compliance_drop']}, over-refusal rise <= {target['max_over_refusal_rise']} (decided by the "
+        f"{target['decide_by'].replace('_', ' ')})",
+        "",
+        "| rung | trainable | ASR at budget | compliance drop | over-refusal rise | median minimal budget | met "
+        "| run |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for rung in ladder["rungs_tried"]:
+        c = rung["criteria"]
+        medians = rung["minimal_budget_median"]
+        at = "no cap" if c["asr"]["at"] is None else c["asr"]["at"]
+        lines.append(
+            f"| {rung['rung']} | {rung['trainable']} | {_criterion(c['asr'])} @ {at} "
+            f"| {_criterion(c['compliance_drop'])} | {_criterion(c['over_refusal_rise'])} "
+            f"| {_budget_value(medians['original'])} -> "
+            f"{_budget_value(medians['hardened'])} | **{'yes' if rung['met'] else 'no'}** | "
+            f"[report](rungs/{rung['rung']}/report.md) |"
+        )
+    notes = [f"- {r['rung']}: {r['note']}" for r in ladder["rungs_tried"] if r["note"]]
+    lines += ["", *notes]
+    if ladder["rungs_not_tried"]:
+        lines.append(f"- not tried (a smaller rung met the target): {', '.join(ladder['rungs_not_tried'])}")
+    ship = ladder["ship"]
+    if ship is None:
+        lines.append(
+            "- **no rung met the target**: nothing to ship at this target; each rung's report shows its figures"
+        )
+    else:
+        where = (
+            "apply it to the base checkpoint (`router_patch.safetensors`, fingerprint-checked); servers that load "
+            "plain checkpoints (vLLM, llama.cpp) take the rung's hardened_model/"
+            if ship["kind"] == "router patch"
+            else "ship the rung's hardened_model/ (a plain transformers checkpoint)"
+        )
+        lines.append(
+            f"- **chosen: {ladder['chosen']}** — {ship['kind']}, {100 * (ship['changed_fraction'] or 0):.3f}% of the "
+            f"model's parameters changed; {where}"
+            + ("; its route guard must run at inference" if ship["needs_route_guard_at_inference"] else "")
+        )
+    text = "\n".join(lines) + "\n"
+    path = out / "report.md"
+    atomic_write(path, text)
+    atomic_write(out / "report.html", markdown_to_html(text, out, "moe-defense: hardening to a target"))
+    return path

@@ -80,6 +80,8 @@ def _harden(args: argparse.Namespace) -> int:
 
     info = process_info()
     out = Path(args.out) if args.out else info.broadcast(default_out_dir(args.verb))
+    if recipe.target is not None:
+        return _climb(recipe, out, info, args.resume)
     summary = Harden(recipe, out, info=info, resume=args.resume).run()
     if info.is_main:
         print(headline_table(summary))
@@ -96,6 +98,22 @@ def _harden(args: argparse.Namespace) -> int:
             )
         print(f"changed tensors: {summary['router_params_changed']} router, {summary['other_params_changed']} other")
         print(f"run directory: {out}  (report.md, summary.json and the defense's files)")
+    return 0
+
+
+def _climb(recipe, out, info, resume: bool) -> int:
+    from moe_defense.ladder import climb
+
+    ladder = climb(recipe, out, info=info, resume=resume)
+    if info.is_main:
+        for rung in ladder["rungs_tried"]:
+            figures = ", ".join(f"{name} {c['value']} (<= {c['limit']})" for name, c in rung["criteria"].items())
+            print(f"rung {rung['rung']}: {'met' if rung['met'] else 'not met'}: {figures}")
+        if ladder["chosen"] is None:
+            print("no rung met the target")
+        else:
+            print(f"chosen: {ladder['chosen']}; ship {ladder['ship']['artifact']} ({ladder['ship']['kind']})")
+        print(f"run directory: {out}  (report.md, ladder.json, rungs/)")
     return 0
 
 

@@ -49,6 +49,8 @@ def tensor_diff(
         rows.append(row)
     return {
         "tensors": len(after),
+        "elements": sum(tensor.numel() for tensor in state.values()),  # the patch's size is a fraction of this
+        "changed_elements": sum(state[name].numel() for name in changed),
         "router_params_changed": sum(r["router"] for r in rows),
         "other_params_changed": sum(not r["router"] for r in rows),
         "changed": rows,

@@ -95,5 +95,6 @@ class RouterHardening(Defense[HardeningConfig]):
             "router_params_changed": diff["router_params_changed"],
             "other_params_changed": diff["other_params_changed"],
             "router_patch_bytes": (out / ROUTER_PATCH).stat().st_size,
+            "changed_fraction": round(diff["changed_elements"] / max(1, diff["elements"]), 6),
         }
         return Defended(loaded, facts)

@@ -82,9 +82,7 @@ def test_new_terms_are_computed_and_train_only_routers(tmp_path):
 def test_curriculum_walks_its_budgets_in_order_over_the_refreshes():
     loaded = build_tiny("mixtral", seed=4)
     search = FsourConfig(budget=8)
-    refresh = RouteRefresh(
-        loaded, [], RoutePool(1), search, 10, 1, INFO, curriculum=[2, 4, 8, None], total_refreshes=7
-    )
+    refresh = RouteRefresh(loaded, [], RoutePool(1), search, 10, 1, INFO, curriculum=[2, 4, 8, None], total_refreshes=7)
     assert [refresh.budget(i) for i in range(8)] == [2, 2, 4, 4, 8, 8, None, None]
     plain = RouteRefresh(loaded, [], RoutePool(1), search, 10, 1, INFO)
     assert plain.budget(5) == 8  # no curriculum: the training budget
