@@ -153,8 +153,10 @@ def aggregate(out: Path, grid: GridConfig) -> dict[str, Any]:
         curves[name] = {
             b: over_runs([s["asr_vs_budget"]["hardened"].get(b) for s in summaries]) for b in budgets_labels
         }
+    minimal = {name: [_minimal(s, "hardened") for s in summaries] for name, summaries in summaries_by_defense.items()}
     summary = {
         "cells_missing": missing,
+        "minimal_budget": {"original": [_minimal(s, "original") for s in originals], **minimal},
         "defenses": list(matrix),
         "attacks": attacks,
         "original": {a: over_runs([s["phases"]["original"].get(a) for s in originals]) for a in attacks},
@@ -175,6 +177,14 @@ def aggregate(out: Path, grid: GridConfig) -> dict[str, Any]:
     atomic_write(out / GRID_SUMMARY, json.dumps(summary, indent=2) + "\n")
     write_grid_report(out, summary)
     return summary
+
+
+def _minimal(summary: dict[str, Any], phase: str) -> dict[str, Any] | None:
+    """One run's median minimal budget (with its interval, n and never-flipped count), per seed."""
+    robustness = (summary.get("minimal_budget") or {}).get(phase)
+    if not robustness:
+        return None
+    return {key: robustness[key] for key in ("median", "median_ci95", "n", "unflipped")}
 
 
 def _utility_row(summary: dict[str, Any], phase: str, key: str) -> dict[str, Any]:

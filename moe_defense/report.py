@@ -364,6 +364,26 @@ def plot_grid_curves(summary: dict[str, Any], path: Path) -> None:
     _save(figure, path)
 
 
+def _grid_minimal_table(summary: dict[str, Any]) -> list[str]:
+    """Median minimal budget per defense and seed (inf: no verified search flipped half the prompts)."""
+    minimal = summary.get("minimal_budget") or {}
+    if not any(run for runs in minimal.values() for run in runs):
+        return []
+
+    def cell(run: dict[str, Any] | None) -> str:
+        if run is None:
+            return "-"
+        ci = run["median_ci95"]
+        interval = f" [{_budget_value(ci[0])}, {_budget_value(ci[1])}]" if ci else ""
+        return f"{_budget_value(run['median'])}{interval} n={run['n']}, {run['unflipped']} never flipped"
+
+    lines = ["| defense | median minimal budget per seed (95% order-statistic interval) |", "| --- | --- |"]
+    for name, runs in minimal.items():
+        label = "original (no defense)" if name == "original" else name
+        lines.append(f"| {label} | " + "; ".join(cell(run) for run in runs) + " |")
+    return [*lines, ""]
+
+
 def write_grid_report(out: Path, summary: dict[str, Any]) -> Path:
     """report.md / report.html of an ablation grid: matrix, intervals, curves, utility beside safety."""
     lines = ["# Ablation grid: defense x attack", ""]
@@ -393,6 +413,7 @@ def write_grid_report(out: Path, summary: dict[str, Any]) -> Path:
             f"ASR by the {summary['judge']} judge: mean over seeds [95% interval: Student t over seeds, Wilson over "
             "prompts with one seed]; n/a: nothing scored; attacks re-optimised on each defended model.",
             "",
+            *_grid_minimal_table(summary),
         ]
         plot_grid_matrix(summary, out / "grid_matrix.png")
         plot_grid_bars(summary, out / "grid_asr_bars.png")
