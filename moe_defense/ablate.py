@@ -46,6 +46,9 @@ class GridConfig(BaseModel):
     verify: dict[str, Any] = Field(
         default_factory=dict, description="VerifyConfig fields replacing the recipe's (the attacks)"
     )
+    data: dict[str, Any] = Field(
+        default_factory=dict, description="RecipeData fields replacing the recipe's (e.g. more held-out prompts)"
+    )
     reduced: dict[str, Any] = Field(
         default_factory=dict, description="recipe overrides applied with --reduced (CI-sized grid)"
     )
@@ -63,6 +66,7 @@ def load_grid(path: str | Path, reduced: bool = False) -> tuple[GridConfig, dict
     grid = validated(GridConfig, payload, f"grid {path}")
     base = load_recipe(grid.recipe).model_dump(mode="json")
     base["verify"] = merge(base["verify"], grid.verify)
+    base["data"] = merge(base["data"], grid.data)
     if reduced:  # last: the CI-sized settings win; its defenses, like grid rows, merge their args over the base's
         base = merge(base, {k: v for k, v in grid.reduced.items() if k != "defenses"})
         if "defenses" in grid.reduced:

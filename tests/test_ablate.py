@@ -52,6 +52,15 @@ def test_demo_grid_validates_every_cell():
     assert [d.name for d in cells[("hardening+route-disabling", 0)].defenses] == ["router-hardening", "route-disabling"]
 
 
+def test_grid_data_overrides_the_recipe_data_and_reduced_wins(tmp_path):
+    held_out = {"harmful_eval": {"name": "demo-harmful", "split": "test", "limit": 32}}
+    grid, cells = load_grid(_grid(tmp_path, data=held_out))
+    assert all(recipe.data.harmful_eval.limit == 32 for recipe in cells.values())
+    assert all(recipe.data.benign_eval.name == "demo-benign" for recipe in cells.values())  # the rest inherited
+    _, reduced = load_grid(_grid(tmp_path, data=held_out), reduced=True)
+    assert all(recipe.data.harmful_eval.limit == 4 for recipe in reduced.values())
+
+
 @pytest.mark.parametrize(
     ("changes", "named"),
     [

@@ -52,6 +52,11 @@ class FsourConfig(AttackConfig):
     budget: int | None = Field(None, ge=1, description="max forced (token, layer) pairs; None = no cap")
     layers: list[int] | None = Field(None, description="MoE layers the attacker may force; None = all")
     force_decode: bool = Field(False, description="also force routes at answer positions (searched on the target)")
+    target_suffix: str = Field(
+        "",
+        description="appended to every prompt's target (e.g. ' : step one ,'): with force_decode the route also covers "
+        "the answer positions after the affirmative opening, where a model could still recover into a refusal",
+    )
     forced_weights: Literal["router", "uniform"] = Field(
         "router",
         description="who mixes the forced experts: the router (the published attack) or uniform weights (an "
@@ -418,7 +423,7 @@ class Fsour(Attack[FsourConfig]):
     def search(
         self, loaded: LoadedModel, prompt: Prompt, seed: int, uncapped: UncappedRoutes | None = None
     ) -> RouteSearch:
-        problem = TargetProblem.build(loaded, prompt.text, prompt_target(prompt))
+        problem = TargetProblem.build(loaded, prompt.text, prompt_target(prompt) + self.config.target_suffix)
         search = RouteSearch(loaded, problem, self.config, seed, uncapped)
         search.reference() if self.config.mode == "reference" else search.fast()
         return search

@@ -126,3 +126,14 @@ def test_uniform_weight_search_scores_and_replays_with_uniform_weights(tiny_mode
     router_weighted.route[search.layers[0]][0, 1] = torch.arange(loaded.adapter.top_k)
     # the same forced set scores differently once the router no longer mixes it
     assert float(search._score_full(search.route)[0]) != float(router_weighted._score_full(router_weighted.route)[0])
+
+
+def test_target_suffix_lengthens_the_forced_answer_span(tiny_model):
+    """A suffix after the prompt's own target: with force_decode the route may cover those positions too."""
+    loaded = tiny_model("mixtral")
+    config = FsourConfig(candidates=2, budget=1, restarts=0, force_decode=True)
+    plain = Fsour(config).search(loaded, PROMPT, seed=0)
+    longer = Fsour(config.model_copy(update={"target_suffix": " : step one ,"})).search(loaded, PROMPT, seed=0)
+    suffix = loaded.tokenizer(" : step one ,", add_special_tokens=False).input_ids
+    assert longer.span == plain.span + len(suffix)
+    assert longer.problem.target_ids[: plain.problem.target_ids.numel()].tolist() == plain.problem.target_ids.tolist()
