@@ -36,12 +36,23 @@ def rung_recipes(recipe: Recipe) -> dict[str, Recipe]:
 
 
 def shipped(summary: dict[str, Any], directory: Path) -> dict[str, Any]:
-    """What to ship from a rung: the router patch when only routers changed, else the whole checkpoint."""
+    """What to ship from a rung: the router patch when only routers changed, the router patch and the expert
+    adapter for routers+expert-lora, else the whole checkpoint."""
     router_only = summary["other_params_changed"] == 0 and summary["router_params_changed"] > 0
     guard = summary.get("route_guard") is not None or summary.get("route_reviewers", 0) > 0
+    if summary["trainable"] == "routers+expert-lora":
+        artifact, kind = (
+            f"{directory / 'router_patch.safetensors'} + {directory / 'train' / 'expert_lora'}",
+            ("router patch + expert LoRA adapter"),
+        )
+    elif router_only:
+        artifact, kind = str(directory / "router_patch.safetensors"), "router patch"
+    else:
+        artifact, kind = str(directory / "hardened_model"), "full checkpoint"
     return {
-        "artifact": str(directory / ("router_patch.safetensors" if router_only else "hardened_model")),
-        "kind": "router patch" if router_only else "full checkpoint",
+        "artifact": artifact,
+        "kind": kind,
+        "expert_lora_bytes": summary.get("expert_lora_bytes", 0),
         "changed_fraction": summary.get("changed_fraction"),
         "router_patch_bytes": summary.get("router_patch_bytes"),
         "needs_route_guard_at_inference": guard,

@@ -481,12 +481,13 @@ def ladder_report(out: Path, ladder: dict[str, Any]) -> Path:
             "- **no rung met the target**: nothing to ship at this target; each rung's report shows its figures"
         )
     else:
-        where = (
-            "apply it to the base checkpoint (`router_patch.safetensors`, fingerprint-checked); servers that load "
-            "plain checkpoints (vLLM, llama.cpp) take the rung's hardened_model/"
-            if ship["kind"] == "router patch"
-            else "ship the rung's hardened_model/ (a plain transformers checkpoint)"
-        )
+        where = {
+            "router patch": "apply it to the base checkpoint (`router_patch.safetensors`, fingerprint-checked); "
+            "servers that load plain checkpoints (vLLM, llama.cpp) take the rung's hardened_model/",
+            "router patch + expert LoRA adapter": f"the router patch plus the expert adapter "
+            f"({ship['expert_lora_bytes']} bytes, PEFT format, on the router-patched base), or the rung's merged "
+            "hardened_model/ for servers that load plain checkpoints",
+        }.get(ship["kind"], "ship the rung's hardened_model/ (a plain transformers checkpoint)")
         lines.append(
             f"- **chosen: {ladder['chosen']}** — {ship['kind']}, {100 * (ship['changed_fraction'] or 0):.3f}% of the "
             f"model's parameters changed; {where}"

@@ -3,9 +3,9 @@
     target: {asr: 0.1, budget: b80, max_compliance_drop: 0.03, max_over_refusal_rise: 0.03}
 
 A rung is a defense composition, from the smallest patch to the largest: router-only, router-only
-with a route guard, routers with the experts, all parameters. `harden` verifies each rung with the
-adaptive suite and stops at the first whose verification meets the target, so the patch it ships
-is the smallest one that was measured to hold.
+with a route guard, routers with LoRA on the experts, routers with the experts, all parameters.
+`harden` verifies each rung with the adaptive suite and stops at the first whose verification meets
+the target, so the patch it ships is the smallest one that was measured to hold.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ DEFAULT_RUNGS: dict[str, list[dict[str, Any]]] = {
         {"name": "router-hardening", "args": {"trainable": "routers"}},
         {"name": "route-disabling"},
     ],
+    "routers+expert-lora": [{"name": "router-hardening", "args": {"trainable": "routers+expert-lora"}}],
     "routers+experts": [{"name": "router-hardening", "args": {"trainable": "routers+experts"}}],
     "all-parameters": [{"name": "router-hardening", "args": {"trainable": "all"}}],
 }

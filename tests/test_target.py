@@ -78,7 +78,7 @@ def _target_recipe(tmp_path: Path, **target) -> Path:
 
 def test_ladder_stops_at_the_first_rung_that_meets_the_target(tmp_path, monkeypatch):
     figures = {"router-only": _summary(0.5, 0.9, 0.95, 0.1), "router-only+route-guard": _summary(0.3, 0.9, 1.0, 0.05)}
-    figures["routers+experts"] = _summary(0.06, 0.1, 0.99, 0.06, trainable="routers+experts")
+    figures["routers+expert-lora"] = _summary(0.06, 0.1, 0.99, 0.06, trainable="routers+expert-lora")
     ran = []
 
     class FakeHarden:
@@ -95,15 +95,16 @@ def test_ladder_stops_at_the_first_rung_that_meets_the_target(tmp_path, monkeypa
     monkeypatch.setattr(ladder_module, "Harden", FakeHarden)
     recipe = load_recipe(_target_recipe(tmp_path, asr=0.1))
     result = ladder_module.climb(recipe, tmp_path / "run", info=INFO, progress=False)
-    assert ran == ["router-only", "router-only+route-guard", "routers+experts"]
-    assert result["chosen"] == "routers+experts" and result["rungs_not_tried"] == ["all-parameters"]
+    assert ran == ["router-only", "router-only+route-guard", "routers+expert-lora"]
+    assert result["chosen"] == "routers+expert-lora"
+    assert result["rungs_not_tried"] == ["routers+experts", "all-parameters"]
     assert [r["met"] for r in result["rungs_tried"]] == [False, False, True]
-    assert result["ship"]["kind"] == "full checkpoint"
+    assert result["ship"]["kind"] == "router patch + expert LoRA adapter"
     report = (tmp_path / "run" / "report.md").read_text()
-    assert "chosen: routers+experts" in report and "rungs/router-only/report.md" in report
+    assert "chosen: routers+expert-lora" in report and "rungs/router-only/report.md" in report
     ran.clear()  # a resumed climb reads finished rungs instead of rerunning them
     again = ladder_module.climb(recipe, tmp_path / "run", info=INFO, resume=True, progress=False)
-    assert ran == [] and again["chosen"] == "routers+experts"
+    assert ran == [] and again["chosen"] == "routers+expert-lora"
 
 
 def test_rung_defenses_merge_over_the_recipe_and_bad_rungs_fail_at_validation(tmp_path):

@@ -1,7 +1,8 @@
 """`router-hardening`: router-only adversarial fine-tuning as a defense stage (train, checkpoint, resume).
 
 Files in the run directory:
-    train/                      Trainer checkpoints, route_pool.jsonl, train.json (written last: training finished)
+    train/                      Trainer checkpoints, route_pool.jsonl, train.json (written last: training finished),
+                                expert_lora/ (trainable routers+expert-lora: the expert adapter, PEFT format)
     hardened_model/             the hardened checkpoint (plain transformers, safetensors)
     router_patch.safetensors    only the router tensors, with the base model's fingerprint
     tensor_diff.json            which tensors changed, by how much (proves router-only)
@@ -12,11 +13,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from pathlib import Path
 
 from moe_defense.attacks.rosais import rosais
 from moe_defense.defenses.base import Defended, Defense, DefenseContext, register_defense
 from moe_defense.defenses.checkpoint import ROUTER_PATCH, save_hardened, save_router_patch, tensor_diff, tensor_digests
 from moe_defense.defenses.examples import own_answers, own_refusals
+from moe_defense.defenses.lora import EXPERT_LORA
 from moe_defense.defenses.trainer import HardeningConfig, train_routers
 from moe_defense.models.loading import LoadedModel, load_pretrained
 from moe_defense.models.params import trainable_parameters
@@ -25,6 +28,11 @@ from moe_defense.runner.rundir import atomic_write
 HARDENED_MODEL = "hardened_model"
 TRAIN_FACTS = "train.json"
 ROSAIS_PROMPTS = 32  # harmful training prompts RoSais ranks the routers of the mask_refusal term on
+
+
+def _size(directory: Path) -> int:
+    """Bytes of the files under `directory` (0 when it does not exist)."""
+    return sum(path.stat().st_size for path in directory.rglob("*") if path.is_file()) if directory.is_dir() else 0
 
 
 @register_defense
@@ -96,5 +104,6 @@ class RouterHardening(Defense[HardeningConfig]):
             "other_params_changed": diff["other_params_changed"],
             "router_patch_bytes": (out / ROUTER_PATCH).stat().st_size,
             "changed_fraction": round(diff["changed_elements"] / max(1, diff["elements"]), 6),
+            "expert_lora_bytes": _size(out / "train" / EXPERT_LORA),
         }
         return Defended(loaded, facts)

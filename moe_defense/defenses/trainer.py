@@ -18,6 +18,7 @@ from typing import Any, Literal
 
 import torch
 from datasets import Dataset
+from peft import PeftModel
 from pydantic import Field
 from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_utils import get_last_checkpoint
@@ -27,6 +28,14 @@ from moe_defense.attacks.fsour import FsourConfig
 from moe_defense.defenses.base import DefenseConfig
 from moe_defense.defenses.checkpoint import tensor_digest
 from moe_defense.defenses.examples import TrainingSequence, collate, recovery_sequences
+from moe_defense.defenses.lora import (
+    EXPERT_LORA,
+    adapter_numbers,
+    attach_expert_lora,
+    merge_expert_lora,
+    restore_checkpoint_state,
+    save_checkpoint_state,
+)
 from moe_defense.defenses.objective import HardeningObjective, HarmfulBatch, LossWeights, Reference
 from moe_defense.defenses.routes import RoutePool, search_routes
 from moe_defense.errors import ConfigError
@@ -47,8 +56,11 @@ class HardeningConfig(DefenseConfig):
     """How the routers are trained: steps, batch, which tensors, loss terms, adversarial refresh."""
 
     trainable: TrainableScope = Field(
-        "routers", description="tensors that train: routers (the product), routers+experts, all"
+        "routers",
+        description="tensors that train: routers (the product), routers+expert-lora (PEFT LoRA on the routed "
+        "experts), routers+experts, all",
     )
+    lora_rank: int = Field(8, ge=1, description="rank of the expert LoRA factors (trainable: routers+expert-lora)")
     steps: int = Field(120, ge=1, description="optimiser steps")
     batch_size: int = Field(16, ge=1, description="harmful and benign sequences per device per step (each)")
     learning_rate: float = Field(1e-2, gt=0, description="peak learning rate (cosine decay, 5% warm-up)")
@@ -210,11 +222,17 @@ class HardeningState(TrainerCallback):
         self.pool = pool
         self.info = info
 
+    @property
+    def lora(self) -> bool:
+        return isinstance(self.trainer.model, PeftModel)
+
     def on_save(self, args, state, control, **kwargs):
         version, internal, gauss = self.trainer.rng.getstate()
         payload = {"rng": [version, list(internal), gauss], "pool_records": self.pool.records}
-        path = Path(args.output_dir) / f"checkpoint-{state.global_step}" / HARDENING_STATE.format(rank=self.info.rank)
-        path.write_text(json.dumps(payload))
+        checkpoint = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        (checkpoint / HARDENING_STATE.format(rank=self.info.rank)).write_text(json.dumps(payload))
+        if self.lora and self.info.is_main:
+            save_checkpoint_state(self.trainer.model, self.trainer.loaded, checkpoint)
 
     def restore(self, checkpoint: str) -> None:
         path = Path(checkpoint) / HARDENING_STATE.format(rank=self.info.rank)
@@ -226,7 +244,9 @@ class HardeningState(TrainerCallback):
         version, internal, gauss = payload["rng"]
         self.trainer.rng.setstate((version, tuple(internal), gauss))
         self.pool.truncate(payload["pool_records"])
-        if not self.trainer.is_deepspeed_enabled:  # DeepSpeed restores its engine's own checkpoint
+        if self.lora:
+            restore_checkpoint_state(self.trainer.model, self.trainer.loaded, Path(checkpoint))
+        elif not self.trainer.is_deepspeed_enabled:  # DeepSpeed restores its engine's own checkpoint
             self._restore_weights(checkpoint)
 
     def _restore_weights(self, checkpoint: str) -> None:
@@ -281,6 +301,8 @@ def train_routers(
     started = time.perf_counter()
     reference = Reference(loaded, config.trainable)
     set_trainable(loaded.model, config.trainable)
+    lora = config.trainable == "routers+expert-lora"
+    model = attach_expert_lora(loaded, config.lora_rank) if lora else loaded.model
     pool_path = out_dir / ROUTE_POOL
     checkpoint = get_last_checkpoint(str(out_dir / "trainer")) if resume and (out_dir / "trainer").exists() else None
     if checkpoint is None and info.is_main:
@@ -306,7 +328,7 @@ def train_routers(
     initial_seconds = time.perf_counter() - started
     rows = Dataset.from_dict({"row": list(range(max(len(harmful), len(benign))))})
     trainer = HardeningTrainer(
-        model=loaded.model,
+        model=model,
         args=training_arguments(config, out_dir / "trainer", deepspeed),
         train_dataset=rows,
         data_collator=lambda features: {"row": torch.tensor([f["row"] for f in features])},
@@ -325,6 +347,9 @@ def train_routers(
     if checkpoint is not None:
         state.restore(checkpoint)
     trainer.train(resume_from_checkpoint=checkpoint)
+    lora_numbers = adapter_numbers(model) if lora else 0
+    if lora:  # the factors merge into the expert weights: loaded.model is a plain model again
+        merge_expert_lora(model, out_dir / EXPERT_LORA if info.is_main else None)
     loaded.model.eval()
     for parameter in loaded.model.parameters():
         parameter.requires_grad_(False)
@@ -338,6 +363,7 @@ def train_routers(
         "refreshes": refresh.refreshes,
         "refresh_seconds": round(refresh.seconds, 1),
         "routes_in_pool": len(pool),
+        "expert_lora_numbers": lora_numbers,  # trained LoRA factor entries (0 without expert LoRA)
         "world_size": info.world,
         "router_digest_per_rank": digests,  # equal on every rank: data-parallel replicas stayed in sync
         "log": history,

@@ -9,26 +9,28 @@ from torch import nn
 from moe_defense.models.adapters import adapter_for
 from moe_defense.models.loading import LoadedModel
 
-TrainableScope = Literal["routers", "routers+experts", "experts", "all"]
+TrainableScope = Literal["routers", "routers+expert-lora", "routers+experts", "experts", "all"]
 EXPERT_MARKER = ".experts."  # every supported architecture keeps routed experts under `...mlp.experts.`
 
 
 def trainable_parameters(model: nn.Module, scope: TrainableScope) -> dict[str, nn.Parameter]:
-    """The parameters `scope` names, by full name (routers: weight, and bias where the router has one)."""
+    """The parameters `scope` may change, by full name (routers: weight, and bias where the router has one;
+    routers+expert-lora: the routers and, once the LoRA update is merged, the routed experts)."""
     named = dict(model.named_parameters())
     if scope == "all":
         return named
     chosen: dict[str, nn.Parameter] = {}
-    if scope in ("routers", "routers+experts"):
+    if scope in ("routers", "routers+experts", "routers+expert-lora"):
         chosen.update(adapter_for(model.config).router_parameters(model))
-    if scope in ("experts", "routers+experts"):
+    if scope in ("experts", "routers+experts", "routers+expert-lora"):
         chosen.update({name: p for name, p in named.items() if EXPERT_MARKER in name})
     return chosen
 
 
 def set_trainable(model: nn.Module, scope: TrainableScope) -> dict[str, nn.Parameter]:
-    """Set `requires_grad` on the parameters of `scope` only; return them by name."""
-    chosen = trainable_parameters(model, scope)
+    """Set `requires_grad` on the parameters of `scope` only; return them by name. The experts of
+    routers+expert-lora train through LoRA factors (`defenses/lora.py`), never directly: routers only here."""
+    chosen = trainable_parameters(model, "routers" if scope == "routers+expert-lora" else scope)
     keep = {id(p) for p in chosen.values()}
     for parameter in model.parameters():
         parameter.requires_grad_(id(parameter) in keep)
