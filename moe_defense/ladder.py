@@ -54,6 +54,7 @@ def shipped(summary: dict[str, Any], directory: Path) -> dict[str, Any]:
         "kind": kind,
         "expert_lora_bytes": summary.get("expert_lora_bytes", 0),
         "changed_fraction": summary.get("changed_fraction"),
+        "patch_fraction": summary.get("patch_fraction", summary.get("changed_fraction")),
         "router_patch_bytes": summary.get("router_patch_bytes"),
         "needs_route_guard_at_inference": guard,
     }

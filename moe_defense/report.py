@@ -490,8 +490,8 @@ def ladder_report(out: Path, ladder: dict[str, Any]) -> Path:
         }.get(ship["kind"], "ship the rung's hardened_model/ (a plain transformers checkpoint)")
         lines.append(
             f"- **chosen: {ladder['chosen']}** — {ship['kind']}, {100 * (ship['changed_fraction'] or 0):.3f}% of the "
-            f"model's parameters changed; {where}"
-            + ("; its route guard must run at inference" if ship["needs_route_guard_at_inference"] else "")
+            f"model's parameters changed, the patch holds {100 * (ship['patch_fraction'] or 0):.3f}% of its size; "
+            f"{where}" + ("; its route guard must run at inference" if ship["needs_route_guard_at_inference"] else "")
         )
     text = "\n".join(lines) + "\n"
     path = out / "report.md"

@@ -77,6 +77,7 @@ def harden_summary(
         "other_params_changed": facts.get("other_params_changed", 0),
         "router_patch_bytes": facts.get("router_patch_bytes", 0),
         "changed_fraction": facts.get("changed_fraction", 0.0),
+        "patch_fraction": facts.get("patch_fraction", facts.get("changed_fraction", 0.0)),  # shipped patch / model
         "expert_lora_bytes": facts.get("expert_lora_bytes", 0),  # changed elements / all elements of the model
         "training": facts.get("training", {"steps": 0, "seconds": 0.0, "refreshes": 0, "routes_in_pool": 0}),
         "route_guard": facts.get("route_guard"),

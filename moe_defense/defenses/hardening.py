@@ -104,6 +104,17 @@ class RouterHardening(Defense[HardeningConfig]):
             "other_params_changed": diff["other_params_changed"],
             "router_patch_bytes": (out / ROUTER_PATCH).stat().st_size,
             "changed_fraction": round(diff["changed_elements"] / max(1, diff["elements"]), 6),
+            # what the shipped patch carries, per model element: a LoRA patch holds factors, not the merged experts
+            "patch_fraction": round(
+                (
+                    sum(p.numel() for p in loaded.adapter.router_parameters(loaded.model).values())
+                    + training.get("expert_lora_numbers", 0)
+                    if config.trainable == "routers+expert-lora"
+                    else diff["changed_elements"]
+                )
+                / max(1, diff["elements"]),
+                6,
+            ),
             "expert_lora_bytes": _size(out / "train" / EXPERT_LORA),
         }
         return Defended(loaded, facts)
