@@ -8,26 +8,10 @@ import torch
 from transformers import TrainerCallback
 
 from moe_defense.attacks.fsour import FsourConfig
-from moe_defense.data.prompts import Prompt
-from moe_defense.defenses.examples import TrainingSequence
 from moe_defense.defenses.lora import EXPERT_LORA, expert_targets
 from moe_defense.defenses.trainer import HardeningConfig, train_routers
 from moe_defense.models import build_tiny
-from moe_defense.runner.process import ProcessInfo
-
-INFO = ProcessInfo(rank=0, world=1, device=None)
-
-
-def _sequences(n: int, prefix: str, seed: int) -> list[TrainingSequence]:
-    generator = torch.Generator().manual_seed(seed)
-    return [
-        TrainingSequence(
-            Prompt(id=f"{prefix}-{i}", text=f"{prefix} {i}", metadata={"target": "Sure"}),
-            torch.randint(3, 200, (6,), generator=generator),
-            torch.randint(3, 200, (5,), generator=generator),
-        )
-        for i in range(n)
-    ]
+from tests.defenses.sequences import INFO, random_sequences
 
 
 def _config(**changes) -> HardeningConfig:
@@ -49,7 +33,14 @@ def _config(**changes) -> HardeningConfig:
 def test_expert_lora_changes_routers_and_experts_only_and_saves_a_peft_adapter(model_type, tmp_path):
     loaded = build_tiny(model_type, seed=1)
     before = {n: t.clone() for n, t in loaded.model.state_dict().items()}
-    facts = train_routers(loaded, _sequences(4, "harm", 0), _sequences(4, "benign", 1), _config(), tmp_path, info=INFO)
+    facts = train_routers(
+        loaded,
+        random_sequences(4, "harm", 0, varied_lengths=False),
+        random_sequences(4, "benign", 1, varied_lengths=False),
+        _config(),
+        tmp_path,
+        info=INFO,
+    )
     after = loaded.model.state_dict()
     assert set(after) == set(before)  # merged: a plain model again, no LoRA tensors left
     changed = {n for n in before if not torch.equal(before[n], after[n])}
@@ -71,8 +62,8 @@ def _train(out, callbacks=(), resume=False) -> dict[str, torch.Tensor]:
     loaded = build_tiny("mixtral", seed=2)
     train_routers(
         loaded,
-        _sequences(4, "harm", 0),
-        _sequences(4, "benign", 1),
+        random_sequences(4, "harm", 0, varied_lengths=False),
+        random_sequences(4, "benign", 1, varied_lengths=False),
         _config(),
         out,
         info=INFO,

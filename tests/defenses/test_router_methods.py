@@ -6,32 +6,17 @@ from __future__ import annotations
 import torch
 
 from moe_defense.attacks.fsour import FsourConfig
-from moe_defense.data.prompts import Prompt
-from moe_defense.defenses.examples import IGNORE, TrainingSequence, collate, recovery_sequences
+from moe_defense.defenses.examples import IGNORE, collate, recovery_sequences
 from moe_defense.defenses.objective import LossWeights, random_forcing
 from moe_defense.defenses.routes import RoutePool
 from moe_defense.defenses.trainer import HardeningConfig, RouteRefresh, train_routers
 from moe_defense.models import build_tiny
-from moe_defense.runner.process import ProcessInfo
-
-INFO = ProcessInfo(rank=0, world=1, device=None)
-
-
-def _sequences(n: int, prefix: str, seed: int) -> list[TrainingSequence]:
-    generator = torch.Generator().manual_seed(seed)
-    return [
-        TrainingSequence(
-            Prompt(id=f"{prefix}-{i}", text=f"{prefix} {i}", metadata={"target": "Sure, here is"}),
-            torch.randint(3, 200, (6 + i % 3,), generator=generator),
-            torch.randint(3, 200, (5,), generator=generator),
-        )
-        for i in range(n)
-    ]
+from tests.defenses.sequences import INFO, random_sequences
 
 
 def test_recovery_sequence_puts_the_target_before_the_refusal_and_trains_only_the_refusal():
     loaded = build_tiny("mixtral", seed=1)
-    refusal = _sequences(1, "harm", 0)[0]
+    refusal = random_sequences(1, "harm", 0, target="Sure, here is")[0]
     recovery = recovery_sequences(loaded, [refusal])[0]
     target = recovery.response_ids[: recovery.unlabelled]
     assert recovery.unlabelled > 0 and torch.equal(recovery.prompt_ids, refusal.prompt_ids)
@@ -43,7 +28,7 @@ def test_recovery_sequence_puts_the_target_before_the_refusal_and_trains_only_th
 
 def test_random_forcing_forces_the_asked_pairs_within_prompt_and_opening():
     loaded = build_tiny("olmoe", seed=2)
-    batch = collate(_sequences(3, "harm", 1), loaded.tokenizer.pad_token_id)
+    batch = collate(random_sequences(3, "harm", 1, target="Sure, here is"), loaded.tokenizer.pad_token_id)
     forcing = random_forcing(loaded, batch, pairs=5, generator=torch.Generator().manual_seed(0))
     forced = torch.stack([(route >= 0).all(-1) for route in forcing.routes.values()])  # (layers, B, T)
     assert forced.sum(dim=(0, 2)).tolist() == [5, 5, 5]
@@ -70,7 +55,14 @@ def test_new_terms_are_computed_and_train_only_routers(tmp_path):
         loss=loss,
         route_search=FsourConfig(candidates=4, force_decode=True, budget=2, restarts=0),
     )
-    facts = train_routers(loaded, _sequences(4, "harm", 0), _sequences(4, "benign", 1), config, tmp_path, info=INFO)
+    facts = train_routers(
+        loaded,
+        random_sequences(4, "harm", 0, target="Sure, here is"),
+        random_sequences(4, "benign", 1, target="Sure, here is"),
+        config,
+        tmp_path,
+        info=INFO,
+    )
     terms = {key for entry in facts["log"] for key in entry if key.startswith("term/")}
     assert {"term/recovery", "term/spread_refusal", "term/perturbed_output_kl"} <= terms
     assert all(entry["term/perturbed_output_kl"] >= 0 for entry in facts["log"])

@@ -16,29 +16,14 @@ from moe_defense.defenses.checkpoint import (
     tensor_diff,
     tensor_digests,
 )
-from moe_defense.defenses.examples import IGNORE, TrainingSequence, collate
+from moe_defense.defenses.examples import IGNORE, collate
 from moe_defense.defenses.objective import LossWeights
 from moe_defense.defenses.routes import RoutePool, search_routes
 from moe_defense.defenses.trainer import HardeningConfig, train_routers
 from moe_defense.errors import ConfigError
 from moe_defense.models import build_tiny
 from moe_defense.models.params import set_trainable
-from moe_defense.runner.process import ProcessInfo
-
-
-def _sequences(n: int, prefix: str, seed: int) -> list[TrainingSequence]:
-    generator = torch.Generator().manual_seed(seed)
-    return [
-        TrainingSequence(
-            Prompt(id=f"{prefix}-{i}", text=f"{prefix} {i}", metadata={"target": "Sure"}),
-            torch.randint(3, 200, (6 + i % 3,), generator=generator),
-            torch.randint(3, 200, (5,), generator=generator),
-        )
-        for i in range(n)
-    ]
-
-
-INFO = ProcessInfo(rank=0, world=1, device=None)
+from tests.defenses.sequences import INFO, random_sequences
 
 
 def _config(**overrides) -> HardeningConfig:
@@ -62,7 +47,9 @@ def _state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 def test_router_only_training_changes_router_tensors_and_nothing_else(tmp_path):
     loaded = build_tiny("mixtral", seed=1)
     before = _state(loaded.model)
-    facts = train_routers(loaded, _sequences(6, "harm", 0), _sequences(6, "benign", 1), _config(), tmp_path, info=INFO)
+    facts = train_routers(
+        loaded, random_sequences(6, "harm", 0), random_sequences(6, "benign", 1), _config(), tmp_path, info=INFO
+    )
     routers = set(loaded.adapter.router_tensors(loaded.model))
     after = loaded.model.state_dict()
     changed = {name for name in before if not torch.equal(before[name], after[name])}
@@ -79,8 +66,8 @@ def test_all_parameter_scope_changes_more_than_routers(tmp_path):
     before = _state(loaded.model)
     train_routers(
         loaded,
-        _sequences(4, "harm", 0),
-        _sequences(4, "benign", 1),
+        random_sequences(4, "harm", 0),
+        random_sequences(4, "benign", 1),
         _config(trainable="all", refresh_every=0),
         tmp_path,
         info=INFO,
@@ -94,7 +81,12 @@ def test_switched_off_terms_are_not_computed(tmp_path):
     loaded = build_tiny("mixtral", seed=2)
     loss = LossWeights(adversarial_refusal=0, refusal=1, output_kl=0, routing_kl=0, route_repulsion=0)
     facts = train_routers(
-        loaded, _sequences(4, "harm", 0), _sequences(4, "benign", 1), _config(loss=loss), tmp_path, info=INFO
+        loaded,
+        random_sequences(4, "harm", 0),
+        random_sequences(4, "benign", 1),
+        _config(loss=loss),
+        tmp_path,
+        info=INFO,
     )
     terms = {key for entry in facts["log"] for key in entry if key.startswith("term/")}
     assert terms == {"term/refusal"}
@@ -106,8 +98,8 @@ def test_route_repulsion_and_mask_terms_have_gradients(tmp_path):
     loss = LossWeights(adversarial_refusal=1, mask_refusal=1, refusal=0, route_repulsion=1, output_kl=0, routing_kl=1)
     facts = train_routers(
         loaded,
-        _sequences(4, "harm", 0),
-        _sequences(4, "benign", 1),
+        random_sequences(4, "harm", 0),
+        random_sequences(4, "benign", 1),
         _config(loss=loss, refresh_every=0),
         tmp_path,
         info=INFO,
@@ -138,7 +130,7 @@ def test_route_pool_keeps_newest_first_and_persists(tmp_path):
 
 
 def test_collate_right_pads_and_masks_prompt():
-    batch = collate(_sequences(2, "x", 0), pad_id=0)
+    batch = collate(random_sequences(2, "x", 0), pad_id=0)
     assert batch["input_ids"].shape == batch["labels"].shape
     first_length = int(batch["prompt_lengths"][0])
     assert (batch["labels"][0, :first_length] == IGNORE).all() and (batch["labels"][0, first_length] != IGNORE)
