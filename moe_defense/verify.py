@@ -15,6 +15,7 @@ from typing import Any
 
 from tqdm import tqdm
 
+from moe_defense.attacks.artifacts import RouteArtifact
 from moe_defense.attacks.base import Attack, AttackContext, AttackSpec
 from moe_defense.attacks.expert_silence import expert_usage
 from moe_defense.attacks.rosais import rosais
@@ -86,12 +87,12 @@ class Suite:
         for point in points:
             for record in RunDir(directory / point.label).records():
                 verdict = record["verdicts"].get(judge, {})
-                forced = (record.get("route") or {}).get("forced", {})
+                route = RouteArtifact.from_json(record["route"]) if record.get("route") else None
                 outcomes.append(
                     Outcome(
                         str(record["prompt_id"]),
                         verdict.get("jailbroken") if verdict.get("status") == "scored" else None,
-                        sum(len(tokens) for tokens in forced.values()),
+                        route.num_forced_pairs if route else 0,
                     )
                 )
         return robustness(outcomes, [p.budget for p in points if p.budget is not None])
