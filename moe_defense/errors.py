@@ -29,6 +29,10 @@ class DataError(MoEDefenseError):
     """A prompt set cannot be read: missing file, unknown column, empty set, unreachable hub id."""
 
 
+class PatchError(MoEDefenseError):
+    """A router patch does not belong to the base it is used with, or cannot be applied or exported."""
+
+
 class JudgeError(MoEDefenseError):
     """A judge is misconfigured or its backend cannot be set up (per-item failures are `Verdict.error`)."""
 

@@ -95,7 +95,10 @@ class Harden:
         }
         self.benign_train = [p for ref in d.benign_train for p in ref.load(seed).prompts]
         self.load_options = LoadOptions(
-            seed=seed, trust_remote_code=recipe.trust_remote_code, device=recipe.device_map or info.device
+            dtype=recipe.dtype,
+            seed=seed,
+            trust_remote_code=recipe.trust_remote_code,
+            device=recipe.device_map or info.device,
         )
 
     def run(self) -> dict[str, Any]:

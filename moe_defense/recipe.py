@@ -137,6 +137,11 @@ class Recipe(Strict):
 
     model: str = Field(description="hub id, local path, organism[:arch] or tiny:<model_type>")
     seed: int = Field(0, description="seed of sampling, searches and training")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto",
+        description="weights dtype (auto: the checkpoint's own). Frozen weights stay in it; trained tensors and "
+        "their optimizer state are fp32 (master weights) under autocast",
+    )
     judges: list[JudgeSpec] = Field(
         default_factory=lambda: [JudgeSpec(name="organism"), JudgeSpec(name="keyword")],
         min_length=1,

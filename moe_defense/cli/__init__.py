@@ -8,6 +8,7 @@ import json
 import sys
 from collections.abc import Sequence
 
+from moe_defense.cli.patch import DTYPE_CHOICES, add_patch_parser
 from moe_defense.errors import ConfigError, MoEDefenseError
 
 
@@ -73,7 +74,9 @@ def _harden(args: argparse.Namespace) -> int:
     from moe_defense.runner.process import process_info
     from moe_defense.runner.rundir import default_out_dir
 
-    recipe = load_recipe(args.recipe, {"model": args.model, "seed": args.seed})  # fails before any model loads
+    recipe = load_recipe(
+        args.recipe, {"model": args.model, "seed": args.seed, "dtype": args.dtype}
+    )  # fails before any model loads
     launch_environment(recipe.deepspeed is not None)
     from moe_defense.pipeline import Harden
     from moe_defense.report import headline_table
@@ -124,6 +127,7 @@ def _add_harden_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--seed", type=int, help="override the recipe's seed")
     parser.add_argument("--model", help="override the recipe's model (e.g. tiny:<model_type> for a dry run)")
+    parser.add_argument("--dtype", choices=DTYPE_CHOICES, help="override the recipe's dtype (auto: the checkpoint's)")
 
 
 def _ablate(args: argparse.Namespace) -> int:
@@ -238,6 +242,7 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     )
     report.add_argument("directory", help="run directory of `harden`/`demo`, or a grid directory of `ablate`")
     report.set_defaults(run=_report)
+    add_patch_parser(verbs)
     return parser
 
 

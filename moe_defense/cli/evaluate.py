@@ -16,6 +16,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from moe_defense import load_model  # the top-level loader also resolves `organism`
+from moe_defense.cli.patch import DTYPE_CHOICES
 from moe_defense.data import PROMPT_SETS, DemoSet, PromptSet, load_prompts
 from moe_defense.errors import ConfigError, MoEDefenseError, describe_validation
 from moe_defense.judges import JUDGES, Judge
@@ -70,6 +71,9 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
         "--batch-size", type=int, default=defaults.batch_size, help="prompts per generate call (default %(default)s)"
     )
     parser.add_argument("--system-prompt", help="system turn before every prompt (default: none)")
+    parser.add_argument(
+        "--dtype", default="auto", choices=DTYPE_CHOICES, help="weights dtype (default auto: the checkpoint's)"
+    )
     parser.add_argument(
         "--trust-remote-code", action="store_true", help="allow the checkpoint's own Python code (off by default)"
     )
@@ -172,13 +176,19 @@ def prepare_run(args: argparse.Namespace, verb: str) -> PreparedRun:
         "prompt_column": args.prompt_column,
         "limit": args.limit,
     }
-    extra = {"data_args": data_args, "seed": args.seed, "trust_remote_code": args.trust_remote_code}
+    extra = {
+        "data_args": data_args,
+        "seed": args.seed,
+        "dtype": args.dtype,
+        "trust_remote_code": args.trust_remote_code,
+    }
     return PreparedRun(gen_config, judges, prompt_set, out, info, extra)
 
 
 def load_for_run(args: argparse.Namespace, run: PreparedRun) -> LoadedModel:
     return load_model(
-        args.model, LoadOptions(seed=args.seed, device=run.info.device, trust_remote_code=args.trust_remote_code)
+        args.model,
+        LoadOptions(dtype=args.dtype, seed=args.seed, device=run.info.device, trust_remote_code=args.trust_remote_code),
     )
 
 

@@ -1,4 +1,5 @@
-"""What hardening writes: a plain transformers checkpoint, a router patch, and a tensor-diff report.
+"""What hardening writes: a plain transformers checkpoint, a tensor-diff report and router-sized training
+checkpoints (the router patch itself lives in `patch.py`).
 
 The diff is computed against digests taken before training, so it proves (not assumes) that only
 the intended tensors changed, without a second copy of a large model in memory.
@@ -13,10 +14,10 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from moe_defense.errors import ConfigError, ModelLoadError
+from moe_defense.errors import ConfigError
 from moe_defense.models.loading import LoadedModel
 
-ROUTER_PATCH = "router_patch.safetensors"
+TRAINABLE_STATE = "trainable.safetensors"  # in every training checkpoint: the trained tensors, nothing frozen
 
 
 def tensor_digest(tensor: torch.Tensor) -> str:
@@ -64,8 +65,7 @@ def check_output_location(out: Path, source: str) -> None:
         resolved_out, resolved_src = out.resolve(), source_path.resolve()
         if resolved_out == resolved_src or resolved_src in resolved_out.parents:
             raise ConfigError(
-                f"refusing to write the hardened model to {out}: it is (inside) the input checkpoint {source}; choose "
-                "another --out."
+                f"refusing to write to {out}: it is (inside) the input checkpoint {source}; choose another --out."
             )
 
 
@@ -76,27 +76,44 @@ def save_hardened(loaded: LoadedModel, directory: Path) -> None:
     loaded.tokenizer.save_pretrained(directory)
 
 
-def save_router_patch(loaded: LoadedModel, path: Path, base_fingerprint: str) -> int:
-    """Only the router tensors, with the base model's fingerprint; returns the file size in bytes."""
-    tensors = {name: t.detach().cpu().contiguous() for name, t in loaded.adapter.router_tensors(loaded.model).items()}
-    save_file(
-        tensors, str(path), metadata={"format": "moe-defense/router-patch@1", "base_fingerprint": base_fingerprint}
-    )
+def directory_bytes(directory: Path) -> int:
+    """Bytes of the files under `directory` (0 when it does not exist)."""
+    return sum(path.stat().st_size for path in directory.rglob("*") if path.is_file()) if directory.is_dir() else 0
+
+
+def state_bytes(model: torch.nn.Module) -> int:
+    """Bytes of the model's state dict as stored (what a full checkpoint writes)."""
+    return sum(tensor.numel() * tensor.element_size() for tensor in model.state_dict().values())
+
+
+def trained_parameters(model: torch.nn.Module) -> dict[str, torch.nn.Parameter]:
+    """The parameters a run trains (requires_grad), by their live names (a PEFT wrapper's included)."""
+    return {name: p for name, p in model.named_parameters() if p.requires_grad}
+
+
+def save_trainable(model: torch.nn.Module, directory: Path) -> int:
+    """A training checkpoint's weights: only the trained tensors, so a router-only checkpoint of a 30B
+    model is megabytes, not the 61 GB a full save writes. Returns the file's size in bytes."""
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / TRAINABLE_STATE
+    tensors = {name: p.detach().cpu().contiguous() for name, p in trained_parameters(model).items()}
+    save_file(tensors, str(path), metadata={"format": "moe-defense/trainable@1"})
     return path.stat().st_size
 
 
-def apply_router_patch(loaded: LoadedModel, path: Path) -> None:
-    """Load a router patch into `loaded` (the base model it was made for, or a copy of it)."""
-    tensors = load_file(str(path))
-    targets = loaded.adapter.router_tensors(loaded.model)
-    unknown = sorted(set(tensors) - set(targets))
-    if unknown:
-        raise ModelLoadError(f"router patch {path} has tensors this model's routers lack: {unknown[:4]}.")
+def restore_trainable(model: torch.nn.Module, directory: Path) -> None:
+    """The trained tensors of a checkpoint back into the live model (the frozen ones never left it)."""
+    path = directory / TRAINABLE_STATE
+    if not path.is_file():
+        raise ConfigError(f"checkpoint {directory} has no {TRAINABLE_STATE}: it cannot be resumed. Start a new run.")
+    saved = load_file(str(path))
+    live = trained_parameters(model)
+    if set(saved) != set(live):
+        missing, extra = sorted(set(live) - set(saved)), sorted(set(saved) - set(live))
+        raise ConfigError(
+            f"checkpoint {directory} trained other tensors than this run (missing {missing[:3]}, extra {extra[:3]}): "
+            "it was written by another configuration. Start a new run directory."
+        )
     with torch.no_grad():
-        for name, tensor in tensors.items():
-            if targets[name].shape != tensor.shape:
-                raise ModelLoadError(
-                    f"router patch {path}: {name} has shape {tuple(tensor.shape)}, the model "
-                    f"{tuple(targets[name].shape)}."
-                )
-            targets[name].copy_(tensor.to(targets[name].device, targets[name].dtype))
+        for name, parameter in live.items():
+            parameter.copy_(saved[name].to(parameter.device, parameter.dtype))

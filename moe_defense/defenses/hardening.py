@@ -5,6 +5,7 @@ Files in the run directory:
                                 expert_lora/ (trainable routers+expert-lora: the expert adapter, PEFT format)
     hardened_model/             the hardened checkpoint (plain transformers, safetensors)
     router_patch.safetensors    only the router tensors, with the base model's fingerprint
+    router_adapter/             the same change as a PEFT adapter (router-only runs): PeftModel.from_pretrained
     tensor_diff.json            which tensors changed, by how much (proves router-only)
 A resumed run whose training finished reloads `hardened_model/` with the original load options.
 """
@@ -13,13 +14,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from pathlib import Path
 
 from moe_defense.attacks.rosais import rosais
 from moe_defense.defenses.base import Defended, Defense, DefenseContext, register_defense
-from moe_defense.defenses.checkpoint import ROUTER_PATCH, save_hardened, save_router_patch, tensor_diff, tensor_digests
+from moe_defense.defenses.checkpoint import directory_bytes, save_hardened, tensor_diff, tensor_digests
 from moe_defense.defenses.examples import own_answers, own_refusals
 from moe_defense.defenses.lora import EXPERT_LORA
+from moe_defense.defenses.patch import ROUTER_ADAPTER, ROUTER_PATCH, export_peft_adapter, save_router_patch
 from moe_defense.defenses.trainer import HardeningConfig, train_routers
 from moe_defense.models.loading import LoadedModel, load_pretrained
 from moe_defense.models.params import trainable_parameters
@@ -28,11 +29,6 @@ from moe_defense.runner.rundir import atomic_write
 HARDENED_MODEL = "hardened_model"
 TRAIN_FACTS = "train.json"
 ROSAIS_PROMPTS = 32  # harmful training prompts RoSais ranks the routers of the mask_refusal term on
-
-
-def _size(directory: Path) -> int:
-    """Bytes of the files under `directory` (0 when it does not exist)."""
-    return sum(path.stat().st_size for path in directory.rglob("*") if path.is_file()) if directory.is_dir() else 0
 
 
 @register_defense
@@ -60,6 +56,7 @@ class RouterHardening(Defense[HardeningConfig]):
             importance = rosais(loaded, [s.prompt for s in harmful[:ROSAIS_PROMPTS]], progress=False)
             mask_layers = importance.ranking()[: config.mask_routers]
         digests = tensor_digests(loaded.model)
+        original_routers = {n: t.detach().cpu().clone() for n, t in loaded.adapter.router_tensors(loaded.model).items()}
         originals = {
             n: p.detach().cpu().clone() for n, p in trainable_parameters(loaded.model, config.trainable).items()
         }
@@ -91,8 +88,20 @@ class RouterHardening(Defense[HardeningConfig]):
         if info.is_main:
             atomic_write(out / "tensor_diff.json", json.dumps(diff, indent=2) + "\n")
             if not finished.is_file():
+                router_only = diff["other_params_changed"] == 0
+                companion = (
+                    "" if router_only else "expert_lora" if config.trainable == "routers+expert-lora" else "other"
+                )
                 save_hardened(loaded, out / HARDENED_MODEL)
-                save_router_patch(loaded, out / ROUTER_PATCH, original_fingerprint)
+                save_router_patch(loaded, out / ROUTER_PATCH, original_fingerprint, companion)
+                if router_only and diff["router_params_changed"]:
+                    export_peft_adapter(
+                        loaded,
+                        original_routers,
+                        loaded.adapter.router_tensors(loaded.model),
+                        out / ROUTER_ADAPTER,
+                        {"patch": ROUTER_PATCH, "base_fingerprint": original_fingerprint},
+                    )
                 atomic_write(finished, json.dumps(training, indent=2) + "\n")
         info.wait()
         loaded = dataclasses.replace(
@@ -103,6 +112,7 @@ class RouterHardening(Defense[HardeningConfig]):
             "router_params_changed": diff["router_params_changed"],
             "other_params_changed": diff["other_params_changed"],
             "router_patch_bytes": (out / ROUTER_PATCH).stat().st_size,
+            "router_adapter_bytes": directory_bytes(out / ROUTER_ADAPTER),  # 0: no PEFT form (non-router changes)
             "changed_fraction": round(diff["changed_elements"] / max(1, diff["elements"]), 6),
             # what the shipped patch carries, per model element: a LoRA patch holds factors, not the merged experts
             "patch_fraction": round(
@@ -115,6 +125,6 @@ class RouterHardening(Defense[HardeningConfig]):
                 / max(1, diff["elements"]),
                 6,
             ),
-            "expert_lora_bytes": _size(out / "train" / EXPERT_LORA),
+            "expert_lora_bytes": directory_bytes(out / "train" / EXPERT_LORA),
         }
         return Defended(loaded, facts)

@@ -11,8 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from peft import LoraConfig, PeftModel, get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
-from safetensors.torch import load_file, save_file
+from peft import LoraConfig, PeftModel, get_peft_model, get_peft_model_state_dict
 from torch import nn
 
 from moe_defense.errors import ConfigError
@@ -20,8 +19,6 @@ from moe_defense.models.loading import LoadedModel
 from moe_defense.models.params import EXPERT_MARKER
 
 EXPERT_LORA = "expert_lora"  # the adapter directory a harden run writes
-ROUTER_STATE = "router_state.safetensors"  # in a LoRA training checkpoint: PEFT's save holds the factors only
-ADAPTER_WEIGHTS = "adapter_model.safetensors"
 
 
 def expert_targets(model: nn.Module) -> list[str]:
@@ -49,25 +46,6 @@ def attach_expert_lora(loaded: LoadedModel, rank: int) -> PeftModel:
     for parameter in loaded.adapter.router_parameters(loaded.model).values():
         parameter.requires_grad_(True)
     return wrapped
-
-
-def save_checkpoint_state(wrapped: PeftModel, loaded: LoadedModel, checkpoint: Path) -> None:
-    """What a Trainer checkpoint of a PEFT model lacks: the fully trained router tensors."""
-    routers = {n: p.detach().cpu().contiguous() for n, p in loaded.adapter.router_parameters(loaded.model).items()}
-    save_file(routers, str(checkpoint / ROUTER_STATE))
-
-
-def restore_checkpoint_state(wrapped: PeftModel, loaded: LoadedModel, checkpoint: Path) -> None:
-    """The LoRA factors and router tensors of a checkpoint, back into the live model."""
-    for required in (ADAPTER_WEIGHTS, ROUTER_STATE):
-        if not (checkpoint / required).is_file():
-            raise ConfigError(
-                f"checkpoint {checkpoint} has no {required}: it cannot be resumed. Start a new run directory."
-            )
-    set_peft_model_state_dict(wrapped, load_file(str(checkpoint / ADAPTER_WEIGHTS)))
-    routers = load_file(str(checkpoint / ROUTER_STATE))
-    for name, parameter in loaded.adapter.router_parameters(loaded.model).items():
-        parameter.data.copy_(routers[name])
 
 
 def merge_expert_lora(wrapped: PeftModel, out: Path | None) -> nn.Module:

@@ -18,7 +18,6 @@ from typing import Any, Literal
 
 import torch
 from datasets import Dataset
-from peft import PeftModel
 from pydantic import Field
 from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_utils import get_last_checkpoint
@@ -26,22 +25,27 @@ from transformers.trainer_utils import get_last_checkpoint
 from moe_defense.attacks.artifacts import RouteArtifact
 from moe_defense.attacks.fsour import FsourConfig
 from moe_defense.defenses.base import DefenseConfig
-from moe_defense.defenses.checkpoint import tensor_digest
+from moe_defense.defenses.checkpoint import (
+    directory_bytes,
+    restore_trainable,
+    save_trainable,
+    state_bytes,
+    tensor_digest,
+    trained_parameters,
+)
 from moe_defense.defenses.examples import TrainingSequence, collate, recovery_sequences
 from moe_defense.defenses.lora import (
     EXPERT_LORA,
     adapter_numbers,
     attach_expert_lora,
     merge_expert_lora,
-    restore_checkpoint_state,
-    save_checkpoint_state,
 )
 from moe_defense.defenses.objective import HardeningObjective, HarmfulBatch, LossWeights, Reference
 from moe_defense.defenses.routes import RoutePool, search_routes
 from moe_defense.errors import ConfigError
-from moe_defense.models.loading import LoadedModel
+from moe_defense.models.loading import LoadedModel, weights_dtype
 from moe_defense.models.params import TrainableScope, set_trainable
-from moe_defense.models.training import trainer_defaults
+from moe_defense.models.training import cast_to, check_precision, master_weights, mixed_precision, trainer_defaults
 from moe_defense.runner.process import ProcessInfo
 
 ROUTE_POOL = "route_pool.jsonl"
@@ -109,9 +113,11 @@ class HardeningTrainer(Trainer):
         pool: RoutePool,
         seed: int,
         recovery: Sequence[TrainingSequence] = (),
+        precision: torch.dtype = torch.float32,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        self.precision = precision
         self.loaded = loaded
         self.objective = objective
         self.harmful = list(harmful)
@@ -137,11 +143,23 @@ class HardeningTrainer(Trainer):
             else None
         )
         batch = HarmfulBatch(h, routes, self.pool.interventions(self.loaded, routes, h["prompt_lengths"]), recovery)
-        terms = self.objective(model, batch, b, self.rng)
+        with mixed_precision(device, self.precision):
+            terms = self.objective(model, batch, b, self.rng)
         for name, value in terms.items():
             self._term_sums[name] += float(value.detach())
         self._term_count += 1
         return (terms["loss"], None) if return_outputs else terms["loss"]
+
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        """Checkpoints (internal calls) hold only the trained tensors; optimizer, scheduler and RNG state
+        are saved beside them by the Trainer as usual. A user's own `save_model` call saves the model."""
+        if not _internal_call:
+            super().save_model(output_dir, _internal_call)
+        elif self.args.should_save:
+            save_trainable(self.model, Path(output_dir or self.args.output_dir))
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model: torch.nn.Module | None = None) -> None:
+        restore_trainable(self.model, Path(resume_from_checkpoint))
 
     def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
         if "loss" in logs and self._term_count:
@@ -167,7 +185,9 @@ class RouteRefresh(TrainerCallback):
         info: ProcessInfo,
         curriculum: Sequence[int | None] | None = None,
         total_refreshes: int = 1,
+        precision: torch.dtype = torch.float32,
     ) -> None:
+        self.precision = precision
         self.curriculum = list(curriculum) if curriculum else None
         self.total_refreshes = max(1, total_refreshes)
         self.loaded = loaded
@@ -203,7 +223,8 @@ class RouteRefresh(TrainerCallback):
             for i in range(min(self.count, len(self.prompts)))
         ]
         config = self.config.model_copy(update={"seed": self.config.seed + index, "budget": self.budget(index)})
-        found = search_routes(self.loaded, chunk[self.info.rank :: self.info.world], config)
+        with mixed_precision(self.loaded.device, self.precision):
+            found = search_routes(self.loaded, chunk[self.info.rank :: self.info.world], config)
         self.pool.add(
             [
                 artifact
@@ -222,17 +243,11 @@ class HardeningState(TrainerCallback):
         self.pool = pool
         self.info = info
 
-    @property
-    def lora(self) -> bool:
-        return isinstance(self.trainer.model, PeftModel)
-
     def on_save(self, args, state, control, **kwargs):
         version, internal, gauss = self.trainer.rng.getstate()
         payload = {"rng": [version, list(internal), gauss], "pool_records": self.pool.records}
         checkpoint = Path(args.output_dir) / f"checkpoint-{state.global_step}"
         (checkpoint / HARDENING_STATE.format(rank=self.info.rank)).write_text(json.dumps(payload))
-        if self.lora and self.info.is_main:
-            save_checkpoint_state(self.trainer.model, self.trainer.loaded, checkpoint)
 
     def restore(self, checkpoint: str) -> None:
         path = Path(checkpoint) / HARDENING_STATE.format(rank=self.info.rank)
@@ -244,20 +259,6 @@ class HardeningState(TrainerCallback):
         version, internal, gauss = payload["rng"]
         self.trainer.rng.setstate((version, tuple(internal), gauss))
         self.pool.truncate(payload["pool_records"])
-        if self.lora:
-            restore_checkpoint_state(self.trainer.model, self.trainer.loaded, Path(checkpoint))
-        elif not self.trainer.is_deepspeed_enabled:  # DeepSpeed restores its engine's own checkpoint
-            self._restore_weights(checkpoint)
-
-    def _restore_weights(self, checkpoint: str) -> None:
-        """The checkpoint's weights, read through `from_pretrained`: a checkpoint written with a model's
-        legacy tensor names (Mixtral's `block_sparse_moe.*`) is renamed on load, whereas the Trainer's own
-        resume loads the file without renaming and silently skips every tensor whose name changed."""
-        model = self.trainer.model
-        dtype = next(model.parameters()).dtype
-        saved = type(model).from_pretrained(checkpoint, dtype=dtype, use_safetensors=True)
-        with torch.no_grad():
-            model.load_state_dict(saved.state_dict())
 
 
 def router_digest(loaded: LoadedModel) -> str:
@@ -266,11 +267,17 @@ def router_digest(loaded: LoadedModel) -> str:
     return hashlib.sha256(json.dumps(digests, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def training_arguments(config: HardeningConfig, out_dir: Path, deepspeed: str | dict | None) -> TrainingArguments:
+def training_arguments(
+    config: HardeningConfig, out_dir: Path, deepspeed: str | dict | None, precision: torch.dtype = torch.float32
+) -> TrainingArguments:
     return TrainingArguments(
         output_dir=str(out_dir),
         **trainer_defaults(
-            steps=config.steps, batch_size=config.batch_size, learning_rate=config.learning_rate, seed=config.seed
+            steps=config.steps,
+            batch_size=config.batch_size,
+            learning_rate=config.learning_rate,
+            seed=config.seed,
+            precision=precision,
         ),
         save_strategy="steps",
         save_steps=config.save_steps,
@@ -299,10 +306,14 @@ def train_routers(
     so the trained tensors equal an uninterrupted run's bit for bit."""
     out_dir.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
+    precision = weights_dtype(loaded.model)  # the frozen weights stay in it; trained tensors train in fp32
+    check_precision(precision)
     reference = Reference(loaded, config.trainable)
     set_trainable(loaded.model, config.trainable)
     lora = config.trainable == "routers+expert-lora"
     model = attach_expert_lora(loaded, config.lora_rank) if lora else loaded.model
+    trained = list(trained_parameters(model).values())
+    master_weights(trained)
     pool_path = out_dir / ROUTE_POOL
     checkpoint = get_last_checkpoint(str(out_dir / "trainer")) if resume and (out_dir / "trainer").exists() else None
     if checkpoint is None and info.is_main:
@@ -322,6 +333,7 @@ def train_routers(
         info,
         curriculum=config.budget_curriculum,
         total_refreshes=(config.steps - 1) // every if every else 0,
+        precision=precision,
     )
     if config.initial_routes == "search" and not len(pool) and uses_routes:
         refresh.search(0)  # step 0: routes found on the original model, for the first chunk of prompts
@@ -329,7 +341,7 @@ def train_routers(
     rows = Dataset.from_dict({"row": list(range(max(len(harmful), len(benign))))})
     trainer = HardeningTrainer(
         model=model,
-        args=training_arguments(config, out_dir / "trainer", deepspeed),
+        args=training_arguments(config, out_dir / "trainer", deepspeed, precision),
         train_dataset=rows,
         data_collator=lambda features: {"row": torch.tensor([f["row"] for f in features])},
         callbacks=[refresh],
@@ -340,6 +352,7 @@ def train_routers(
         pool=pool,
         seed=config.seed,
         recovery=recovery_sequences(loaded, harmful) if config.loss.recovery else (),
+        precision=precision,
     )
     state = HardeningState(trainer, pool, info)
     for callback in (state, *callbacks):
@@ -347,6 +360,7 @@ def train_routers(
     if checkpoint is not None:
         state.restore(checkpoint)
     trainer.train(resume_from_checkpoint=checkpoint)
+    cast_to(trained, precision)  # stored and verified in the checkpoint's dtype, as it ships
     lora_numbers = adapter_numbers(model) if lora else 0
     if lora:  # the factors merge into the expert weights: loaded.model is a plain model again
         merge_expert_lora(model, out_dir / EXPERT_LORA if info.is_main else None)
@@ -354,6 +368,7 @@ def train_routers(
     for parameter in loaded.model.parameters():
         parameter.requires_grad_(False)
     history = [entry for entry in trainer.state.log_history if "loss" in entry]
+    last_checkpoint = get_last_checkpoint(str(out_dir / "trainer"))
     digests = info.gather(router_digest(loaded))
     return {
         "steps": trainer.state.global_step,
@@ -365,6 +380,9 @@ def train_routers(
         "routes_in_pool": len(pool),
         "expert_lora_numbers": lora_numbers,  # trained LoRA factor entries (0 without expert LoRA)
         "world_size": info.world,
+        # a Trainer checkpoint holds the trained tensors + optimizer/scheduler/RNG state, never the frozen model
+        "checkpoint_bytes": directory_bytes(Path(last_checkpoint)) if last_checkpoint else 0,
+        "model_bytes": state_bytes(loaded.model),
         "router_digest_per_rank": digests,  # equal on every rank: data-parallel replicas stayed in sync
         "log": history,
     }

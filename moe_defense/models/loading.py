@@ -7,7 +7,7 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from transformers import (
@@ -30,11 +30,15 @@ SPEC_RESOLVERS: Registry[Callable[[str, LoadOptions], LoadedModel]] = Registry(
 )
 
 
+DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DtypeName = Literal["auto", "float32", "bfloat16", "float16"]
+
+
 @dataclass(frozen=True)
 class LoadOptions:
     """How to load weights; the defaults are safe (no remote code, safetensors only)."""
 
-    dtype: str = "auto"
+    dtype: DtypeName = "auto"  # auto: the checkpoint's own (float32 for tiny models)
     device: str | None = None
     trust_remote_code: bool = False
     revision: str | None = None
@@ -85,17 +89,28 @@ def model_fingerprint(model: torch.nn.Module) -> str:
     return digest.hexdigest()[:16]
 
 
-def _torch_dtype(name: str) -> torch.dtype | str:
+def torch_dtype(name: str) -> torch.dtype | str:
+    """A dtype name as transformers' `dtype=` takes it (`auto`: the checkpoint's own)."""
     if name == "auto":
         return "auto"
     try:
-        return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
+        return DTYPES[name]
     except KeyError:
-        raise ModelLoadError(f"dtype {name!r} is not supported (choose: auto, float32, bfloat16, float16).") from None
+        raise ModelLoadError(f"dtype {name!r} is not supported (choose: auto, {', '.join(DTYPES)}).") from None
 
 
-def build_tiny(model_type: str, *, seed: int = 0, **overrides: Any) -> LoadedModel:
-    """A random-init tiny model of `model_type` with a byte-level tokenizer, for tests and dry runs."""
+def weights_dtype(model: torch.nn.Module) -> torch.dtype:
+    """The dtype most of the model's elements are stored in (what its frozen weights compute in)."""
+    counts: dict[torch.dtype, int] = {}
+    for parameter in model.parameters():
+        counts[parameter.dtype] = counts.get(parameter.dtype, 0) + parameter.numel()
+    return max(counts, key=counts.__getitem__)
+
+
+def build_tiny(model_type: str, *, seed: int = 0, dtype: str = "auto", **overrides: Any) -> LoadedModel:
+    """A random-init tiny model of `model_type` with a byte-level tokenizer, for tests and dry runs
+    (`dtype` auto: float32; the weights are drawn in float32 and cast, so every dtype has the same model)."""
+    target = torch_dtype(dtype)
     adapter_cls = ADAPTERS.get(model_type)
     tokenizer = byte_level_tokenizer()
     config = AutoConfig.for_model(
@@ -109,6 +124,8 @@ def build_tiny(model_type: str, *, seed: int = 0, **overrides: Any) -> LoadedMod
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    if target != "auto":
+        model.to(target)
     model.eval()
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     return LoadedModel(model=model, tokenizer=tokenizer, adapter=adapter_for(config), spec=f"tiny:{model_type}")
@@ -128,7 +145,7 @@ def load_model(spec: str, options: LoadOptions | None = None) -> LoadedModel:
                     f"(supported MoE types: {', '.join(ADAPTERS.names())})."
                 ) from error
             adapter_for(config)  # raises the dense / unsupported-architecture error
-        loaded = build_tiny(model_type, seed=options.seed)
+        loaded = build_tiny(model_type, seed=options.seed, dtype=options.dtype)
         if options.device:
             loaded.model.to(options.device)
         return loaded
@@ -157,7 +174,7 @@ def load_pretrained(path_or_id: str, options: LoadOptions) -> LoadedModel:
     adapter = adapter_for(config)
     model = AutoModelForCausalLM.from_pretrained(
         path_or_id,
-        dtype=_torch_dtype(options.dtype),
+        dtype=torch_dtype(options.dtype),
         use_safetensors=True,
         device_map=options.device,
         **common,

@@ -6,10 +6,12 @@ import copy
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from moe_defense.attacks.fsour import FsourConfig
 from moe_defense.data.prompts import Prompt
 from moe_defense.defenses.checkpoint import (
+    TRAINABLE_STATE,
     apply_router_patch,
     check_output_location,
     save_router_patch,
@@ -159,3 +161,20 @@ def test_hardened_checkpoint_never_overwrites_the_input(tmp_path):
     with pytest.raises(ConfigError, match="input checkpoint"):
         check_output_location(source / "hardened_model", str(source))
     check_output_location(tmp_path / "elsewhere", str(source))
+
+
+def test_training_checkpoints_hold_only_the_trained_tensors(tmp_path):
+    loaded = build_tiny("qwen3_moe", seed=1)
+    facts = train_routers(
+        loaded,
+        random_sequences(4, "harm", 0),
+        random_sequences(4, "benign", 1),
+        _config(save_steps=2, refresh_every=0),
+        tmp_path,
+        info=INFO,
+    )
+    checkpoint = tmp_path / "trainer" / "checkpoint-3"
+    files = {path.name for path in checkpoint.iterdir()}
+    assert TRAINABLE_STATE in files and "optimizer.pt" in files and "model.safetensors" not in files
+    assert set(load_file(str(checkpoint / TRAINABLE_STATE))) == set(loaded.adapter.router_parameters(loaded.model))
+    assert 0 < facts["checkpoint_bytes"] < facts["model_bytes"] / 4  # routers + their Adam state, not the model
