@@ -40,6 +40,19 @@ def _point(point: dict[str, Any]) -> str:
     return rate(point["asr"], point["asr_ci95"], point["n_scored"])
 
 
+def shipping_line(summary: dict[str, Any]) -> str:
+    """Which artifact of the run to ship where."""
+    if summary["other_params_changed"] or not summary["router_params_changed"]:
+        return "- ship: `hardened_model/` (a plain transformers checkpoint; the run changed more than routers)"
+    adapter = summary.get("router_adapter_bytes", 0)
+    return (
+        "- ship: `hardened_model/` to servers that load plain checkpoints (vLLM, TGI, llama.cpp: none serves router "
+        f"LoRA); `router_patch.safetensors` ({summary['router_patch_bytes']} bytes) to teams holding the base "
+        "(`moe-defense patch apply`, fingerprint-checked)"
+        + (f"; `router_adapter/` ({adapter} bytes) to peft users (`PeftModel.from_pretrained`)" if adapter else "")
+    )
+
+
 def headline_table(summary: dict[str, Any]) -> str:
     """Every attack and utility figure before/after, with 95% intervals and n: what a user reads first."""
     rows = summary["phases"]
@@ -264,6 +277,7 @@ def write_harden_report(out: Path, summary: dict[str, Any]) -> Path:
             f"{summary['train_budget']}",
             at,
             minimal_budget_line(summary),
+            shipping_line(summary),
             f"- training: {training['steps']} steps in {training['seconds']} s ({training['refreshes']} route "
             f"refreshes, {training['routes_in_pool']} routes in the pool)",
             "",

@@ -76,6 +76,7 @@ def harden_summary(
         "router_params_changed": facts.get("router_params_changed", 0),
         "other_params_changed": facts.get("other_params_changed", 0),
         "router_patch_bytes": facts.get("router_patch_bytes", 0),
+        "router_adapter_bytes": facts.get("router_adapter_bytes", 0),  # the same change as a PEFT adapter
         "changed_fraction": facts.get("changed_fraction", 0.0),
         "patch_fraction": facts.get("patch_fraction", facts.get("changed_fraction", 0.0)),  # shipped patch / model
         "expert_lora_bytes": facts.get("expert_lora_bytes", 0),  # changed elements / all elements of the model

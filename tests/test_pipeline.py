@@ -140,6 +140,11 @@ def test_hardened_checkpoint_is_plain_transformers_and_only_routers_differ(organ
     assert set(patch) == routers
     diff = json.loads((harden_run / "tensor_diff.json").read_text())
     assert {row["tensor"] for row in diff["changed"]} == routers
+    adapter = json.loads((harden_run / "router_adapter" / "adapter_config.json").read_text())
+    assert adapter["peft_type"] == "LORA" and adapter["r"] == organism.adapter.num_experts  # the PEFT form too
+    training = json.loads((harden_run / "train" / "train.json").read_text())
+    assert 0 < training["checkpoint_bytes"] < training["model_bytes"] / 10  # routers + optimizer, no frozen model
+    assert "`router_adapter/`" in (harden_run / "report.md").read_text()
 
 
 def test_report_and_plot_are_written(harden_run):

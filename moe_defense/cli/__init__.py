@@ -100,6 +100,12 @@ def _harden(args: argparse.Namespace) -> int:
                 f"{headline['original']['asr']} -> {headline['hardened']['asr']} (n={headline['hardened']['n_scored']})"
             )
         print(f"changed tensors: {summary['router_params_changed']} router, {summary['other_params_changed']} other")
+        training = summary["training"]
+        if training.get("checkpoint_bytes"):
+            print(
+                f"training checkpoint: {training['checkpoint_bytes']:,} bytes (trained tensors + optimizer state) for "
+                f"a {training['model_bytes']:,}-byte model"
+            )
         print(f"run directory: {out}  (report.md, summary.json and the defense's files)")
     return 0
 

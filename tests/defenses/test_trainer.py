@@ -10,16 +10,10 @@ from safetensors.torch import load_file
 
 from moe_defense.attacks.fsour import FsourConfig
 from moe_defense.data.prompts import Prompt
-from moe_defense.defenses.checkpoint import (
-    TRAINABLE_STATE,
-    apply_router_patch,
-    check_output_location,
-    save_router_patch,
-    tensor_diff,
-    tensor_digests,
-)
+from moe_defense.defenses.checkpoint import TRAINABLE_STATE, check_output_location, tensor_diff, tensor_digests
 from moe_defense.defenses.examples import IGNORE, collate
 from moe_defense.defenses.objective import LossWeights
+from moe_defense.defenses.patch import RouterPatch, apply_router_patch, save_router_patch
 from moe_defense.defenses.routes import RoutePool, search_routes
 from moe_defense.defenses.trainer import HardeningConfig, train_routers
 from moe_defense.errors import ConfigError
@@ -151,7 +145,7 @@ def test_router_patch_round_trip_and_tensor_diff(tmp_path):
     assert diff["router_params_changed"] == len(originals) and diff["other_params_changed"] == 0
     assert all(row["max_abs_change"] == pytest.approx(0.5) for row in diff["changed"])
     save_router_patch(hardened, tmp_path / "patch.safetensors", base.fingerprint())
-    apply_router_patch(base, tmp_path / "patch.safetensors")
+    apply_router_patch(base, RouterPatch.read(tmp_path / "patch.safetensors"))
     assert base.fingerprint() == hardened.fingerprint()
 
 
