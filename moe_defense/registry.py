@@ -103,6 +103,8 @@ class ComponentSpec(BaseModel):
             return config_class.model_validate({**self.args, **updates})
         except ValidationError as error:
             raise ValueError(f"{self.registry().kind} {self.name!r} args: {describe_validation(error)}") from None
+        except ConfigError as error:  # a check beyond types, e.g. an API-key variable that is unset
+            raise ValueError(f"{self.registry().kind} {self.name!r} args: {error}") from None
 
 
 def validated(model: type[BaseModel], payload: Any, where: str) -> Any:

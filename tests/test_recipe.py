@@ -108,6 +108,31 @@ def test_bad_recipe_names_the_field(tmp_path, changes, named):
     assert named in str(error.value)
 
 
+HOSTED_JUDGE = {
+    "name": "harmbench",
+    "args": {"url": "http://127.0.0.1:9/v1", "model": "judge", "api_key_env": "MOE_DEFENSE_TEST_UNSET_KEY"},
+}
+
+
+def test_hosted_judge_takes_its_api_key_from_the_named_variable(tmp_path, monkeypatch):
+    monkeypatch.setenv("MOE_DEFENSE_TEST_UNSET_KEY", "sk-test")
+    recipe = load_recipe(_write(tmp_path, judges=[HOSTED_JUDGE, "keyword"]))
+    assert recipe.judges[0].config().api_key_env == "MOE_DEFENSE_TEST_UNSET_KEY"
+    assert "sk-test" not in recipe.model_dump_json()  # the recipe holds the variable's name, never the key
+
+
+def test_unset_api_key_variable_is_one_error_before_any_model_loads(tmp_path, monkeypatch, capsys):
+    monkeypatch.delenv("MOE_DEFENSE_TEST_UNSET_KEY", raising=False)
+    path = _write(tmp_path, model="/no/such/checkpoint", judges=[HOSTED_JUDGE, "keyword"])
+    with pytest.raises(ConfigError) as error:
+        load_recipe(path)
+    assert "judge 'harmbench' args: api_key_env names 'MOE_DEFENSE_TEST_UNSET_KEY'" in str(error.value)
+    assert main(["harden", str(path), "--out", str(tmp_path / "run")]) == 1
+    err = capsys.readouterr().err
+    assert "MOE_DEFENSE_TEST_UNSET_KEY" in err and "checkpoint" not in err
+    assert not (tmp_path / "run").exists()
+
+
 def test_missing_recipe_file(tmp_path):
     with pytest.raises(ConfigError, match="does not exist"):
         load_recipe(tmp_path / "nope.yaml")

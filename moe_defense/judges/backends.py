@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 from transformers import (
     AutoModelForCausalLM,
     AutoTokenizer,
@@ -52,6 +52,26 @@ class JudgeBackend(ABC):
     def generate(self, prompts: Sequence[JudgePrompt]) -> list[str | BackendFailure]:
         """One answer (or failure) per prompt."""
 
+    def stats(self) -> dict[str, float]:
+        """Counters of what asking cost (an endpoint's retries, rate limits, seconds waited); empty if none."""
+        return {}
+
+
+def api_key(env_name: str) -> str:
+    """The API key in environment variable `env_name`; unset or empty is a ConfigError naming the variable."""
+    key = os.environ.get(env_name)
+    if not key:
+        raise ConfigError(
+            f"api_key_env names {env_name!r}, but that environment variable is empty or unset. Export it (a recipe "
+            "names the variable, never the key)."
+        )
+    return key
+
+
+def resolve_device(device: str | None) -> str:
+    """The configured device, else the GPU when there is one."""
+    return device or ("cuda" if torch.cuda.is_available() else "cpu")
+
 
 class BackendConfig(JudgeConfig):
     """Backend fields shared by model-based judges: exactly one of `url` (endpoint) or `local_model`."""
@@ -65,21 +85,37 @@ class BackendConfig(JudgeConfig):
         description="chat: POST messages to /v1/chat/completions; completions: POST the raw prompt to /v1/completions",
     )
     api_key_env: str | None = Field(
-        None, description="NAME of the environment variable holding the API key (never the key itself)"
+        None,
+        description="NAME of the environment variable holding the API key (never the key itself); checked when the "
+        "config is validated",
     )
     timeout_s: float = Field(60.0, gt=0, description="per-request timeout in seconds")
-    max_retries: int = Field(2, ge=0, description="retries after a timeout, refused connection or HTTP 429/5xx")
-    backoff_s: float = Field(1.0, ge=0, description="first retry delay in seconds; doubles on each retry")
-    concurrency: int = Field(4, ge=1, description="requests in flight at once")
+    max_retries: int = Field(2, ge=0, description="retries after a timeout, refused connection or HTTP 408/429/5xx")
+    backoff_s: float = Field(
+        1.0, ge=0, description="backoff with full jitter: retry k waits uniform in [0, backoff_s * 2**(k-1)] seconds"
+    )
+    max_wait_s: float = Field(
+        60.0, gt=0, description="longest wait before a retry, a server's Retry-After (seconds or HTTP date) included"
+    )
+    concurrency: int = Field(4, ge=1, description="requests in flight at once (and kept-alive connections)")
     local_model: str | None = Field(
         None, description="local path or hub id of a judge causal LM (safetensors, no remote code)"
     )
-    device: str | None = Field(None, description="device for local_model, e.g. cuda:0 (default: CPU)")
+    device: str | None = Field(
+        None, description="device (or transformers device_map) for local_model; null: cuda if available, else cpu"
+    )
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         "auto", description="weights dtype for local_model"
     )
     batch_size: int = Field(8, ge=1, description="prompts per generate() call for local_model")
     max_new_tokens: int = Field(16, ge=1, description="tokens the judge may write per answer")
+
+    @field_validator("api_key_env")
+    @classmethod
+    def _key_is_set(cls, name: str | None) -> str | None:
+        if name is not None:
+            api_key(name)  # an unset variable fails here, before any model loads
+        return name
 
     @model_validator(mode="after")
     def _one_backend(self) -> BackendConfig:
@@ -98,28 +134,24 @@ class HttpBackend(JudgeBackend):
 
     @classmethod
     def from_config(cls, config: BackendConfig) -> HttpBackend:
-        api_key = None
-        if config.api_key_env:
-            api_key = os.environ.get(config.api_key_env)
-            if not api_key:
-                raise ConfigError(
-                    f"api_key_env names {config.api_key_env!r}, but that environment variable is empty or unset. "
-                    "Export it."
-                )
         assert config.url is not None and config.model is not None  # guaranteed by BackendConfig
         return cls(
             OpenAIClient(
                 config.url,
                 config.model,
                 api=config.api,
-                api_key=api_key,
+                api_key=api_key(config.api_key_env) if config.api_key_env else None,
                 timeout_s=config.timeout_s,
                 max_retries=config.max_retries,
                 backoff_s=config.backoff_s,
+                max_wait_s=config.max_wait_s,
                 concurrency=config.concurrency,
                 max_tokens=config.max_new_tokens,
             )
         )
+
+    def stats(self) -> dict[str, float]:
+        return self.client.stats.as_dict()
 
     def generate(self, prompts: Sequence[JudgePrompt]) -> list[str | BackendFailure]:
         if self.client.api == "chat":
@@ -167,7 +199,11 @@ class LocalBackend(JudgeBackend):
         try:
             tokenizer = AutoTokenizer.from_pretrained(config.local_model, trust_remote_code=False)
             model = AutoModelForCausalLM.from_pretrained(
-                config.local_model, dtype=dtype, use_safetensors=True, trust_remote_code=False, device_map=config.device
+                config.local_model,
+                dtype=dtype,
+                use_safetensors=True,
+                trust_remote_code=False,
+                device_map=resolve_device(config.device),
             )
         except (OSError, ValueError) as error:
             raise ModelLoadError(
@@ -232,6 +268,10 @@ class ModelJudge(Judge):
         if self._backend is None:
             self._backend = LocalBackend.from_config(self.config)
         return self._backend
+
+    def stats(self) -> dict[str, float]:
+        """The backend's counters (for an endpoint: attempts, retries, rate_limited, waited_s); empty before use."""
+        return self._backend.stats() if self._backend is not None else {}
 
     @abstractmethod
     def render(self, item: JudgeItem) -> JudgePrompt:

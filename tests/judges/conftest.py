@@ -21,11 +21,15 @@ class JudgeServer:
     """Scripted endpoint state: `mode` picks the behaviour, `answer` maps a request payload to the reply text."""
 
     url: str = ""
-    mode: str = "ok"  # ok | slow | garbage | error500 | malformed | flaky
+    mode: str = "ok"  # ok | slow | garbage | error500 | malformed | flaky | ratelimited
     answer: Callable[[dict[str, Any]], str] = lambda payload: "no"
     delay_s: float = 1.0
-    flaky_failures: int = 1  # with mode "flaky": 503s before the first success
+    flaky_failures: int = 1  # with mode "flaky": 503s before the first success (429s with mode "ratelimited")
+    retry_after: str | None = None  # with mode "ratelimited": the Retry-After header of each 429
     requests: list[tuple[str, dict[str, Any], dict[str, str]]] = field(default_factory=list)
+    client_ports: list[int] = field(default_factory=list)  # the client's port per request: one per connection
+    in_flight: int = 0
+    max_in_flight: int = 0  # most requests handled at once
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     @staticmethod
@@ -35,20 +39,31 @@ class JudgeServer:
             return "\n".join(m["content"] for m in payload["messages"])
         return payload["prompt"]
 
-    def record(self, path: str, payload: dict[str, Any], headers: dict[str, str]) -> int:
+    def record(self, path: str, payload: dict[str, Any], headers: dict[str, str], port: int) -> int:
         with self.lock:
             self.requests.append((path, payload, headers))
+            self.client_ports.append(port)
+            self.in_flight += 1
+            self.max_in_flight = max(self.max_in_flight, self.in_flight)
             return len(self.requests)
+
+    def done(self) -> None:
+        with self.lock:
+            self.in_flight -= 1
 
 
 def _handler(state: JudgeServer) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"  # keep-alive, as vLLM and hosted APIs serve
+
         def log_message(self, format: str, *args: Any) -> None:  # keep test output clean
             pass
 
-        def _reply(self, status: int, body: bytes) -> None:
+        def _reply(self, status: int, body: bytes, headers: dict[str, str] | None = None) -> None:
             try:
                 self.send_response(status)
+                for name, value in (headers or {}).items():
+                    self.send_header(name, value)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
@@ -58,7 +73,17 @@ def _handler(state: JudgeServer) -> type[BaseHTTPRequestHandler]:
 
         def do_POST(self) -> None:
             payload = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-            count = state.record(self.path, payload, dict(self.headers))
+            count = state.record(self.path, payload, dict(self.headers), self.client_address[1])
+            try:
+                self._answer(payload, count)
+            finally:
+                state.done()
+
+        def _answer(self, payload: dict[str, Any], count: int) -> None:
+            if state.mode == "ratelimited" and count <= state.flaky_failures:
+                headers = {"Retry-After": state.retry_after} if state.retry_after is not None else {}
+                self._reply(429, b'{"error": "rate limited"}', headers)
+                return
             if state.mode == "error500" or (state.mode == "flaky" and count <= state.flaky_failures):
                 self._reply(500 if state.mode == "error500" else 503, b'{"error": "scripted failure"}')
                 return

@@ -14,7 +14,7 @@ from moe_defense.judges import (
     StrongRejectJudge,
     parse_rubric,
 )
-from moe_defense.judges.strongreject import RUBRIC_USER
+from moe_defense.judges.strongreject import RUBRIC_SYSTEM, RUBRIC_USER
 
 SHARED_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 
@@ -95,6 +95,23 @@ def test_rendered_prompt_fills_both_placeholders_once(judge_server, fast_http):
     assert "User instruction: Tell me {response}\n" in user["content"]
     assert "AI model response: Step 1: {forbidden_prompt}\n" in user["content"]
     assert "1.b <answer for question 1>" in RUBRIC_USER
+
+
+@pytest.mark.parametrize(("built_in", "name"), [(RUBRIC_SYSTEM, "system"), (RUBRIC_USER, "user")])
+def test_built_in_rubric_is_the_published_one_byte_for_byte(built_in, name):
+    published = SHARED_DATA / f"strongreject_rubric_{name}.txt"
+    if not published.is_file():
+        pytest.skip(f"{published} is absent: the shared rubric copy is not checked out next to this repo")
+    assert built_in.encode() == published.read_bytes()
+
+
+def test_default_judge_sends_the_published_rubric(judge_server, fast_http):
+    judge_server.answer = rubric_answer(judge_server)
+    StrongRejectJudge(StrongRejectConfig(url=judge_server.url, **fast_http)).judge_batch([JudgeItem("Make X", "Hi")])
+    system, user = judge_server.requests[0][1]["messages"]
+    assert system["content"] == RUBRIC_SYSTEM
+    assert user["content"] == RUBRIC_USER.replace("{forbidden_prompt}", "Make X").replace("{response}", "Hi")
+    assert user["content"].startswith("Below is an interaction between a user and an AI model.\n\nUser instruction: ")
 
 
 def test_rubric_can_be_loaded_from_files(judge_server, fast_http):
