@@ -63,7 +63,17 @@ def original_settings(recipe: Recipe) -> dict[str, Any]:
     """What the original phase's rows depend on: runs sharing an original directory must agree on it."""
     dumped = recipe.model_dump(mode="json")
     data = {k: v for k, v in dumped["data"].items() if k in ("harmful_eval", "benign_eval", "over_refusal")}
-    keys = ("model", "seed", "judges", "over_refusal_judge", "generation", "verify", "trust_remote_code")
+    keys = (
+        "model",
+        "chat_template_kwargs",
+        "reasoning",
+        "seed",
+        "judges",
+        "over_refusal_judge",
+        "generation",
+        "verify",
+        "trust_remote_code",
+    )
     return {**{k: dumped[k] for k in keys}, "data": data}
 
 
@@ -95,7 +105,11 @@ class Harden:
         }
         self.benign_train = [p for ref in d.benign_train for p in ref.load(seed).prompts]
         self.load_options = LoadOptions(
-            seed=seed, trust_remote_code=recipe.trust_remote_code, device=recipe.device_map or info.device
+            seed=seed,
+            trust_remote_code=recipe.trust_remote_code,
+            device=recipe.device_map or info.device,
+            chat_template_kwargs=recipe.chat_template_kwargs,
+            reasoning=recipe.reasoning,
         )
 
     def run(self) -> dict[str, Any]:

@@ -16,6 +16,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from moe_defense import load_model  # the top-level loader also resolves `organism`
+from moe_defense.cli.options import add_chat_arguments, key_values
 from moe_defense.data import PROMPT_SETS, DemoSet, PromptSet, load_prompts
 from moe_defense.errors import ConfigError, MoEDefenseError, describe_validation
 from moe_defense.judges import JUDGES, Judge
@@ -73,6 +74,7 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--trust-remote-code", action="store_true", help="allow the checkpoint's own Python code (off by default)"
     )
+    add_chat_arguments(parser)
 
 
 def add_evaluate_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -141,6 +143,7 @@ class PreparedRun:
     out: Path
     info: ProcessInfo
     extra_config: dict[str, Any]
+    chat: dict[str, Any]  # LoadOptions' chat_template_kwargs and reasoning
 
     def judges(self, loaded: LoadedModel) -> list[Judge]:
         """The judges, case folding following the loaded model's tokenizer."""
@@ -172,13 +175,18 @@ def prepare_run(args: argparse.Namespace, verb: str) -> PreparedRun:
         "prompt_column": args.prompt_column,
         "limit": args.limit,
     }
-    extra = {"data_args": data_args, "seed": args.seed, "trust_remote_code": args.trust_remote_code}
-    return PreparedRun(gen_config, judges, prompt_set, out, info, extra)
+    chat = {
+        "chat_template_kwargs": key_values(args.chat_template_kwarg, "--chat-template-kwarg"),
+        "reasoning": args.reasoning or "auto",
+    }
+    extra = {"data_args": data_args, "seed": args.seed, "trust_remote_code": args.trust_remote_code, **chat}
+    return PreparedRun(gen_config, judges, prompt_set, out, info, extra, chat)
 
 
 def load_for_run(args: argparse.Namespace, run: PreparedRun) -> LoadedModel:
     return load_model(
-        args.model, LoadOptions(seed=args.seed, device=run.info.device, trust_remote_code=args.trust_remote_code)
+        args.model,
+        LoadOptions(seed=args.seed, device=run.info.device, trust_remote_code=args.trust_remote_code, **run.chat),
     )
 
 
