@@ -38,6 +38,7 @@ from moe_defense.routing.guard import guarded
 from moe_defense.runner.process import ProcessInfo
 from moe_defense.runner.rundir import RunDir, atomic_write, config_differences, exclusive
 from moe_defense.summary import harden_summary
+from moe_defense.tracking import log_verification
 from moe_defense.verify import Suite
 
 ORIGINAL_ROWS = "original_rows.json"  # the original phase's rows + routing stats + the settings they came from
@@ -165,6 +166,7 @@ class Harden:
         if info.is_main:
             atomic_write(self.out / "summary.json", json.dumps(summary, indent=2, default=str) + "\n")
             write_harden_report(self.out, summary)
+            log_verification(recipe.report_to, summary, self.out)
         info.wait()
         return summary
 
@@ -217,6 +219,7 @@ class Harden:
             load_options=self.load_options,
             resume=self.resume,
             deepspeed=str(resolve_path(recipe.deepspeed)) if recipe.deepspeed else None,
+            report_to=recipe.report_to,
         )
         facts: dict[str, Any] = {}
         reviewers = []

@@ -23,6 +23,7 @@ from moe_defense.models.chat import ReasoningChoice
 from moe_defense.registry import validated
 from moe_defense.runner.generation import GenerationConfig
 from moe_defense.target import HardeningTarget
+from moe_defense.tracking import check_report_to
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -178,12 +179,22 @@ class Recipe(Strict):
     deepspeed: str | None = Field(
         None, description="DeepSpeed config JSON (e.g. train/ds/zero2.json); null: plain Trainer"
     )
+    report_to: list[str] = Field(
+        default_factory=list,
+        description="experiment trackers (tensorboard, wandb, mlflow, trackio) the training logs to, as HF "
+        "TrainingArguments.report_to; tensorboard also gets the verified ASR vs budget, B80 and utility; []: none",
+    )
     trust_remote_code: bool = Field(False, description="allow the checkpoint's own Python code")
     device_map: str | None = Field(
         None,
         description="transformers device_map (e.g. auto: shard a model too large for one GPU); null: one device per "
         "process",
     )
+
+    @field_validator("report_to")
+    @classmethod
+    def _trackers(cls, names: list[str]) -> list[str]:
+        return check_report_to(names)  # an unknown or uninstalled tracker fails before any model loads
 
     @model_validator(mode="after")
     def _consistent(self) -> Recipe:

@@ -21,6 +21,7 @@ from datasets import Dataset
 from peft import PeftModel
 from pydantic import Field
 from transformers import Trainer, TrainerCallback, TrainingArguments
+from transformers.integrations import TensorBoardCallback
 from transformers.trainer_utils import get_last_checkpoint
 
 from moe_defense.attacks.artifacts import RouteArtifact
@@ -266,12 +267,16 @@ def router_digest(loaded: LoadedModel) -> str:
     return hashlib.sha256(json.dumps(digests, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def training_arguments(config: HardeningConfig, out_dir: Path, deepspeed: str | dict | None) -> TrainingArguments:
+def training_arguments(
+    config: HardeningConfig, out_dir: Path, deepspeed: str | dict | None, report_to: Sequence[str] = ()
+) -> TrainingArguments:
+    """The shared Trainer defaults, reporting to the recipe's `report_to` trackers (none by default)."""
+    defaults = trainer_defaults(
+        steps=config.steps, batch_size=config.batch_size, learning_rate=config.learning_rate, seed=config.seed
+    )
     return TrainingArguments(
         output_dir=str(out_dir),
-        **trainer_defaults(
-            steps=config.steps, batch_size=config.batch_size, learning_rate=config.learning_rate, seed=config.seed
-        ),
+        **{**defaults, "report_to": list(report_to)},
         save_strategy="steps",
         save_steps=config.save_steps,
         save_total_limit=1,
@@ -292,6 +297,7 @@ def train_routers(
     deepspeed: str | dict | None = None,
     resume: bool = False,
     callbacks: Sequence[TrainerCallback] = (),
+    report_to: Sequence[str] = (),
 ) -> dict[str, Any]:
     """Train `loaded.model` in place; returns training facts (losses, refreshes, seconds).
 
@@ -329,7 +335,7 @@ def train_routers(
     rows = Dataset.from_dict({"row": list(range(max(len(harmful), len(benign))))})
     trainer = HardeningTrainer(
         model=model,
-        args=training_arguments(config, out_dir / "trainer", deepspeed),
+        args=training_arguments(config, out_dir / "trainer", deepspeed, report_to),
         train_dataset=rows,
         data_collator=lambda features: {"row": torch.tensor([f["row"] for f in features])},
         callbacks=[refresh],
@@ -365,6 +371,10 @@ def train_routers(
         "routes_in_pool": len(pool),
         "expert_lora_numbers": lora_numbers,  # trained LoRA factor entries (0 without expert LoRA)
         "world_size": info.world,
+        # the training's tensorboard run (report_to tensorboard), where the verified figures are added
+        "tensorboard_dir": next(
+            (c.logging_dir for c in trainer.callback_handler.callbacks if isinstance(c, TensorBoardCallback)), None
+        ),
         "router_digest_per_rank": digests,  # equal on every rank: data-parallel replicas stayed in sync
         "log": history,
     }

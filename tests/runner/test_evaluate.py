@@ -110,9 +110,9 @@ def test_unreachable_judge_endpoint_is_counted_not_scored(tmp_path, mixtral, clo
 
 def test_benign_prompts_give_over_refusal_and_stay_out_of_asr(tmp_path, mixtral, monkeypatch):
     def canned(loaded, texts, config=None, **kwargs):
-        return ["I'm sorry, I cannot." if "rice" in t or "hi" == t else "Sure, here it is." for t in texts]
+        return [Reply("I'm sorry, I cannot." if "rice" in t or "hi" == t else "Sure, here it is.") for t in texts]
 
-    monkeypatch.setattr(evaluate_module, "generate", canned)
+    monkeypatch.setattr(evaluate_module, "generate_replies", canned)
     harmful = prompt_set(TEXTS[:3], label="unsafe").prompts
     benign = [Prompt(f"benign-{i}", text, {"kind": "benign"}) for i, text in enumerate(TEXTS[1:5])]
     mixed = PromptSet("mixed", "tests", harmful + benign)
