@@ -139,3 +139,18 @@ def test_cli_reasoning_choices_are_the_registered_parsers():
     from moe_defense.models.chat import REASONING_PARSERS
 
     assert sorted(REASONING_CHOICES) == sorted(["auto", *REASONING_PARSERS.names()])
+
+
+def test_harden_cli_chat_options_override_the_recipe(tmp_path, monkeypatch):
+    seen = {}
+
+    def record(recipe, out, **kwargs):
+        seen.update(recipe=recipe)
+        raise KeyboardInterrupt  # stop before any model loads
+
+    monkeypatch.setattr("moe_defense.pipeline.Harden", record)
+    path = _write(tmp_path, chat_template_kwargs={"enable_thinking": True, "tools": None})
+    argv = ["harden", str(path), "--out", str(tmp_path / "run"), "--reasoning", "think"]
+    assert main([*argv, "--chat-template-kwarg", "enable_thinking=false"]) == 130
+    recipe = seen["recipe"]
+    assert (recipe.chat_template_kwargs, recipe.reasoning) == ({"enable_thinking": False, "tools": None}, "think")

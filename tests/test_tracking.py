@@ -119,8 +119,11 @@ def test_figures_join_the_trainings_tensorboard_run(tmp_path):
     events = EventAccumulator(str(directory)).Reload()
     tags = events.Tags()["scalars"]
     assert "train/loss" in tags and "verify/b80" in tags
-    assert [(e.step, e.value) for e in events.Scalars("verify/asr_vs_budget/original")] == [(1, 0.5), (4, 0.9)]
-    assert len(list(verification_figures(SUMMARY))) == 12
+    points = [(e.step, e.value) for e in events.Scalars("verify/asr_vs_budget/original")]
+    assert points == [(1, 0.5), (4, pytest.approx(0.9))]  # tensorboard stores float32
+    assert sum(len(events.Scalars(tag)) for tag in tags if tag.split("/")[0] in ("verify", "utility")) == len(
+        list(verification_figures(SUMMARY))
+    )
 
 
 def test_the_pipeline_hands_the_trackers_to_the_training_defense(tmp_path, monkeypatch):
