@@ -38,6 +38,7 @@ from moe_defense.routing.guard import guarded
 from moe_defense.runner.process import ProcessInfo
 from moe_defense.runner.rundir import RunDir, atomic_write, config_differences, exclusive
 from moe_defense.summary import harden_summary
+from moe_defense.tracking import log_verification
 from moe_defense.verify import Suite
 
 ORIGINAL_ROWS = "original_rows.json"  # the original phase's rows + routing stats + the settings they came from
@@ -63,7 +64,17 @@ def original_settings(recipe: Recipe) -> dict[str, Any]:
     """What the original phase's rows depend on: runs sharing an original directory must agree on it."""
     dumped = recipe.model_dump(mode="json")
     data = {k: v for k, v in dumped["data"].items() if k in ("harmful_eval", "benign_eval", "over_refusal")}
-    keys = ("model", "seed", "judges", "over_refusal_judge", "generation", "verify", "trust_remote_code")
+    keys = (
+        "model",
+        "chat_template_kwargs",
+        "reasoning",
+        "seed",
+        "judges",
+        "over_refusal_judge",
+        "generation",
+        "verify",
+        "trust_remote_code",
+    )
     return {**{k: dumped[k] for k in keys}, "data": data}
 
 
@@ -99,6 +110,8 @@ class Harden:
             seed=seed,
             trust_remote_code=recipe.trust_remote_code,
             device=recipe.device_map or info.device,
+            chat_template_kwargs=recipe.chat_template_kwargs,
+            reasoning=recipe.reasoning,
         )
 
     def run(self) -> dict[str, Any]:
@@ -154,6 +167,7 @@ class Harden:
         if info.is_main:
             atomic_write(self.out / "summary.json", json.dumps(summary, indent=2, default=str) + "\n")
             write_harden_report(self.out, summary)
+            log_verification(recipe.report_to, summary, self.out)
         info.wait()
         return summary
 
@@ -206,6 +220,7 @@ class Harden:
             load_options=self.load_options,
             resume=self.resume,
             deepspeed=str(resolve_path(recipe.deepspeed)) if recipe.deepspeed else None,
+            report_to=recipe.report_to,
         )
         facts: dict[str, Any] = {}
         reviewers = []

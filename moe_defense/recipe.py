@@ -19,9 +19,11 @@ from moe_defense.defenses import DefenseSpec
 from moe_defense.defenses.base import check_composition
 from moe_defense.errors import ConfigError
 from moe_defense.judges.factory import JudgeSpec
+from moe_defense.models.chat import ReasoningChoice
 from moe_defense.registry import validated
 from moe_defense.runner.generation import GenerationConfig
 from moe_defense.target import HardeningTarget
+from moe_defense.tracking import check_report_to
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -136,6 +138,16 @@ class Recipe(Strict):
     """Everything `moe-defense harden` needs; written resolved into the run's config.yaml."""
 
     model: str = Field(description="hub id, local path, organism[:arch] or tiny:<model_type>")
+    chat_template_kwargs: dict[str, Any] = Field(
+        default_factory=dict,
+        description="options of the model's chat template, passed to every rendering (e.g. {enable_thinking: false} "
+        "for Qwen3, {reasoning_effort: low} for gpt-oss); a key the template never reads is warned about",
+    )
+    reasoning: ReasoningChoice = Field(
+        "auto",
+        description="how a reply splits into reasoning and the final answer judges and targets read: think "
+        "(<think>...</think>, also DeepSeek-R1), gpt-oss (harmony channels), none; auto: read off the chat template",
+    )
     seed: int = Field(0, description="seed of sampling, searches and training")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         "auto",
@@ -172,12 +184,22 @@ class Recipe(Strict):
     deepspeed: str | None = Field(
         None, description="DeepSpeed config JSON (e.g. train/ds/zero2.json); null: plain Trainer"
     )
+    report_to: list[str] = Field(
+        default_factory=list,
+        description="experiment trackers (tensorboard, wandb, mlflow, trackio) the training logs to, as HF "
+        "TrainingArguments.report_to; tensorboard also gets the verified ASR vs budget, B80 and utility; []: none",
+    )
     trust_remote_code: bool = Field(False, description="allow the checkpoint's own Python code")
     device_map: str | None = Field(
         None,
         description="transformers device_map (e.g. auto: shard a model too large for one GPU); null: one device per "
         "process",
     )
+
+    @field_validator("report_to")
+    @classmethod
+    def _trackers(cls, names: list[str]) -> list[str]:
+        return check_report_to(names)  # an unknown or uninstalled tracker fails before any model loads
 
     @model_validator(mode="after")
     def _consistent(self) -> Recipe:
@@ -243,7 +265,8 @@ def resolve_path(path: str) -> Path:
 
 
 def load_recipe(path: str | Path, overrides: dict[str, Any] | None = None) -> Recipe:
-    """Read and validate a recipe file; `overrides` (e.g. {"model": ...}) replace top-level fields."""
+    """Read and validate a recipe file; `overrides` (e.g. {"model": ...}) replace top-level fields, a mapping
+    (e.g. chat_template_kwargs) key by key; None overrides nothing."""
     path = resolve_path(str(path))
     if not path.is_file():
         raise ConfigError(f"recipe {str(path)!r} does not exist (see recipes/ for examples).")
@@ -253,5 +276,5 @@ def load_recipe(path: str | Path, overrides: dict[str, Any] | None = None) -> Re
         raise ConfigError(f"recipe {path} is not valid YAML: {error}") from error
     if not isinstance(payload, dict):
         raise ConfigError(f"recipe {path} must be a mapping of fields, got {type(payload).__name__}.")
-    payload.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    payload = merge(payload, {k: v for k, v in (overrides or {}).items() if v is not None})
     return validated(Recipe, payload, f"recipe {path}")

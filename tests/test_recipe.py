@@ -100,6 +100,8 @@ def test_components_take_name_and_args_or_a_bare_name(tmp_path):
         ({"deepspeed": "train/ds/no-such.json"}, "deepspeed"),
         ({"data": {**MINIMAL["data"], "harmful_eval": {"name": "no-such-set"}}}, "data.harmful_eval.name"),
         ({"train_budget": "lots"}, "train_budget"),
+        ({"reasoning": "cot"}, "reasoning"),
+        ({"chat_template_kwargs": ["enable_thinking"]}, "chat_template_kwargs"),
     ],
 )
 def test_bad_recipe_names_the_field(tmp_path, changes, named):
@@ -143,3 +145,44 @@ def test_cli_rejects_bad_recipe_before_loading_a_model(tmp_path, capsys):
     assert main(["harden", str(path), "--out", str(tmp_path / "run")]) == 1
     assert "judges" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
+
+
+def test_chat_options_reach_the_load_options_and_cli_overrides_merge_key_by_key(tmp_path):
+    from moe_defense.pipeline import Harden
+    from moe_defense.runner.process import process_info
+
+    path = _write(tmp_path, chat_template_kwargs={"enable_thinking": False, "tools": None}, reasoning="think")
+    recipe = load_recipe(path, {"chat_template_kwargs": {"enable_thinking": True}, "reasoning": None})
+    assert (recipe.chat_template_kwargs, recipe.reasoning) == ({"enable_thinking": True, "tools": None}, "think")
+    options = Harden(recipe, tmp_path / "run", info=process_info()).load_options
+    assert (options.chat_template_kwargs, options.reasoning) == (recipe.chat_template_kwargs, "think")
+    assert load_recipe(_write(tmp_path)).reasoning == "auto"
+
+
+def test_cli_reasoning_choices_are_the_registered_parsers():
+    from moe_defense.cli.options import REASONING_CHOICES
+    from moe_defense.models.chat import REASONING_PARSERS
+
+    assert sorted(REASONING_CHOICES) == sorted(["auto", *REASONING_PARSERS.names()])
+
+
+def test_cli_dtype_choices_are_the_loadable_dtypes():
+    from moe_defense.cli.options import DTYPE_CHOICES
+    from moe_defense.models.loading import DTYPES
+
+    assert DTYPE_CHOICES == ("auto", *DTYPES)
+
+
+def test_harden_cli_chat_options_override_the_recipe(tmp_path, monkeypatch):
+    seen = {}
+
+    def record(recipe, out, **kwargs):
+        seen.update(recipe=recipe)
+        raise KeyboardInterrupt  # stop before any model loads
+
+    monkeypatch.setattr("moe_defense.pipeline.Harden", record)
+    path = _write(tmp_path, chat_template_kwargs={"enable_thinking": True, "tools": None})
+    argv = ["harden", str(path), "--out", str(tmp_path / "run"), "--reasoning", "think"]
+    assert main([*argv, "--chat-template-kwarg", "enable_thinking=false"]) == 130
+    recipe = seen["recipe"]
+    assert (recipe.chat_template_kwargs, recipe.reasoning) == ({"enable_thinking": False, "tools": None}, "think")

@@ -8,7 +8,8 @@ import json
 import sys
 from collections.abc import Sequence
 
-from moe_defense.cli.patch import DTYPE_CHOICES, add_patch_parser
+from moe_defense.cli.options import DTYPE_CHOICES, add_chat_arguments, key_values
+from moe_defense.cli.patch import add_patch_parser
 from moe_defense.errors import ConfigError, MoEDefenseError
 
 
@@ -74,9 +75,14 @@ def _harden(args: argparse.Namespace) -> int:
     from moe_defense.runner.process import process_info
     from moe_defense.runner.rundir import default_out_dir
 
-    recipe = load_recipe(
-        args.recipe, {"model": args.model, "seed": args.seed, "dtype": args.dtype}
-    )  # fails before any model loads
+    overrides = {
+        "model": args.model,
+        "seed": args.seed,
+        "dtype": args.dtype,
+        "chat_template_kwargs": key_values(args.chat_template_kwarg, "--chat-template-kwarg") or None,
+        "reasoning": args.reasoning,
+    }
+    recipe = load_recipe(args.recipe, overrides)  # fails before any model loads
     launch_environment(recipe.deepspeed is not None)
     from moe_defense.pipeline import Harden
     from moe_defense.report import headline_table
@@ -134,6 +140,7 @@ def _add_harden_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, help="override the recipe's seed")
     parser.add_argument("--model", help="override the recipe's model (e.g. tiny:<model_type> for a dry run)")
     parser.add_argument("--dtype", choices=DTYPE_CHOICES, help="override the recipe's dtype (auto: the checkpoint's)")
+    add_chat_arguments(parser)  # over the recipe's: each --chat-template-kwarg KEY replaces that key
 
 
 def _ablate(args: argparse.Namespace) -> int:

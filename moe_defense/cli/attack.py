@@ -12,13 +12,13 @@ import json
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import ValidationError
 
 from moe_defense.attacks.base import ATTACKS, AttackContext, AttackSpec
 from moe_defense.attacks.rosais import RosaisConfig, rosais
 from moe_defense.attacks.suite import run_attack
 from moe_defense.cli.evaluate import PreparedRun, add_run_arguments, load_for_run, run_verb
+from moe_defense.cli.options import key_value, key_values, yaml_value
 from moe_defense.data import Prompt, load_prompts
 from moe_defense.errors import ConfigError, describe_validation
 from moe_defense.runner.rundir import RunDir, atomic_write
@@ -41,30 +41,15 @@ def add_attack_parser(subparsers: Any) -> None:
     parser.set_defaults(run=run_attack_verb)
 
 
-def _yaml_value(text: str, where: str) -> Any:
-    try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError as error:
-        raise ConfigError(f"{where}: {text!r} is not a YAML value ({error}).") from error
-
-
-def _key_value(item: str, flag: str) -> tuple[str, str]:
-    key, sep, value = item.partition("=")
-    if not sep or not key:
-        raise ConfigError(f"{flag} {item!r} must be KEY=VALUE.")
-    return key.strip(), value
-
-
 def attack_spec(args: argparse.Namespace) -> AttackSpec:
     """The attack spec from --attack, --attack-arg and --sweep; the run's --seed where the config has one."""
-    values = dict(_key_value(item, "--attack-arg") for item in args.attack_arg)
-    attack_args = {key: _yaml_value(value, f"--attack-arg {key}") for key, value in values.items()}
+    attack_args = key_values(args.attack_arg, "--attack-arg")
     if args.attack in ATTACKS and "seed" in ATTACKS.get(args.attack).config_class.model_fields:
         attack_args.setdefault("seed", args.seed)
     sweep = {}
     if args.sweep:
-        key, listed = _key_value(args.sweep, "--sweep")
-        sweep[key] = [_yaml_value(value, f"--sweep {key}") for value in listed.split(",")]
+        key, listed = key_value(args.sweep, "--sweep")
+        sweep[key] = [yaml_value(value, f"--sweep {key}") for value in listed.split(",")]
     try:
         return AttackSpec(name=args.attack, args=attack_args, sweep=sweep)
     except ValidationError as error:

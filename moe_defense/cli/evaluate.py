@@ -16,7 +16,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from moe_defense import load_model  # the top-level loader also resolves `organism`
-from moe_defense.cli.patch import DTYPE_CHOICES
+from moe_defense.cli.options import DTYPE_CHOICES, add_chat_arguments, key_values
 from moe_defense.data import PROMPT_SETS, DemoSet, PromptSet, load_prompts
 from moe_defense.errors import ConfigError, MoEDefenseError, describe_validation
 from moe_defense.judges import JUDGES, Judge
@@ -77,6 +77,7 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--trust-remote-code", action="store_true", help="allow the checkpoint's own Python code (off by default)"
     )
+    add_chat_arguments(parser)
 
 
 def add_evaluate_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -145,6 +146,7 @@ class PreparedRun:
     out: Path
     info: ProcessInfo
     extra_config: dict[str, Any]
+    chat: dict[str, Any]  # LoadOptions' chat_template_kwargs and reasoning
 
     def judges(self, loaded: LoadedModel) -> list[Judge]:
         """The judges, case folding following the loaded model's tokenizer."""
@@ -176,19 +178,30 @@ def prepare_run(args: argparse.Namespace, verb: str) -> PreparedRun:
         "prompt_column": args.prompt_column,
         "limit": args.limit,
     }
+    chat = {
+        "chat_template_kwargs": key_values(args.chat_template_kwarg, "--chat-template-kwarg"),
+        "reasoning": args.reasoning or "auto",
+    }
     extra = {
         "data_args": data_args,
         "seed": args.seed,
         "dtype": args.dtype,
         "trust_remote_code": args.trust_remote_code,
+        **chat,
     }
-    return PreparedRun(gen_config, judges, prompt_set, out, info, extra)
+    return PreparedRun(gen_config, judges, prompt_set, out, info, extra, chat)
 
 
 def load_for_run(args: argparse.Namespace, run: PreparedRun) -> LoadedModel:
     return load_model(
         args.model,
-        LoadOptions(dtype=args.dtype, seed=args.seed, device=run.info.device, trust_remote_code=args.trust_remote_code),
+        LoadOptions(
+            dtype=args.dtype,
+            seed=args.seed,
+            device=run.info.device,
+            trust_remote_code=args.trust_remote_code,
+            **run.chat,
+        ),
     )
 
 

@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-DTYPE_CHOICES = ("auto", "float32", "bfloat16", "float16")
+from moe_defense.cli.options import DTYPE_CHOICES
 
 
 def _load_base(args: argparse.Namespace):

@@ -2,17 +2,26 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 from jinja2 import TemplateError
 from transformers import PreTrainedTokenizerBase
 
 from moe_defense.errors import ConfigError
 
 
-def format_chat(tokenizer: PreTrainedTokenizerBase, prompt_text: str, system_prompt: str | None = None) -> str:
+def format_chat(
+    tokenizer: PreTrainedTokenizerBase,
+    prompt_text: str,
+    system_prompt: str | None = None,
+    template_kwargs: Mapping[str, Any] | None = None,
+) -> str:
     """One user turn (after an optional system turn), ending where the assistant starts answering.
 
     The system prompt is explicit, never injected by default: a hidden system prompt would change
-    refusal rates without showing up in the run config.
+    refusal rates without showing up in the run config. `template_kwargs` are the template's own
+    options (e.g. Qwen3's `enable_thinking`), as the recipe's `chat_template_kwargs` give them.
     """
     if not getattr(tokenizer, "chat_template", None):
         raise ConfigError(
@@ -23,7 +32,9 @@ def format_chat(tokenizer: PreTrainedTokenizerBase, prompt_text: str, system_pro
         {"role": "user", "content": prompt_text}
     ]
     try:
-        return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        return tokenizer.apply_chat_template(
+            messages, add_generation_prompt=True, tokenize=False, **dict(template_kwargs or {})
+        )
     except TemplateError as error:
         raise ConfigError(
             f"the chat template of {getattr(tokenizer, 'name_or_path', '')!r} rejected the conversation: {error}. "

@@ -56,6 +56,7 @@ class DefenseContext:
     load_options: LoadOptions = field(default_factory=LoadOptions)
     resume: bool = False
     deepspeed: str | None = None
+    report_to: list[str] = field(default_factory=list)  # experiment trackers a training defense logs to
 
 
 @dataclass

@@ -16,6 +16,7 @@ from moe_defense.attacks.objective import TargetProblem, prompt_target
 from moe_defense.data.prompts import Prompt
 from moe_defense.errors import DataError
 from moe_defense.judges import Judge, JudgeItem
+from moe_defense.models.chat import end_of_turn_ids
 from moe_defense.models.loading import LoadedModel
 from moe_defense.runner.generation import GenerationConfig, generate
 
@@ -24,7 +25,7 @@ IGNORE = -100  # label of positions that carry no loss (prompt, padding)
 
 @dataclass(frozen=True)
 class TrainingSequence:
-    """Prompt ids then response ids (+ EOS); the loss covers the response after its first `unlabelled` tokens."""
+    """Prompt ids then response ids (+ end of turn); the loss covers the response after its `unlabelled` tokens."""
 
     prompt: Prompt
     prompt_ids: torch.Tensor
@@ -49,13 +50,13 @@ class TrainingSequence:
 def to_sequences(
     loaded: LoadedModel, prompts: Sequence[Prompt], responses: Sequence[str], max_response_tokens: int
 ) -> list[TrainingSequence]:
-    eos = loaded.tokenizer.eos_token_id
+    """Each response (its first `max_response_tokens` tokens) closed by the template's own end of turn
+    (`<|im_end|>`, gpt-oss `<|return|>`; the EOS only where the template writes none)."""
+    end = torch.tensor(end_of_turn_ids(loaded.tokenizer, loaded.chat.template_kwargs), dtype=torch.long)
     sequences = []
     for prompt, response in zip(prompts, responses, strict=True):
         problem = TargetProblem.build(loaded, prompt.text, response.strip())
-        response_ids = problem.target_ids[:max_response_tokens]
-        if eos is not None:
-            response_ids = torch.cat([response_ids, torch.tensor([eos])])
+        response_ids = torch.cat([problem.target_ids[:max_response_tokens], end])
         sequences.append(TrainingSequence(prompt, problem.prompt_ids, response_ids))
     return sequences
 

@@ -77,6 +77,7 @@ class RouterHardening(Defense[HardeningConfig]):
                 mask_layers=mask_layers,
                 deepspeed=context.deepspeed,
                 resume=context.resume,
+                report_to=context.report_to,
             )
             training.update(
                 harmful_sequences=len(harmful),

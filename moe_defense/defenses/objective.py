@@ -22,6 +22,7 @@ network with the original router tensors swapped in (no second copy of the weigh
 from __future__ import annotations
 
 import copy
+import dataclasses
 import random
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -96,9 +97,7 @@ class Reference:
             self.copy = None
         else:  # other tensors train too: keep a frozen copy of the whole original model
             self.router_tensors = {}
-            self.copy = LoadedModel(
-                copy.deepcopy(loaded.model).eval().requires_grad_(False), loaded.tokenizer, loaded.adapter, loaded.spec
-            )
+            self.copy = dataclasses.replace(loaded, model=copy.deepcopy(loaded.model).eval().requires_grad_(False))
 
     @contextmanager
     def _original(self) -> Iterator[LoadedModel]:

@@ -20,6 +20,7 @@ import torch
 from datasets import Dataset
 from pydantic import Field
 from transformers import Trainer, TrainerCallback, TrainingArguments
+from transformers.integrations import TensorBoardCallback
 from transformers.trainer_utils import get_last_checkpoint
 
 from moe_defense.attacks.artifacts import RouteArtifact
@@ -268,17 +269,23 @@ def router_digest(loaded: LoadedModel) -> str:
 
 
 def training_arguments(
-    config: HardeningConfig, out_dir: Path, deepspeed: str | dict | None, precision: torch.dtype = torch.float32
+    config: HardeningConfig,
+    out_dir: Path,
+    deepspeed: str | dict | None,
+    precision: torch.dtype = torch.float32,
+    report_to: Sequence[str] = (),
 ) -> TrainingArguments:
+    """The shared Trainer defaults at the weights' precision, reporting to the recipe's `report_to` trackers."""
+    defaults = trainer_defaults(
+        steps=config.steps,
+        batch_size=config.batch_size,
+        learning_rate=config.learning_rate,
+        seed=config.seed,
+        precision=precision,
+    )
     return TrainingArguments(
         output_dir=str(out_dir),
-        **trainer_defaults(
-            steps=config.steps,
-            batch_size=config.batch_size,
-            learning_rate=config.learning_rate,
-            seed=config.seed,
-            precision=precision,
-        ),
+        **{**defaults, "report_to": list(report_to)},
         save_strategy="steps",
         save_steps=config.save_steps,
         save_total_limit=1,
@@ -299,6 +306,7 @@ def train_routers(
     deepspeed: str | dict | None = None,
     resume: bool = False,
     callbacks: Sequence[TrainerCallback] = (),
+    report_to: Sequence[str] = (),
 ) -> dict[str, Any]:
     """Train `loaded.model` in place; returns training facts (losses, refreshes, seconds).
 
@@ -341,7 +349,7 @@ def train_routers(
     rows = Dataset.from_dict({"row": list(range(max(len(harmful), len(benign))))})
     trainer = HardeningTrainer(
         model=model,
-        args=training_arguments(config, out_dir / "trainer", deepspeed, precision),
+        args=training_arguments(config, out_dir / "trainer", deepspeed, precision, report_to),
         train_dataset=rows,
         data_collator=lambda features: {"row": torch.tensor([f["row"] for f in features])},
         callbacks=[refresh],
@@ -383,6 +391,10 @@ def train_routers(
         # a Trainer checkpoint holds the trained tensors + optimizer/scheduler/RNG state, never the frozen model
         "checkpoint_bytes": directory_bytes(Path(last_checkpoint)) if last_checkpoint else 0,
         "model_bytes": state_bytes(loaded.model),
+        # the training's tensorboard run (report_to tensorboard), where the verified figures are added
+        "tensorboard_dir": next(
+            (c.logging_dir for c in trainer.callback_handler.callbacks if isinstance(c, TensorBoardCallback)), None
+        ),
         "router_digest_per_rank": digests,  # equal on every rank: data-parallel replicas stayed in sync
         "log": history,
     }

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -20,6 +20,7 @@ from transformers import (
 
 from moe_defense.errors import ModelLoadError
 from moe_defense.models.adapters import ADAPTERS, RouterAdapter, adapter_for
+from moe_defense.models.chat import ChatFormat, ReasoningChoice, chat_format
 from moe_defense.models.tokenizer import byte_level_tokenizer
 from moe_defense.registry import Registry
 
@@ -43,6 +44,8 @@ class LoadOptions:
     trust_remote_code: bool = False
     revision: str | None = None
     seed: int = 0
+    chat_template_kwargs: Mapping[str, Any] = field(default_factory=dict)  # e.g. {"enable_thinking": False}
+    reasoning: ReasoningChoice = "auto"  # how a reply splits into reasoning and answer (auto: from the template)
 
 
 @dataclass
@@ -54,6 +57,7 @@ class LoadedModel:
     adapter: RouterAdapter
     spec: str
     benign_set: str | None = None  # a registered benign prompt set in this model's own language (the organism's corpus)
+    chat: ChatFormat = field(default_factory=ChatFormat)  # template options and reasoning parser
 
     @property
     def device(self) -> torch.device:
@@ -148,6 +152,7 @@ def load_model(spec: str, options: LoadOptions | None = None) -> LoadedModel:
         loaded = build_tiny(model_type, seed=options.seed, dtype=options.dtype)
         if options.device:
             loaded.model.to(options.device)
+        loaded.chat = chat_format(loaded.tokenizer, options.chat_template_kwargs, options.reasoning)
         return loaded
     prefix = spec.split(":", 1)[0]
     if prefix in SPEC_RESOLVERS:
@@ -172,6 +177,11 @@ def load_pretrained(path_or_id: str, options: LoadOptions) -> LoadedModel:
             "Give a hub id, a directory with config.json, tiny:<model_type> or organism."
         ) from error
     adapter = adapter_for(config)
+    tokenizer = AutoTokenizer.from_pretrained(path_or_id, **common)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "left"
+    chat = chat_format(tokenizer, options.chat_template_kwargs, options.reasoning)  # checked before the weights load
     model = AutoModelForCausalLM.from_pretrained(
         path_or_id,
         dtype=torch_dtype(options.dtype),
@@ -180,8 +190,4 @@ def load_pretrained(path_or_id: str, options: LoadOptions) -> LoadedModel:
         **common,
     )
     model.eval()
-    tokenizer = AutoTokenizer.from_pretrained(path_or_id, **common)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    tokenizer.padding_side = "left"
-    return LoadedModel(model=model, tokenizer=tokenizer, adapter=adapter, spec=path_or_id)
+    return LoadedModel(model=model, tokenizer=tokenizer, adapter=adapter, spec=path_or_id, chat=chat)

@@ -20,6 +20,7 @@ from moe_defense.runner.generation import (
     RouteForBatch,
     encode_prompts,
     generate,
+    generate_replies,
 )
 from moe_defense.runner.process import ProcessInfo, process_info
 from moe_defense.runner.rundir import (
@@ -42,6 +43,7 @@ __all__ = [
     "encode_prompts",
     "evaluate",
     "generate",
+    "generate_replies",
     "is_benign",
     "judge_responses",
     "make_record",

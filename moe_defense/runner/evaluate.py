@@ -27,8 +27,9 @@ from moe_defense.judges import (
     pairwise_agreement,
 )
 from moe_defense.models import LoadedModel
+from moe_defense.models.chat import Reply
 from moe_defense.routing import Intervention
-from moe_defense.runner.generation import GenerationConfig, RouteForBatch, generate
+from moe_defense.runner.generation import GenerationConfig, RouteForBatch, generate_replies
 from moe_defense.runner.process import ProcessInfo, process_info
 from moe_defense.runner.rundir import RunDir
 from moe_defense.stats import wilson
@@ -44,14 +45,17 @@ def is_benign(prompt: Prompt) -> bool:
 
 def make_record(
     prompt: Prompt,
-    response: str,
+    reply: Reply,
     verdicts: Mapping[str, Verdict],
     *,
     attack: str,
     phase: str,
     route: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """One results.jsonl line; `status` is the worst verdict status, `judge_errors` names who failed and why."""
+    """One results.jsonl line; `status` is the worst verdict status, `judge_errors` names who failed and why.
+
+    `response` is the final answer the judges read; `reasoning` the thinking before it (null: none), and
+    `reasoning_cut_off` marks a reply stopped mid-thought, whose final answer is empty."""
     judge_errors = {name: v.reason or v.status for name, v in verdicts.items() if v.status != "scored"}
     status = max((v.status for v in verdicts.values()), key=STATUS_ORDER.index, default="scored")
     return {
@@ -61,7 +65,9 @@ def make_record(
         "prompt": prompt.text,
         "benign": is_benign(prompt),
         "route": dict(route) if route is not None else None,
-        "response": response,
+        "response": reply.answer,
+        "reasoning": reply.reasoning,
+        "reasoning_cut_off": reply.cut_off,
         "verdicts": {name: v.to_dict() for name, v in verdicts.items()},
         "judge_errors": judge_errors,
         "status": status,
@@ -256,11 +262,13 @@ def evaluate(
             positions = todo[start : start + chunk_size]
             chunk = [prompts[pos] for pos in positions]
             route = _chunk_routes(route_for_batch, positions)
-            responses = generate(loaded, [p.text for p in chunk], gen_config, route_for_batch=route, progress=False)
-            verdicts = judge_responses(judges, chunk, responses)
+            replies = generate_replies(
+                loaded, [p.text for p in chunk], gen_config, route_for_batch=route, progress=False
+            )
+            verdicts = judge_responses(judges, chunk, [reply.answer for reply in replies])  # never the reasoning
             writer.append(
                 make_record(p, r, v, attack=attack_name, phase=phase, route=routes.get(p.id))
-                for p, r, v in zip(chunk, responses, verdicts, strict=True)
+                for p, r, v in zip(chunk, replies, verdicts, strict=True)
             )
             bar.update(len(chunk))
     info.wait()

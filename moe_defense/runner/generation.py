@@ -1,4 +1,5 @@
-"""Batched greedy generation: chat-formatted prompts, left padding, KV cache, optional per-row routing.
+"""Batched greedy generation: chat-formatted prompts, left padding, KV cache, optional per-row routing,
+replies split into reasoning and final answer by the model's reasoning parser.
 
 Greedy decoding makes a response a function of (model, prompt, routing) alone, so a run can be resumed,
 sharded over processes or re-batched without changing a single answer (tested: batched outputs equal
@@ -15,6 +16,7 @@ from tqdm.auto import tqdm
 
 from moe_defense.data import format_chat
 from moe_defense.models import LoadedModel
+from moe_defense.models.chat import Reply
 from moe_defense.routing import Intervention, intervene
 
 # Given the rows of one batch (positions in the `texts` passed to `generate`, in batch-row order),
@@ -38,10 +40,11 @@ class GenerationConfig(BaseModel):
 
 
 def encode_prompts(loaded: LoadedModel, texts: Sequence[str], system_prompt: str | None) -> list[list[int]]:
-    """Token ids of each chat-formatted prompt; the template already holds BOS, so none is added again."""
-    tokenizer = loaded.tokenizer
+    """Token ids of each chat-formatted prompt (with the model's template options); the template already
+    holds BOS, so none is added again."""
+    tokenizer, options = loaded.tokenizer, loaded.chat.template_kwargs
     return [
-        list(tokenizer(format_chat(tokenizer, text, system_prompt), add_special_tokens=False)["input_ids"])
+        list(tokenizer(format_chat(tokenizer, text, system_prompt, options), add_special_tokens=False)["input_ids"])
         for text in texts
     ]
 
@@ -57,7 +60,6 @@ def _left_pad(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor,
     return input_ids, attention_mask
 
 
-@torch.inference_mode()
 def generate(
     loaded: LoadedModel,
     texts: Sequence[str],
@@ -66,7 +68,21 @@ def generate(
     route_for_batch: RouteForBatch | None = None,
     progress: bool = True,
 ) -> list[str]:
-    """Greedy answers to `texts`, in order, with special tokens removed.
+    """The final answers of `generate_replies` (reasoning removed): what judges and training targets read."""
+    replies = generate_replies(loaded, texts, config, route_for_batch=route_for_batch, progress=progress)
+    return [reply.answer for reply in replies]
+
+
+@torch.inference_mode()
+def generate_replies(
+    loaded: LoadedModel,
+    texts: Sequence[str],
+    config: GenerationConfig | None = None,
+    *,
+    route_for_batch: RouteForBatch | None = None,
+    progress: bool = True,
+) -> list[Reply]:
+    """Greedy replies to `texts`, in order, split by the model's reasoning parser, special tokens removed.
 
     Prompts are sorted by length and cut into batches of `config.batch_size`; `route_for_batch(rows)`,
     when given, supplies the routing interventions of each batch, applied only around that batch's
@@ -77,8 +93,9 @@ def generate(
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     encoded = encode_prompts(loaded, texts, config.system_prompt)
     order = sorted(range(len(texts)), key=lambda i: len(encoded[i]), reverse=True)
-    answers: list[str] = [""] * len(texts)
+    replies: list[Reply] = [Reply("")] * len(texts)
     device = loaded.device
+    skip_special = not loaded.chat.parser.keeps_special_tokens  # harmony channel markers are special tokens
     with tqdm(total=len(texts), desc="generate", unit="prompt", disable=not progress) as bar:
         for start in range(0, len(order), config.batch_size):
             rows = order[start : start + config.batch_size]
@@ -93,8 +110,8 @@ def generate(
                     use_cache=True,
                     pad_token_id=pad_id,
                 )
-            decoded = tokenizer.batch_decode(output[:, input_ids.shape[1] :], skip_special_tokens=True)
+            decoded = tokenizer.batch_decode(output[:, input_ids.shape[1] :], skip_special_tokens=skip_special)
             for i, text in zip(rows, decoded, strict=True):
-                answers[i] = text
+                replies[i] = loaded.chat.split(tokenizer, text)
             bar.update(len(rows))
-    return answers
+    return replies

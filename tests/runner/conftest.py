@@ -54,7 +54,7 @@ class ScriptedJudge(Judge):
 
 
 class GenerateCounter:
-    """Wraps evaluate's generate(): counts prompts generated and can fail on the n-th call (a simulated kill)."""
+    """Wraps evaluate's generate_replies(): counts prompts generated, can fail on the n-th call (a simulated kill)."""
 
     def __init__(self, fail_on_call: int | None = None, error: type[BaseException] = RuntimeError) -> None:
         self.calls = 0
@@ -69,7 +69,7 @@ class GenerateCounter:
         self.prompts.extend(texts)
         return self.real(loaded, texts, config, **kwargs)
 
-    real = staticmethod(evaluate_module.generate)
+    real = staticmethod(evaluate_module.generate_replies)
 
 
 @pytest.fixture
@@ -78,7 +78,7 @@ def count_generate(monkeypatch):
 
     def install(**kwargs) -> GenerateCounter:
         counter = GenerateCounter(**kwargs)
-        monkeypatch.setattr(evaluate_module, "generate", counter)
+        monkeypatch.setattr(evaluate_module, "generate_replies", counter)
         return counter
 
     return install

@@ -75,6 +75,7 @@ def test_demo_sets_are_judged_by_organism_then_keyword_with_over_refusal(tmp_pat
         (["--data", "{csv}", "--judge-url", "http://127.0.0.1:9"], "apply to model judges"),
         (["--data", "{csv}", "--resume"], "--resume needs --out"),
         (["--data", "{csv}", "--max-new-tokens", "0"], "--max-new-tokens"),
+        (["--data", "{csv}", "--chat-template-kwarg", "enable_thinking"], "must be KEY=VALUE"),
     ],
 )
 def test_bad_arguments_fail_in_one_line_before_any_model_loads(argv, message, csv_file, tmp_path, capsys, monkeypatch):
@@ -88,6 +89,22 @@ def test_bad_arguments_fail_in_one_line_before_any_model_loads(argv, message, cs
     assert "Traceback" not in err
     errors = [line for line in err.splitlines() if line.startswith("moe-defense evaluate: error: ")]
     assert len(errors) == 1 and message in errors[0]
+
+
+def test_chat_template_kwargs_and_reasoning_reach_the_load_options(csv_file, tmp_path, monkeypatch):
+    seen = {}
+
+    def record(spec, options):
+        seen.update(options=options)
+        raise KeyboardInterrupt  # stop before anything runs
+
+    monkeypatch.setattr("moe_defense.cli.evaluate.load_model", record)
+    argv = ["--data", str(csv_file), "--out", str(tmp_path / "run"), "--reasoning", "think"]
+    kwargs = ["--chat-template-kwarg", "enable_thinking=false", "--chat-template-kwarg", "reasoning_effort=low"]
+    assert cli("tiny:mixtral", *argv, *kwargs) == 130
+    options = seen["options"]
+    assert options.chat_template_kwargs == {"enable_thinking": False, "reasoning_effort": "low"}
+    assert options.reasoning == "think"
 
 
 def _free_port() -> int:

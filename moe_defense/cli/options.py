@@ -1,0 +1,52 @@
+"""`KEY=VALUE` command-line options whose values are read as YAML (`budget=8`, `enable_thinking=false`)."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+from typing import Any
+
+import yaml
+
+from moe_defense.errors import ConfigError
+
+# `reasoning` values (the parsers of moe_defense.models.chat, plus auto); spelled out so that building the
+# parser imports no transformers (a test checks them against the parser registry)
+REASONING_CHOICES = ("auto", "none", "think", "gpt-oss")
+DTYPE_CHOICES = ("auto", "float32", "bfloat16", "float16")  # moe_defense.models.loading.DTYPES, plus auto
+
+
+def yaml_value(text: str, where: str) -> Any:
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{where}: {text!r} is not a YAML value ({error}).") from error
+
+
+def key_value(item: str, flag: str) -> tuple[str, str]:
+    key, sep, value = item.partition("=")
+    if not sep or not key:
+        raise ConfigError(f"{flag} {item!r} must be KEY=VALUE.")
+    return key.strip(), value
+
+
+def key_values(items: Sequence[str], flag: str) -> dict[str, Any]:
+    """Repeated `flag KEY=VALUE` options as a dict of YAML values (a later KEY wins)."""
+    values = dict(key_value(item, flag) for item in items)
+    return {key: yaml_value(value, f"{flag} {key}") for key, value in values.items()}
+
+
+def add_chat_arguments(parser: argparse.ArgumentParser) -> None:
+    """--chat-template-kwarg and --reasoning: how the model's chat template is driven and its replies read."""
+    parser.add_argument(
+        "--chat-template-kwarg",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="an option of the model's chat template (repeatable; VALUE is read as YAML), e.g. enable_thinking=false",
+    )
+    parser.add_argument(
+        "--reasoning",
+        choices=REASONING_CHOICES,
+        help="how a reply splits into reasoning and final answer (default auto: read off the chat template)",
+    )
