@@ -32,7 +32,7 @@ from moe_defense.defenses.objective import response_ce
 from moe_defense.errors import ConfigError
 from moe_defense.judges.factory import build_judges
 from moe_defense.models import LoadedModel, LoadOptions
-from moe_defense.recipe import Recipe, resolve_path
+from moe_defense.recipe import Recipe
 from moe_defense.report import write_harden_report
 from moe_defense.routing.guard import guarded
 from moe_defense.runner.process import ProcessInfo
@@ -202,7 +202,7 @@ class Harden:
             info=self.info,
             load_options=self.load_options,
             resume=self.resume,
-            deepspeed=str(resolve_path(recipe.deepspeed)) if recipe.deepspeed else None,
+            deepspeed=recipe.deepspeed,  # resolved at validation
         )
         facts: dict[str, Any] = {}
         reviewers = []
