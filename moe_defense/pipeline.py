@@ -38,6 +38,7 @@ from moe_defense.routing.guard import guarded
 from moe_defense.runner.process import ProcessInfo
 from moe_defense.runner.rundir import RunDir, atomic_write, config_differences, exclusive
 from moe_defense.summary import harden_summary
+from moe_defense.utility_tasks import UtilityTasks
 from moe_defense.verify import Suite
 
 ORIGINAL_ROWS = "original_rows.json"  # the original phase's rows + routing stats + the settings they came from
@@ -94,6 +95,15 @@ class Harden:
             for name in ("harmful_train", "harmful_eval", "benign_eval", "over_refusal")
         }
         self.benign_train = [p for ref in d.benign_train for p in ref.load(seed).prompts]
+        v = recipe.verify
+        batch = recipe.generation.batch_size
+        self.utility = (
+            UtilityTasks(tuple(v.utility_tasks), v.utility_task_path, v.utility_limit, batch, seed)
+            if v.utility_tasks
+            else None
+        )
+        if self.utility is not None:
+            self.utility.check()  # unknown task names fail before any model loads
         self.load_options = LoadOptions(
             seed=seed, trust_remote_code=recipe.trust_remote_code, device=recipe.device_map or info.device
         )
@@ -120,6 +130,7 @@ class Harden:
             recipe.seed,
             info,
             refusal_judge=recipe.over_refusal_judge,
+            utility=self.utility,
             resume=self.resume,
             progress=self.progress,
         )

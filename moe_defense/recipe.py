@@ -151,6 +151,30 @@ class VerifyConfig(Strict):
     benign_nll_tokens: int = Field(
         48, ge=1, description="tokens of the original model's benign answers scored by benign NLL"
     )
+    utility_tasks: list[str] = Field(
+        default_factory=list,
+        description="lm-evaluation-harness tasks (mmlu, gsm8k, ifeval, ... or your own) scored on the original and "
+        "the hardened model beside safety; needs the `lm-eval` extra",
+    )
+    utility_task_path: str | None = Field(
+        None, description="folder of your own lm-eval task YAMLs (relative to the recipe), beside the built-in ones"
+    )
+    utility_limit: int | None = Field(None, ge=1, description="examples per utility task (null: all)")
+
+    @field_validator("utility_tasks")
+    @classmethod
+    def _harness(cls, tasks: list[str]) -> list[str]:
+        if tasks:
+            require_extra("lm_eval", "lm-eval", "verify.utility_tasks")
+        return tasks
+
+    @field_validator("utility_task_path")
+    @classmethod
+    def _task_folder(cls, value: str | None, info: ValidationInfo) -> str | None:
+        path = resolve_reference(value, info) if value is not None else None
+        if value is not None and (path is None or not path.is_dir()):
+            raise ValueError(f"{value!r} is not a folder next to the recipe")
+        return str(path) if path is not None else None
 
     @field_validator("attacks")
     @classmethod
