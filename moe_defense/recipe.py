@@ -33,8 +33,6 @@ from moe_defense.target import HardeningTarget
 
 # packaged recipes, ablation grids and DeepSpeed configs (package data; a wheel installs them as plain files)
 RECIPES = Path(str(importlib.resources.files("moe_defense") / "recipes"))
-
-
 GRIDS = "ablations"  # the packaged ablation grids' folder; every other packaged YAML is a recipe
 
 
@@ -165,7 +163,7 @@ class VerifyConfig(Strict):
     @classmethod
     def _harness(cls, tasks: list[str]) -> list[str]:
         if tasks:
-            require_extra("lm_eval", "lm-eval", "verify.utility_tasks")
+            require_extra("lm_eval", "lm-eval", "scoring lm-eval tasks")
         return tasks
 
     @field_validator("utility_task_path")

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from moe_defense.errors import ConfigError, require_extra
+from moe_defense.errors import ConfigError
 from moe_defense.models import LoadedModel
 from moe_defense.runner.process import ProcessInfo
 from moe_defense.runner.rundir import atomic_write
@@ -49,8 +49,8 @@ class UtilityTasks:
     seed: int = 0
 
     def check(self) -> None:
-        """Every task is one lm-eval knows: an unknown name fails here, before any model loads."""
-        require_extra("lm_eval", "lm-eval", "verify.utility_tasks")
+        """Every task is one lm-eval knows: an unknown name fails here, before any model loads (the extra itself
+        is checked at recipe validation)."""
         known = set(task_manager(self.tasks, self.include_path).all_tasks)
         unknown = [task for task in self.tasks if task not in known]
         if unknown:
