@@ -113,7 +113,7 @@ def main() -> None:
     parser.add_argument("--seq", type=int, default=64)
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--deepspeed", default="train/ds/zero2.json")
+    parser.add_argument("--deepspeed", default="moe_defense/recipes/ds/zero2.json")
     parser.add_argument("--work", default="/tmp/moe-defense-bench-step")
     parser.add_argument("--child", choices=["routers", "all"])
     args = parser.parse_args()

@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from moe_defense.defenses import DefenseSpec
 from moe_defense.errors import ConfigError, describe_validation
 from moe_defense.pipeline import Harden
-from moe_defense.recipe import Recipe, compose_defenses, load_recipe, merge, resolve_path
+from moe_defense.recipe import Recipe, compose_defenses, find_recipe, load_recipe, merge
 from moe_defense.registry import validated
 from moe_defense.report import GRID_SUMMARY, UTILITY, write_grid_report
 from moe_defense.runner.process import ProcessInfo
@@ -55,15 +55,15 @@ class GridConfig(BaseModel):
 
 
 def load_grid(path: str | Path, reduced: bool = False) -> tuple[GridConfig, dict[tuple[str, int], Recipe]]:
-    """The grid and every cell's recipe, all validated before any model loads."""
-    path = resolve_path(str(path))
-    if not path.is_file():
-        raise ConfigError(f"grid {str(path)!r} does not exist (see recipes/ablations/).")
+    """The grid (a file, else a packaged grid such as `ablations/demo-grid`) and every cell's recipe, all
+    validated before any model loads; the grid's `recipe` is relative to the grid, else a packaged name."""
+    path = find_recipe(path, what="grid")
     try:
         payload = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as error:
         raise ConfigError(f"grid {path}: {error}") from error
     grid = validated(GridConfig, payload, f"grid {path}")
+    grid.recipe = str(find_recipe(grid.recipe, path.parent))  # resolved: grid.yaml replays from any directory
     base = load_recipe(grid.recipe).model_dump(mode="json")
     base["verify"] = merge(base["verify"], grid.verify)
     base["data"] = merge(base["data"], grid.data)
@@ -79,7 +79,7 @@ def load_grid(path: str | Path, reduced: bool = False) -> tuple[GridConfig, dict
         for seed in grid.seeds:
             payload = {**base, "seed": seed, "defenses": compose_defenses(row, base["defenses"])}
             try:
-                cells[(name, seed)] = Recipe.model_validate(payload)
+                cells[(name, seed)] = Recipe.model_validate(payload, context={"recipe_dir": path.parent})
             except ValidationError as error:
                 raise ConfigError(f"grid {path}, defense {name!r}: {describe_validation(error)}") from error
     return grid, cells

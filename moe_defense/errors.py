@@ -1,5 +1,7 @@
 """One error hierarchy, so callers can catch moe-defense failures without catching bugs."""
 
+import importlib.util
+
 
 class MoEDefenseError(Exception):
     """Base class of every error moe-defense raises on purpose."""
@@ -47,3 +49,15 @@ def describe_validation(error: Exception, flag_style: bool = False) -> str:
         message = item["msg"].removeprefix("Value error, ")
         parts.append(f"{field}: {message}" if field else message)
     return "; ".join(parts)
+
+
+class MissingExtraError(ConfigError, ValueError):
+    """A feature a recipe asks for needs an optional extra that is not installed (a ValueError too, so a
+    pydantic validator reports it under the field that asked)."""
+
+
+def require_extra(module: str, extra: str, why: str) -> None:
+    """Fail now, naming the `pip install` line, when `module` (of extra `extra`) is not importable: a recipe
+    needing it is rejected at validation, not after the original model's whole suite ran."""
+    if importlib.util.find_spec(module) is None:
+        raise MissingExtraError(f"{why} needs `{module}`, which is not installed: pip install 'moe-defense[{extra}]'")

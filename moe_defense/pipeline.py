@@ -32,13 +32,14 @@ from moe_defense.defenses.objective import response_ce
 from moe_defense.errors import ConfigError
 from moe_defense.judges.factory import build_judges
 from moe_defense.models import LoadedModel, LoadOptions
-from moe_defense.recipe import Recipe, resolve_path
+from moe_defense.recipe import Recipe
 from moe_defense.report import write_harden_report
 from moe_defense.routing.guard import guarded
 from moe_defense.runner.process import ProcessInfo
 from moe_defense.runner.rundir import RunDir, atomic_write, config_differences, exclusive
 from moe_defense.summary import harden_summary
 from moe_defense.tracking import log_verification
+from moe_defense.utility_tasks import UtilityTasks
 from moe_defense.verify import Suite
 
 ORIGINAL_ROWS = "original_rows.json"  # the original phase's rows + routing stats + the settings they came from
@@ -105,6 +106,15 @@ class Harden:
             for name in ("harmful_train", "harmful_eval", "benign_eval", "over_refusal")
         }
         self.benign_train = [p for ref in d.benign_train for p in ref.load(seed).prompts]
+        v = recipe.verify
+        batch = recipe.generation.batch_size
+        self.utility = (
+            UtilityTasks(tuple(v.utility_tasks), v.utility_task_path, v.utility_limit, batch, seed)
+            if v.utility_tasks
+            else None
+        )
+        if self.utility is not None:
+            self.utility.check()  # unknown task names fail before any model loads
         self.load_options = LoadOptions(
             dtype=recipe.dtype,
             seed=seed,
@@ -136,6 +146,7 @@ class Harden:
             recipe.seed,
             info,
             refusal_judge=recipe.over_refusal_judge,
+            utility=self.utility,
             resume=self.resume,
             progress=self.progress,
         )
@@ -219,7 +230,7 @@ class Harden:
             info=self.info,
             load_options=self.load_options,
             resume=self.resume,
-            deepspeed=str(resolve_path(recipe.deepspeed)) if recipe.deepspeed else None,
+            deepspeed=recipe.deepspeed,  # resolved at validation
             report_to=recipe.report_to,
         )
         facts: dict[str, Any] = {}

@@ -3,21 +3,29 @@
 Validated by pydantic (`extra="forbid"`), so a typo, an unknown judge, attack or defense, an argument
 its config does not have, a wrong type or a missing file fails with the field's name before any model
 loads. Attacks, judges and defenses are `{name, args}` specs over their registries.
+
+Where a recipe is found: a path to an existing file is read as it is; anything else names a recipe packaged
+in `moe_defense/recipes/` (`demo`, `models/olmoe`, `ablations/router-defense`; a leading `recipes/` and the
+`.yaml` suffix are optional, so the repository's `recipes/demo.yaml` keeps working from any directory).
+Files a recipe names (`deepspeed`, local prompt files) are looked up next to the recipe, then among the
+packaged files (`ds/zero2.json`), not in the working directory, and stored resolved (absolute); a prompt-set
+name found in neither place is a hub id.
 """
 
 from __future__ import annotations
 
+import importlib.resources
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from moe_defense.attacks import AttackSpec
 from moe_defense.data import PROMPT_SETS, PromptSet, load_prompts
 from moe_defense.defenses import DefenseSpec
 from moe_defense.defenses.base import check_composition
-from moe_defense.errors import ConfigError
+from moe_defense.errors import ConfigError, require_extra
 from moe_defense.judges.factory import JudgeSpec
 from moe_defense.models.chat import ReasoningChoice
 from moe_defense.registry import validated
@@ -25,7 +33,41 @@ from moe_defense.runner.generation import GenerationConfig
 from moe_defense.target import HardeningTarget
 from moe_defense.tracking import check_report_to
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+# packaged recipes, ablation grids and DeepSpeed configs (package data; a wheel installs them as plain files)
+RECIPES = Path(str(importlib.resources.files("moe_defense") / "recipes"))
+GRIDS = "ablations"  # the packaged ablation grids' folder; every other packaged YAML is a recipe
+
+
+def packaged_recipes(what: str = "recipe") -> list[str]:
+    """Names of the packaged recipes (`demo`, `models/olmoe`, ...) or, with what="grid", grids."""
+    names = (p.relative_to(RECIPES).with_suffix("").as_posix() for p in RECIPES.rglob("*.yaml"))
+    return sorted(name for name in names if name.startswith(f"{GRIDS}/") == (what == "grid"))
+
+
+def find_recipe(ref: str | Path, base: Path | None = None, what: str = "recipe") -> Path:
+    """`ref` as a file (relative to `base`, default the working directory) if there is one, else the packaged
+    recipe (or grid) of that name."""
+    path = (base or Path.cwd()) / ref
+    if path.is_file():
+        return path
+    name = Path(ref).as_posix().removeprefix("recipes/")
+    for candidate in (RECIPES / name, RECIPES / f"{name}.yaml"):
+        if candidate.is_file():
+            return candidate
+    raise ConfigError(
+        f"{what} {str(ref)!r} is neither a file nor a packaged {what} (packaged: {', '.join(packaged_recipes(what))})."
+    )
+
+
+def resolve_reference(value: str, info: ValidationInfo) -> Path | None:
+    """A file a recipe names: absolute as it is; relative: next to the recipe (the validation context's
+    `recipe_dir`), else packaged. None when neither exists."""
+    path = Path(value).expanduser()
+    if path.is_absolute():
+        return path if path.exists() else None
+    recipe_dir = (info.context or {}).get("recipe_dir")
+    roots = [Path(recipe_dir)] if recipe_dir is not None else []
+    return next(((root / path).resolve() for root in [*roots, RECIPES] if (root / path).exists()), None)
 
 
 class Strict(BaseModel):
@@ -43,12 +85,21 @@ class DataRef(Strict):
 
     @field_validator("name")
     @classmethod
-    def _known(cls, name: str) -> str:
-        if name in PROMPT_SETS.names() or "/" in name or Path(name).suffix:
+    def _known(cls, name: str, info: ValidationInfo) -> str:
+        if name in PROMPT_SETS.names():
             return name
+        if "/" in name or Path(name).suffix:
+            local = resolve_reference(name, info)
+            return str(local) if local is not None and local.is_file() else name  # else a hub id
         raise ValueError(
             f"{name!r} is not a registered prompt set ({', '.join(PROMPT_SETS.names())}), a file or a hub id"
         )
+
+    @field_validator("data_file")
+    @classmethod
+    def _local_copy(cls, data_file: str | None, info: ValidationInfo) -> str | None:
+        local = resolve_reference(data_file, info) if data_file is not None else None
+        return str(local) if local is not None else data_file  # a missing file: load_prompts names it
 
     def load(self, seed: int) -> PromptSet:
         return load_prompts(
@@ -100,6 +151,30 @@ class VerifyConfig(Strict):
     benign_nll_tokens: int = Field(
         48, ge=1, description="tokens of the original model's benign answers scored by benign NLL"
     )
+    utility_tasks: list[str] = Field(
+        default_factory=list,
+        description="lm-evaluation-harness tasks (mmlu, gsm8k, ifeval, ... or your own) scored on the original and "
+        "the hardened model beside safety; needs the `lm-eval` extra",
+    )
+    utility_task_path: str | None = Field(
+        None, description="folder of your own lm-eval task YAMLs (relative to the recipe), beside the built-in ones"
+    )
+    utility_limit: int | None = Field(None, ge=1, description="examples per utility task (null: all)")
+
+    @field_validator("utility_tasks")
+    @classmethod
+    def _harness(cls, tasks: list[str]) -> list[str]:
+        if tasks:
+            require_extra("lm_eval", "lm-eval", "scoring lm-eval tasks")
+        return tasks
+
+    @field_validator("utility_task_path")
+    @classmethod
+    def _task_folder(cls, value: str | None, info: ValidationInfo) -> str | None:
+        path = resolve_reference(value, info) if value is not None else None
+        if value is not None and (path is None or not path.is_dir()):
+            raise ValueError(f"{value!r} is not a folder next to the recipe")
+        return str(path) if path is not None else None
 
     @field_validator("attacks")
     @classmethod
@@ -182,7 +257,9 @@ class Recipe(Strict):
         "meets it; null: apply `defenses` once",
     )
     deepspeed: str | None = Field(
-        None, description="DeepSpeed config JSON (e.g. train/ds/zero2.json); null: plain Trainer"
+        None,
+        description="DeepSpeed config JSON, relative to the recipe or packaged (ds/zero0.json, ds/zero2.json); "
+        "null: plain Trainer. Needs the `deepspeed` extra",
     )
     report_to: list[str] = Field(
         default_factory=list,
@@ -200,6 +277,18 @@ class Recipe(Strict):
     @classmethod
     def _trackers(cls, names: list[str]) -> list[str]:
         return check_report_to(names)  # an unknown or uninstalled tracker fails before any model loads
+
+    @field_validator("deepspeed")
+    @classmethod
+    def _deepspeed_config(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is None:
+            return None
+        require_extra("deepspeed", "deepspeed", f"a DeepSpeed config ({value!r})")
+        path = resolve_reference(value, info)
+        if path is None or not path.is_file():
+            packaged = ", ".join(p.relative_to(RECIPES).as_posix() for p in sorted((RECIPES / "ds").glob("*.json")))
+            raise ValueError(f"DeepSpeed config {value!r} is neither next to the recipe nor packaged ({packaged})")
+        return str(path)
 
     @model_validator(mode="after")
     def _consistent(self) -> Recipe:
@@ -231,8 +320,6 @@ class Recipe(Strict):
                 raise ValueError(
                     f"verify.attacks: {replays} replay the curve attack's routes, but the suite sweeps no budget"
                 )
-        if self.deepspeed is not None and not resolve_path(self.deepspeed).is_file():
-            raise ValueError(f"deepspeed config {self.deepspeed!r} does not exist")
         return self
 
     @property
@@ -258,18 +345,11 @@ def compose_defenses(row: DefenseSpec | list[DefenseSpec], base: list[dict[str, 
     return [{"name": spec.name, "args": merge(inherited.get(spec.name, {}), spec.args)} for spec in specs]
 
 
-def resolve_path(path: str) -> Path:
-    """Relative paths in recipes are relative to the working directory, else to the repository."""
-    candidate = Path(path)
-    return candidate if candidate.is_absolute() or candidate.exists() else REPO_ROOT / candidate
-
-
-def load_recipe(path: str | Path, overrides: dict[str, Any] | None = None) -> Recipe:
-    """Read and validate a recipe file; `overrides` (e.g. {"model": ...}) replace top-level fields, a mapping
-    (e.g. chat_template_kwargs) key by key; None overrides nothing."""
-    path = resolve_path(str(path))
-    if not path.is_file():
-        raise ConfigError(f"recipe {str(path)!r} does not exist (see recipes/ for examples).")
+def load_recipe(path: str | Path, overrides: dict[str, Any] | None = None, base: Path | None = None) -> Recipe:
+    """Read and validate a recipe (a file, else a packaged name: `find_recipe`); `overrides` (e.g.
+    {"model": ...}) replace top-level fields, a mapping (e.g. chat_template_kwargs) key by key; None overrides
+    nothing."""
+    path = find_recipe(path, base)
     try:
         payload = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as error:
@@ -277,4 +357,4 @@ def load_recipe(path: str | Path, overrides: dict[str, Any] | None = None) -> Re
     if not isinstance(payload, dict):
         raise ConfigError(f"recipe {path} must be a mapping of fields, got {type(payload).__name__}.")
     payload = merge(payload, {k: v for k, v in (overrides or {}).items() if v is not None})
-    return validated(Recipe, payload, f"recipe {path}")
+    return validated(Recipe, payload, f"recipe {path}", context={"recipe_dir": path.parent})

@@ -107,9 +107,10 @@ class ComponentSpec(BaseModel):
             raise ValueError(f"{self.registry().kind} {self.name!r} args: {error}") from None
 
 
-def validated(model: type[BaseModel], payload: Any, where: str) -> Any:
-    """`model.model_validate(payload)`, a validation error turned into one ConfigError naming `where`."""
+def validated(model: type[BaseModel], payload: Any, where: str, context: dict[str, Any] | None = None) -> Any:
+    """`model.model_validate(payload)`, a validation error turned into one ConfigError naming `where`;
+    `context` reaches the validators (e.g. the recipe's directory, which its relative paths are against)."""
     try:
-        return model.model_validate(payload)
+        return model.model_validate(payload, context=context)
     except ValidationError as error:
         raise ConfigError(f"{where}: {describe_validation(error)}") from error

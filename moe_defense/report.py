@@ -68,7 +68,26 @@ def headline_table(summary: dict[str, Any]) -> str:
         cells = [rate(u[phase][key], u[phase][f"{key}_ci95"], u[phase][n]) for phase in ("original", "hardened")]
         lines.append(f"| {key.replace('_', ' ')} | {cells[0]} | {cells[1]} |")
     lines.append(f"| benign nll | {fmt(u['original']['benign_nll'])} | {fmt(u['hardened']['benign_nll'])} |")
+    lines += task_rows(u)
     return "\n".join(lines)
+
+
+def task_rows(utility: dict[str, Any]) -> list[str]:
+    """One row per lm-eval task and metric: `0.412 ± 0.015 n=1000` before and after."""
+
+    def cell(scores: dict[str, Any] | None, metric: str) -> str:
+        if not scores or metric not in scores["metrics"]:
+            return "-"
+        stderr = scores["stderr"].get(metric)
+        spread = f" ± {stderr:.3f}" if stderr is not None else ""
+        return f"{scores['metrics'][metric]:.3f}{spread} n={scores['n']}"
+
+    before, after = (utility[phase].get("tasks") or {} for phase in ("original", "hardened"))
+    return [
+        f"| {task} {metric} (lm-eval) | {cell(before.get(task), metric)} | {cell(after.get(task), metric)} |"
+        for task in {**before, **after}
+        for metric in {**(before.get(task) or {}).get("metrics", {}), **(after.get(task) or {}).get("metrics", {})}
+    ]
 
 
 def _budget_tick(budget: int | None) -> str:

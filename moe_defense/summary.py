@@ -11,7 +11,7 @@ from typing import Any
 from moe_defense.budget import BudgetPolicy
 from moe_defense.recipe import Recipe
 from moe_defense.robustness import median_ratio
-from moe_defense.verify import UTILITY_ROWS, Suite
+from moe_defense.verify import UTILITY_ROWS, UTILITY_TASKS, Suite
 
 
 def asr_point(row: dict[str, Any] | None) -> dict[str, Any]:
@@ -30,6 +30,7 @@ def utility(rows: dict[str, dict[str, Any]], nll: float) -> dict[str, Any]:
         "over_refusal_ci95": lookalike.get("over_refusal_ci95"),
         "n_over_refusal": lookalike.get("n_benign_scored"),
         "benign_nll": round(nll, 4),
+        "tasks": rows.get(UTILITY_TASKS, {}),  # lm-eval: per task {metrics, stderr, n}
     }
 
 

@@ -29,9 +29,11 @@ from moe_defense.runner.evaluate import evaluate
 from moe_defense.runner.generation import GenerationConfig
 from moe_defense.runner.process import ProcessInfo
 from moe_defense.runner.rundir import RunDir, atomic_write
+from moe_defense.utility_tasks import ROW as UTILITY_TASKS
+from moe_defense.utility_tasks import UtilityTasks
 
 ADAPTIVE_SEED_OFFSET = 1000  # searches on the hardened model use seeds the original's never did
-UTILITY_ROWS = ("benign", "over-refusal")  # the suite's utility rows, beside the attacks
+UTILITY_ROWS = ("benign", "over-refusal", UTILITY_TASKS)  # the suite's utility rows, beside the attacks
 
 
 def phase_seed(seed: int, phase: str, attack: type[Attack]) -> int:
@@ -53,6 +55,7 @@ class Suite:
     seed: int
     info: ProcessInfo
     refusal_judge: str = "keyword"
+    utility: UtilityTasks | None = None  # lm-eval tasks (verify.utility_tasks)
     resume: bool = False
     progress: bool = True
     rows: dict[str, dict[str, dict[str, Any]]] = field(default_factory=lambda: {"original": {}, "hardened": {}})
@@ -103,6 +106,8 @@ class Suite:
         """Utility, then every attack; `routes` (another model's artifacts) enables the transfer replays."""
         self._evaluate(loaded, phase, directory, "benign", self.benign)
         self._evaluate(loaded, phase, directory, "over-refusal", self.over_refusal)
+        if self.utility is not None:
+            self.rows[phase][UTILITY_TASKS] = self.utility.run(loaded, directory, info=self.info, resume=self.resume)
         context = AttackContext(generation=self.generation, benign=self.benign.prompts, routes=routes, info=self.info)
         attacks = [
             (label, a)

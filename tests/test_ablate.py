@@ -11,17 +11,17 @@ import yaml
 from moe_defense.ablate import load_grid, merge, run_grid
 from moe_defense.cli import main
 from moe_defense.errors import ConfigError
+from moe_defense.recipe import RECIPES
 from moe_defense.report import render
 from moe_defense.runner.process import ProcessInfo
 
 INFO = ProcessInfo(0, 1, None)
 
-REPO = Path(__file__).resolve().parents[1]
-DEMO_GRID = REPO / "recipes" / "ablations" / "demo-grid.yaml"
+DEMO_GRID = RECIPES / "ablations" / "demo-grid.yaml"
 
 
 def _grid(tmp_path: Path, **changes) -> Path:
-    payload = {**yaml.safe_load(DEMO_GRID.read_text()), "recipe": str(REPO / "recipes" / "demo.yaml"), **changes}
+    payload = {**yaml.safe_load(DEMO_GRID.read_text()), "recipe": str(RECIPES / "demo.yaml"), **changes}
     path = tmp_path / "grid.yaml"
     path.write_text(yaml.safe_dump(payload))
     return path
@@ -31,11 +31,24 @@ def test_merge_is_recursive_and_replaces_lists():
     assert merge({"a": {"b": 1, "c": [1]}, "d": 2}, {"a": {"c": [2]}}) == {"a": {"b": 1, "c": [2]}, "d": 2}
 
 
-@pytest.mark.parametrize("path", sorted((REPO / "recipes" / "ablations").glob("*.yaml")), ids=lambda p: p.name)
+@pytest.mark.parametrize("path", sorted((RECIPES / "ablations").glob("*.yaml")), ids=lambda p: p.name)
 def test_shipped_grids_validate(path):
     for reduced in (False, True):
         grid, cells = load_grid(path, reduced)
         assert len(cells) == len(grid.defenses) * len(grid.seeds)
+
+
+def test_packaged_grid_by_name_from_any_directory_and_its_recipe_relative_to_it(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    grid, _ = load_grid("ablations/demo-grid")  # `recipe: demo`: the packaged recipe
+    assert grid.recipe == str(RECIPES / "demo.yaml")
+    (tmp_path / "grids").mkdir()
+    (tmp_path / "grids" / "base.yaml").write_text((RECIPES / "demo.yaml").read_text())
+    mine = tmp_path / "grids" / "grid.yaml"
+    mine.write_text(yaml.safe_dump({**yaml.safe_load(DEMO_GRID.read_text()), "recipe": "base.yaml"}))
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    assert load_grid(mine)[0].recipe == str(tmp_path / "grids" / "base.yaml")  # next to the grid, not the cwd
 
 
 def test_demo_grid_validates_every_cell():
@@ -68,7 +81,7 @@ def test_grid_data_overrides_the_recipe_data_and_reduced_wins(tmp_path):
         ({"defenses": {"x": {"name": "router-hardening", "args": {"trainable": "everything"}}}}, "trainable"),
         ({"verify": {"attacks": ["fsour", "teleport"]}}, "unknown attack 'teleport'"),
         ({"seeds": "three"}, "seeds"),
-        ({"recipe": "recipes/missing.yaml"}, "does not exist"),
+        ({"recipe": "recipes/missing.yaml"}, "neither a file nor a packaged recipe (packaged: demo,"),
     ],
 )
 def test_bad_grid_is_one_clear_error(tmp_path, changes, named):

@@ -12,10 +12,10 @@ import pytest
 import yaml
 
 from moe_defense.ablate import merge
-from moe_defense.recipe import Recipe, load_recipe
+from moe_defense.recipe import RECIPES, Recipe, load_recipe
 
 REPO = Path(__file__).resolve().parents[1]
-MODEL_RECIPES = sorted((REPO / "recipes" / "models").glob("*.yaml"))
+MODEL_RECIPES = sorted((RECIPES / "models").glob("*.yaml"))
 
 
 def _tiny_type(path: Path) -> str:

@@ -219,7 +219,7 @@ def test_two_process_deepspeed_zero2_gives_one_router_update(organism, tmp_path)
             {"name": "fsour", "args": {"candidates": 8, "force_decode": True, "restarts": 0}, "sweep": {"budget": [2]}}
         ]
     }
-    recipe = _recipe(tmp_path, deepspeed="train/ds/zero2.json", verify=verify)
+    recipe = _recipe(tmp_path, deepspeed="ds/zero2.json", verify=verify)
     out = tmp_path / "run"
     env = {**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1"}
     command = [

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
@@ -9,11 +10,9 @@ import yaml
 
 from moe_defense.cli import main
 from moe_defense.errors import ConfigError
-from moe_defense.recipe import load_recipe
+from moe_defense.recipe import RECIPES, load_recipe
 
-RECIPES = sorted(
-    p for p in (Path(__file__).resolve().parents[1] / "recipes").rglob("*.yaml") if p.parent.name != "ablations"
-)
+SHIPPED = sorted(p for p in RECIPES.rglob("*.yaml") if p.parent.name != "ablations")
 MINIMAL = {
     "model": "organism",
     "data": {
@@ -33,7 +32,7 @@ def _write(tmp_path: Path, **changes) -> Path:
     return path
 
 
-@pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.name)
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.name)
 def test_shipped_recipes_validate(path):
     load_recipe(path)  # raises a ConfigError naming the field otherwise
 
@@ -136,8 +135,48 @@ def test_unset_api_key_variable_is_one_error_before_any_model_loads(tmp_path, mo
 
 
 def test_missing_recipe_file(tmp_path):
-    with pytest.raises(ConfigError, match="does not exist"):
+    with pytest.raises(ConfigError, match=r"neither a file nor a packaged recipe \(packaged: demo, demo-target, model"):
         load_recipe(tmp_path / "nope.yaml")
+
+
+@pytest.mark.parametrize("name", ["demo", "demo.yaml", "recipes/demo.yaml"])
+def test_packaged_recipes_load_by_name_from_any_directory(name, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # no recipes/ here: the name is looked up among the packaged recipes
+    assert load_recipe(name).model_dump() == load_recipe(RECIPES / "demo.yaml").model_dump()
+
+
+def test_packaged_deepspeed_config_resolves_from_any_directory(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    recipe = load_recipe("models/olmoe")
+    assert recipe.deepspeed == str(RECIPES / "ds" / "zero2.json")
+
+
+def test_files_a_recipe_names_are_relative_to_the_recipe_not_the_working_directory(tmp_path, monkeypatch):
+    recipes = tmp_path / "mine"
+    recipes.mkdir()
+    (recipes / "ds.json").write_text("{}")
+    (recipes / "harmful.csv").write_text("goal\nhow do I pick a lock\n")
+    data = {**MINIMAL["data"], "harmful_eval": {"name": "harmful.csv"}}
+    path = recipes / "recipe.yaml"
+    path.write_text(yaml.safe_dump({**MINIMAL, "data": data, "deepspeed": "ds.json"}))
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    recipe = load_recipe(path)
+    assert recipe.deepspeed == str(recipes / "ds.json")
+    assert recipe.data.harmful_eval.name == str(recipes / "harmful.csv")
+    assert [p.text for p in recipe.data.harmful_eval.load(0).prompts] == ["how do I pick a lock"]
+
+
+def test_deepspeed_config_without_the_extra_is_one_error_before_any_model_loads(tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "deepspeed", None)  # what find_spec reports when it is not installed
+    path = _write(tmp_path, deepspeed="ds/zero2.json")
+    expected = r"^recipe .*: deepspeed: a DeepSpeed config .*pip install 'moe-defense\[deepspeed\]'$"
+    with pytest.raises(ConfigError, match=expected):
+        load_recipe(path)
+    assert main(["harden", str(path), "--out", str(tmp_path / "run")]) == 1
+    assert "pip install 'moe-defense[deepspeed]'" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
 
 
 def test_cli_rejects_bad_recipe_before_loading_a_model(tmp_path, capsys):

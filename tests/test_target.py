@@ -9,7 +9,7 @@ import pytest
 
 from moe_defense import ladder as ladder_module
 from moe_defense.errors import ConfigError
-from moe_defense.recipe import load_recipe
+from moe_defense.recipe import RECIPES, load_recipe
 from moe_defense.runner.process import ProcessInfo
 from moe_defense.target import HardeningTarget, assess
 
@@ -71,7 +71,7 @@ def test_b80_not_reached_reads_the_headline_budget_and_says_so():
 
 def _target_recipe(tmp_path: Path, **target) -> Path:
     recipe = tmp_path / "recipe.yaml"
-    base = (Path(__file__).resolve().parents[1] / "recipes" / "demo.yaml").read_text()
+    base = (RECIPES / "demo.yaml").read_text()
     recipe.write_text(base + "target: " + json.dumps(target) + "\n")
     return recipe
 

@@ -236,17 +236,19 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     harden = verbs.add_parser(
         "harden", help="attack suite, router-only adversarial fine-tuning, adaptive re-attack, from a recipe"
     )
-    harden.add_argument("recipe", help="recipe YAML (see recipes/)")
+    harden.add_argument(
+        "recipe", help="recipe YAML file, or a packaged recipe name (demo, demo-target, models/olmoe, ...)"
+    )
     _add_harden_arguments(harden)
     harden.set_defaults(run=_harden)
-    demo = verbs.add_parser("demo", help="the whole flow on the built-in organism (recipes/demo.yaml)")
+    demo = verbs.add_parser("demo", help="the whole flow on the built-in organism (the packaged recipe `demo`)")
     _add_harden_arguments(demo)
-    demo.set_defaults(run=_harden, recipe="recipes/demo.yaml")
+    demo.set_defaults(run=_harden, recipe="demo")
 
     ablate = verbs.add_parser(
         "ablate", help="run a defense x attack x seed grid (one harden run per cell; resumable, parallel-safe)"
     )
-    ablate.add_argument("grid", help="grid YAML (see recipes/ablations/)")
+    ablate.add_argument("grid", help="grid YAML file, or a packaged grid name (ablations/demo-grid, ...)")
     ablate.add_argument("--out", help="grid directory (default runs/ablate-<time>); rerun on it to resume")
     ablate.add_argument("--reduced", action="store_true", help="apply the grid's `reduced` overrides (CI-sized)")
     ablate.set_defaults(run=_ablate)
