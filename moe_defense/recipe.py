@@ -17,6 +17,7 @@ from moe_defense.attacks import AttackSpec
 from moe_defense.data import PROMPT_SETS, PromptSet, load_prompts
 from moe_defense.defenses import DefenseSpec
 from moe_defense.defenses.base import check_composition
+from moe_defense.defenses.zero3 import check_zero3_config
 from moe_defense.errors import ConfigError
 from moe_defense.judges.factory import JudgeSpec
 from moe_defense.registry import validated
@@ -204,8 +205,12 @@ class Recipe(Strict):
                 raise ValueError(
                     f"verify.attacks: {replays} replay the curve attack's routes, but the suite sweeps no budget"
                 )
-        if self.deepspeed is not None and not resolve_path(self.deepspeed).is_file():
-            raise ValueError(f"deepspeed config {self.deepspeed!r} does not exist")
+        if self.deepspeed is not None:
+            if not resolve_path(self.deepspeed).is_file():
+                raise ValueError(f"deepspeed config {self.deepspeed!r} does not exist")
+            specs = [*self.defenses, *(s for rung in (self.target.rungs if self.target else {}).values() for s in rung)]
+            scopes = [getattr(s.config(), "trainable", "routers") for s in specs if s.component_class().trains]
+            check_zero3_config(resolve_path(self.deepspeed), scopes)
         return self
 
     @property
