@@ -30,18 +30,13 @@ from transformers import TrainerCallback
 from moe_defense.errors import ConfigError
 
 
-def zero_stage(config: Path | dict) -> int:
-    """The ZeRO stage a DeepSpeed config (file or dict) asks for (0 when it names none)."""
-    settings = json.loads(config.read_text()) if isinstance(config, Path) else config
-    return int(settings.get("zero_optimization", {}).get("stage", 0))
-
-
 def check_zero3_config(path: Path, scopes: Iterable[str] = ()) -> None:
     """Raise ValueError (naming the field) where a ZeRO-3 config would fail router-only training, or
     where a training scope in `scopes` is not `routers` (the only one run under ZeRO-3 here); a config
     of another stage passes. Called by recipe validation, before any model loads."""
     settings = json.loads(path.read_text())
-    if zero_stage(settings) != 3:
+    zero = settings.get("zero_optimization", {})
+    if int(zero.get("stage", 0)) != 3:
         return
     other = sorted(set(scopes) - {"routers"})
     if other:
@@ -49,7 +44,6 @@ def check_zero3_config(path: Path, scopes: Iterable[str] = ()) -> None:
             f"deepspeed config {str(path)!r} is ZeRO-3, which supports trainable: routers only (got {other}); "
             "use train/ds/zero2.json"
         )
-    zero = settings["zero_optimization"]
     classes = zero.get("leaf_module", {}).get("classes")
     if classes != []:
         raise ValueError(
