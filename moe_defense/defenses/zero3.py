@@ -96,9 +96,14 @@ class PersistentRouters(TrainerCallback):
 
 
 def unpartition(engine, model: nn.Module) -> None:
-    """After training: remove the engine's hooks and give every rank the whole tensors again, one
-    parameter at a time, so the trained model is a plain module for what follows."""
-    engine.destroy()
+    """After training: remove the engine's hooks and parameter getters and give every rank the whole
+    tensors again, one parameter at a time, so the trained model is a plain module for what follows."""
+    engine.destroy()  # removes ZeRO's per-module hooks, not the engine's own forward hooks on the model
+    for hook in (engine.module_forward_pre_hook, engine.module_forward_post_hook):
+        if hook is not None:
+            hook.remove()
+    for module in model.modules():  # ZeRO-3's `_parameters` dict gathers on access in forward
+        module._parameters = dict(dict.items(module._parameters))
     for parameter in partitioned(model.parameters()):
         with gathered([parameter]):
             whole = parameter.data.clone()
