@@ -25,6 +25,7 @@ from moe_defense.attacks import AttackSpec
 from moe_defense.data import PROMPT_SETS, PromptSet, load_prompts
 from moe_defense.defenses import DefenseSpec
 from moe_defense.defenses.base import check_composition
+from moe_defense.defenses.zero3 import check_zero3_config
 from moe_defense.errors import ConfigError, require_extra
 from moe_defense.judges.factory import JudgeSpec
 from moe_defense.models.chat import ReasoningChoice
@@ -320,6 +321,10 @@ class Recipe(Strict):
                 raise ValueError(
                     f"verify.attacks: {replays} replay the curve attack's routes, but the suite sweeps no budget"
                 )
+        if self.deepspeed is not None:  # a path by now (resolved and checked by its field validator)
+            specs = [*self.defenses, *(s for rung in (self.target.rungs if self.target else {}).values() for s in rung)]
+            scopes = [getattr(s.config(), "trainable", "routers") for s in specs if s.component_class().trains]
+            check_zero3_config(Path(self.deepspeed), scopes)
         return self
 
     @property

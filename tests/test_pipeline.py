@@ -1,4 +1,4 @@
-"""`moe-defense harden` end to end on the organism: in-process, resumed, and 2-process DeepSpeed ZeRO-2."""
+"""`moe-defense harden` end to end on the organism: in-process, resumed, and 2-process DeepSpeed ZeRO-2 and ZeRO-3."""
 
 from __future__ import annotations
 
@@ -213,15 +213,16 @@ def test_target_climbs_every_rung_when_none_holds_and_ships_nothing(organism, tm
 
 @pytest.mark.distributed
 @pytest.mark.skipif(shutil.which("deepspeed") is None, reason="deepspeed launcher not installed")
-def test_two_process_deepspeed_zero2_gives_one_router_update(organism, tmp_path):
+@pytest.mark.parametrize("config", ["zero2.json", "zero3.json"])
+def test_two_process_deepspeed_gives_one_router_update(organism, tmp_path, config):
     verify = {
         "attacks": [
             {"name": "fsour", "args": {"candidates": 8, "force_decode": True, "restarts": 0}, "sweep": {"budget": [2]}}
         ]
     }
-    recipe = _recipe(tmp_path, deepspeed="ds/zero2.json", verify=verify)
+    recipe = _recipe(tmp_path, deepspeed=f"ds/{config}", verify=verify)
     out = tmp_path / "run"
-    env = {**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}  # this checkout
     command = [
         "deepspeed",
         "--num_gpus",

@@ -134,6 +134,17 @@ def test_unset_api_key_variable_is_one_error_before_any_model_loads(tmp_path, mo
     assert not (tmp_path / "run").exists()
 
 
+def test_zero3_recipe_that_would_fail_is_refused_at_validation(tmp_path):
+    assert load_recipe(_write(tmp_path, deepspeed="ds/zero3.json")).deepspeed.endswith("ds/zero3.json")
+    bad = tmp_path / "zero3-default-leaves.json"
+    bad.write_text('{"zero_optimization": {"stage": 3, "stage3_param_persistence_threshold": 1e6}}')
+    with pytest.raises(ConfigError, match=r"leaf_module\.classes: \[\]"):
+        load_recipe(_write(tmp_path, deepspeed=str(bad)))
+    wide = [{"name": "router-hardening", "args": {"trainable": "routers+experts"}}]
+    with pytest.raises(ConfigError, match=r"routers only \(got \['routers\+experts'\]\)"):
+        load_recipe(_write(tmp_path, deepspeed="ds/zero3.json", defenses=wide))
+
+
 def test_missing_recipe_file(tmp_path):
     with pytest.raises(ConfigError, match=r"neither a file nor a packaged recipe \(packaged: demo, demo-target, model"):
         load_recipe(tmp_path / "nope.yaml")

@@ -35,6 +35,7 @@ from torch import nn
 
 from moe_defense.attacks.artifacts import RouteArtifact
 from moe_defense.defenses.examples import IGNORE
+from moe_defense.defenses.zero3 import gathered
 from moe_defense.models.loading import LoadedModel
 from moe_defense.models.params import TrainableScope
 from moe_defense.routing import ForcedRoute, Intervention, RouterMask, intervene, record_routing
@@ -105,14 +106,15 @@ class Reference:
             yield self.copy
             return
         current = self.loaded.adapter.router_parameters(self.loaded.model)
-        saved = {n: p.data for n, p in current.items()}
-        try:
-            for name, parameter in current.items():
-                parameter.data = self.router_tensors[name].to(parameter.device, parameter.dtype)
-            yield self.loaded
-        finally:
-            for name, parameter in current.items():
-                parameter.data = saved[name]
+        with gathered(current.values()):  # ZeRO-3: whole (persistent) routers, so the swap is what forward reads
+            saved = {n: p.data for n, p in current.items()}
+            try:
+                for name, parameter in current.items():
+                    parameter.data = self.router_tensors[name].to(parameter.device, parameter.dtype)
+                yield self.loaded
+            finally:
+                for name, parameter in current.items():
+                    parameter.data = saved[name]
 
     @torch.no_grad()
     def forward(

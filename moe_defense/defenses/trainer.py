@@ -20,7 +20,7 @@ import torch
 from datasets import Dataset
 from pydantic import Field
 from transformers import Trainer, TrainerCallback, TrainingArguments
-from transformers.integrations import TensorBoardCallback
+from transformers.integrations import TensorBoardCallback, is_deepspeed_zero3_enabled
 from transformers.trainer_utils import get_last_checkpoint
 
 from moe_defense.attacks.artifacts import RouteArtifact
@@ -43,6 +43,7 @@ from moe_defense.defenses.lora import (
 )
 from moe_defense.defenses.objective import HardeningObjective, HarmfulBatch, LossWeights, Reference
 from moe_defense.defenses.routes import RoutePool, search_routes
+from moe_defense.defenses.zero3 import PersistentRouters, unpartition
 from moe_defense.errors import ConfigError
 from moe_defense.models.loading import LoadedModel, weights_dtype
 from moe_defense.models.params import TrainableScope, set_trainable
@@ -362,12 +363,19 @@ def train_routers(
         recovery=recovery_sequences(loaded, harmful) if config.loss.recovery else (),
         precision=precision,
     )
+    zero3 = is_deepspeed_zero3_enabled()  # set by the TrainingArguments above; partitioned from the first step
+    if zero3 and config.trainable != "routers":
+        raise ConfigError(f"ZeRO-3 supports trainable: routers only (got {config.trainable!r}); use ZeRO-2")
     state = HardeningState(trainer, pool, info)
+    if zero3:
+        trainer.add_callback(PersistentRouters(loaded.adapter.router_parameters(loaded.model)))
     for callback in (state, *callbacks):
         trainer.add_callback(callback)
     if checkpoint is not None:
         state.restore(checkpoint)
     trainer.train(resume_from_checkpoint=checkpoint)
+    if zero3:
+        unpartition(trainer.model_wrapped, loaded.model)
     cast_to(trained, precision)  # stored and verified in the checkpoint's dtype, as it ships
     lora_numbers = adapter_numbers(model) if lora else 0
     if lora:  # the factors merge into the expert weights: loaded.model is a plain model again
