@@ -91,6 +91,14 @@ class RoutingController:
             raise RoutingError(f"active interventions set different experts per token: {sorted(chosen)}.")
         return chosen.pop() if chosen else self.adapter.top_k
 
+    def _select(
+        self, router: nn.Module, logits: torch.Tensor, blocked: torch.Tensor | None, dtype: torch.dtype, top_k: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The adapter's choice; `top_k` is passed only when it differs (adapters from plugins may predate it)."""
+        if top_k == self.adapter.top_k:
+            return self.adapter.select(router, logits, blocked, dtype)
+        return self.adapter.select(router, logits, blocked, dtype, top_k=top_k)
+
     def _route(self, layer: int, router: nn.Module, output: tuple) -> tuple:
         logits, weights, indices = output
         step = self.step
@@ -123,7 +131,7 @@ class RoutingController:
                 )
             routed_logits = logits + delta.masked_fill(blocked, 0.0)
         if delta is not None or top_k != self.adapter.top_k:
-            weights, indices = self.adapter.select(
+            weights, indices = self._select(
                 router, routed_logits, blocked if blocked is not None and blocked.any() else None, weights.dtype, top_k
             )
             if blocked is not None:
@@ -131,7 +139,7 @@ class RoutingController:
         for guard in self.guards:  # a defense acts on what the experts would execute
             revert = guard.revert(layer, logits, indices)
             if revert is not None and bool(revert.any()):
-                own_weights, own_indices = self.adapter.select(router, logits, None, weights.dtype, top_k)
+                own_weights, own_indices = self._select(router, logits, None, weights.dtype, top_k)
                 indices = torch.where(revert[:, None], own_indices, indices)
                 weights = torch.where(revert[:, None], own_weights, weights)
         for intervention in self.interventions:  # deployment limits (expert capacity) act on the final choice
