@@ -221,7 +221,9 @@ class Quantize(_Deployment):
     while the run answers, the originals kept and copied back bit for bit afterwards).
 
     bitsandbytes' real int8/nf4 kernels need a GPU and are not used here: this measures the rounding
-    of round-to-nearest int8/int4, not a particular kernel's arithmetic. Biases and norms stay exact.
+    of round-to-nearest int8/int4, not a particular kernel's arithmetic. `experts` are the routed
+    experts' matrices; shared experts, attention, biases and norms stay exact. The originals are held
+    in memory while the change is applied (one extra copy of the quantized tensors).
     """
 
     name = "quantize"
@@ -291,6 +293,7 @@ class CapacityDrop(_Deployment):
         return [capacity]
 
     def summarize(self, results: Sequence[AttackResult]) -> dict[str, Any]:
+        """The share of prompt-pass assignments dropped, over every prompt this attack answered."""
         assigned = sum(c.assigned for c in self._applied)
         return {"dropped_fraction": round(sum(c.dropped for c in self._applied) / assigned, 4)} if assigned else {}
 
