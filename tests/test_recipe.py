@@ -84,7 +84,7 @@ def test_components_take_name_and_args_or_a_bare_name(tmp_path):
             "unknown defense 'magic-shield' (known: none, route-disabling, router-hardening)",
         ),
         ({"defenses": ["route-disabling", "router-hardening"]}, "must come first"),
-        ({"verify": {"attacks": [{"name": "teleport"}]}}, "unknown attack 'teleport' (known: expert-silence, fsour"),
+        ({"verify": {"attacks": [{"name": "teleport"}]}}, "unknown attack 'teleport' (known: capacity-drop, expert-"),
         ({"verify": {"attacks": [{"name": "fsour", "args": {"candidatez": 3}}]}}, "attack 'fsour' args: candidatez"),
         ({"verify": {"attacks": [{"name": "fsour", "args": {"candidates": "many"}}]}}, "candidates"),
         ({"verify": {"attacks": [{"name": "fsour", "sweep": {"budget": [8, 2]}}]}}, "budgets must be ascending"),

@@ -9,9 +9,10 @@ knowledge of any one attack. Runtime context reaches `run()` as an explicit `Att
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from statistics import mean
@@ -20,7 +21,7 @@ from typing import Any, ClassVar, Generic, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from moe_defense.attacks.artifacts import RouteArtifact, interventions_for
-from moe_defense.data.prompts import Prompt
+from moe_defense.data.prompts import Prompt, PromptSet
 from moe_defense.models.loading import LoadedModel
 from moe_defense.registry import ComponentSpec, Registry
 from moe_defense.routing import Intervention
@@ -71,12 +72,16 @@ class Attack(ABC, Generic[C]):
     prompt; split across ranks); otherwise one global choice for all prompts, always recomputed.
     `budget_field`: the config field that is the attack's budget axis (a sweep over it is an
     ASR-vs-budget curve, from which B80 is read).
+    `changes_deployment`: the attack is a change a deployment makes to every request (top-k, pruning,
+    quantization...), so the run also answers the context's benign prompts under it and reports
+    their compliance beside the ASR (a change that breaks everything is not a jailbreak).
     """
 
     name: ClassVar[str]
     config_class: ClassVar[type[AttackConfig]] = AttackConfig
     per_prompt: ClassVar[bool] = False
     budget_field: ClassVar[str | None] = None
+    changes_deployment: ClassVar[bool] = False
 
     def __init__(self, config: C | None = None) -> None:
         self.config: C = config or self.config_class()  # type: ignore[assignment]
@@ -88,6 +93,19 @@ class Attack(ABC, Generic[C]):
     def interventions(self, loaded: LoadedModel, results: Sequence[AttackResult]) -> list[Intervention]:
         """The batched interventions that replay `results` (one row per result) while generating."""
         return interventions_for([r.artifact for r in results], loaded.adapter.top_k, loaded.adapter.num_experts)
+
+    def evaluated(self, prompt_set: PromptSet, context: AttackContext) -> PromptSet:
+        """The prompts the run searches and answers: `prompt_set`, plus the context's benign prompts for a
+        deployment change (their ids prefixed `benign:`, so they never collide with harmful ones)."""
+        if not self.changes_deployment or not context.benign:
+            return prompt_set
+        benign = [Prompt(f"benign:{p.id}", p.text, p.metadata) for p in context.benign]
+        return PromptSet(f"{prompt_set.name}+benign", prompt_set.source, [*prompt_set.prompts, *benign])
+
+    @contextlib.contextmanager
+    def applied(self, loaded: LoadedModel) -> Iterator[None]:
+        """Weight changes held while the run answers (quantization); the model must be exactly as it was after."""
+        yield
 
     def label(self) -> str:
         """The name of this configured attack in summaries and reports."""

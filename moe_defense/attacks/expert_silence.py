@@ -49,6 +49,20 @@ def expert_usage(loaded: LoadedModel, texts: Sequence[str], layers: Sequence[int
     return {layer: counts / max(1, len(texts)) for layer, counts in usage.items()}
 
 
+def benign_prompts(
+    attack: str, benign_set: str | None, limit: int, data_file: str | None, context: AttackContext
+) -> Sequence[Prompt]:
+    """An attack's benign prompts: its configured set, else the run's own (a ConfigError if neither)."""
+    if benign_set is not None:
+        return load_prompts(benign_set, limit=limit, data_file=data_file).prompts
+    if context.benign is None:
+        raise ConfigError(
+            f"{attack} reads benign routing and this run has no benign prompts: "
+            "set its benign_set (e.g. --attack-arg benign_set=jbb-benign)."
+        )
+    return context.benign[:limit]
+
+
 @register_attack
 class ExpertSilence(Attack[ExpertSilenceConfig]):
     """Block the experts most over-used on harmful prompts (relative to benign ones) everywhere."""
@@ -57,16 +71,8 @@ class ExpertSilence(Attack[ExpertSilenceConfig]):
     config_class = ExpertSilenceConfig
 
     def benign(self, context: AttackContext) -> Sequence[Prompt]:
-        if self.config.benign_set is not None:
-            return load_prompts(
-                self.config.benign_set, limit=self.config.benign_limit, data_file=self.config.benign_data_file
-            ).prompts
-        if context.benign is None:
-            raise ConfigError(
-                "expert-silence contrasts harmful with benign routing and this run has no benign prompts: "
-                "set its benign_set (e.g. --attack-arg benign_set=jbb-benign)."
-            )
-        return context.benign[: self.config.benign_limit]
+        config = self.config
+        return benign_prompts(self.name, config.benign_set, config.benign_limit, config.benign_data_file, context)
 
     def silenced(self, loaded: LoadedModel, prompts: Sequence[Prompt], context: AttackContext) -> dict[int, list[int]]:
         layers = (

@@ -99,25 +99,27 @@ def run_attack(
     label = label or attack.label()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    prompt_set = attack.evaluated(prompt_set, context)
     results = search_all(loaded, prompt_set, attack, context, out_dir, resume, progress)
     artifacts = {r.prompt_id: r.artifact.to_json() for r in results if r.artifact is not None}
     if artifacts and context.info.is_main:
         atomic_write(out_dir / ARTIFACTS, "".join(json.dumps(a, sort_keys=True) + "\n" for a in artifacts.values()))
-    summary = evaluate(
-        loaded,
-        prompt_set,
-        judges,
-        gen_config=context.generation,
-        out_dir=out_dir,
-        resume=resume,
-        attack_name=label,
-        phase=phase,
-        route_artifacts=artifacts,
-        info=context.info,
-        route_for_batch=lambda rows: attack.interventions(loaded, [results[row] for row in rows]),
-        extra_config={"attack_config": attack.config.model_dump(mode="json")},
-        progress=progress,
-    )
+    with attack.applied(loaded):
+        summary = evaluate(
+            loaded,
+            prompt_set,
+            judges,
+            gen_config=context.generation,
+            out_dir=out_dir,
+            resume=resume,
+            attack_name=label,
+            phase=phase,
+            route_artifacts=artifacts,
+            info=context.info,
+            route_for_batch=lambda rows: attack.interventions(loaded, [results[row] for row in rows]),
+            extra_config={"attack_config": attack.config.model_dump(mode="json")},
+            progress=progress,
+        )
     row = summary["phases"][phase][label]
     row["budget"] = attack.budget()
     row["search"] = attack.summarize(results)

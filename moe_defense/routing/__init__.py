@@ -16,6 +16,7 @@ from contextlib import ExitStack, contextmanager
 from moe_defense.models.loading import LoadedModel
 from moe_defense.routing.controller import controller_for
 from moe_defense.routing.interventions import (
+    ExpertCapacity,
     ExpertMask,
     ForcedRoute,
     ForcedWeights,
@@ -23,12 +24,15 @@ from moe_defense.routing.interventions import (
     LogitBias,
     RouterMask,
     RouterMaskMode,
+    RouterNoise,
     Scope,
+    TopK,
 )
 from moe_defense.routing.record import LayerRoute, RoutingRecorder
 from moe_defense.routing.step import StepInfo
 
 __all__ = [
+    "ExpertCapacity",
     "ExpertMask",
     "ForcedRoute",
     "ForcedWeights",
@@ -37,9 +41,11 @@ __all__ = [
     "LogitBias",
     "RouterMask",
     "RouterMaskMode",
+    "RouterNoise",
     "RoutingRecorder",
     "Scope",
     "StepInfo",
+    "TopK",
     "intervene",
     "record_routing",
 ]

@@ -84,6 +84,21 @@ class RoutingController:
 
         return hook
 
+    def _top_k(self) -> int:
+        """Experts per token: the config's, or the one an active intervention (a top-k deployment) sets."""
+        chosen = {i.top_k for i in self.interventions if i.top_k is not None}
+        if len(chosen) > 1:
+            raise RoutingError(f"active interventions set different experts per token: {sorted(chosen)}.")
+        return chosen.pop() if chosen else self.adapter.top_k
+
+    def _select(
+        self, router: nn.Module, logits: torch.Tensor, blocked: torch.Tensor | None, dtype: torch.dtype, top_k: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The adapter's choice; `top_k` is passed only when it differs (adapters from plugins may predate it)."""
+        if top_k == self.adapter.top_k:
+            return self.adapter.select(router, logits, blocked, dtype)
+        return self.adapter.select(router, logits, blocked, dtype, top_k=top_k)
+
     def _route(self, layer: int, router: nn.Module, output: tuple) -> tuple:
         logits, weights, indices = output
         step = self.step
@@ -98,32 +113,39 @@ class RoutingController:
             edit = intervention.logit_delta(layer, step, logits)
             if edit is not None:
                 delta = edit if delta is None else delta + edit
-        routed_logits = logits
+        top_k = self._top_k()
+        routed_logits, blocked = logits, None
         if delta is not None:
             delta = delta.to(device=logits.device, dtype=logits.dtype).reshape(-1, num_experts)
             if torch.isnan(delta).any():
                 raise RoutingError(f"layer {layer}: routing edits cancel (+inf and -inf on one expert).")
             blocked = torch.isneginf(delta)
             eligible = (~blocked).sum(dim=-1)
-            if (eligible < self.adapter.top_k).any():
-                flat = int(torch.nonzero(eligible < self.adapter.top_k)[0, 0])
+            if (eligible < top_k).any():
+                flat = int(torch.nonzero(eligible < top_k)[0, 0])
                 row, token = divmod(flat, step.length)
                 raise RoutingError(
                     f"layer {layer}, sequence {row}, token {int(step.token_index[row, token])}: the active "
                     f"interventions leave {int(eligible[flat])} eligible experts but the router picks "
-                    f"top-{self.adapter.top_k}."
+                    f"top-{top_k}."
                 )
             routed_logits = logits + delta.masked_fill(blocked, 0.0)
-            weights, indices = self.adapter.select(
-                router, routed_logits, blocked if blocked.any() else None, weights.dtype
+        if delta is not None or top_k != self.adapter.top_k:
+            weights, indices = self._select(
+                router, routed_logits, blocked if blocked is not None and blocked.any() else None, weights.dtype, top_k
             )
-            routed_logits = routed_logits.masked_fill(blocked, float("-inf"))
-        for guard in self.guards:  # a defense acts last: it sees what the experts would execute
+            if blocked is not None:
+                routed_logits = routed_logits.masked_fill(blocked, float("-inf"))
+        for guard in self.guards:  # a defense acts on what the experts would execute
             revert = guard.revert(layer, logits, indices)
             if revert is not None and bool(revert.any()):
-                own_weights, own_indices = self.adapter.select(router, logits, None, weights.dtype)
+                own_weights, own_indices = self._select(router, logits, None, weights.dtype, top_k)
                 indices = torch.where(revert[:, None], own_indices, indices)
                 weights = torch.where(revert[:, None], own_weights, weights)
+        for intervention in self.interventions:  # deployment limits (expert capacity) act on the final choice
+            reweighted = intervention.reweight(layer, step, weights, indices)
+            if reweighted is not None:
+                weights = reweighted
         for recorder in self.recorders:
             recorder.record(layer, step, logits, weights, indices)
         return routed_logits, weights, indices

@@ -6,6 +6,7 @@ scored in one batched forward."""
 from __future__ import annotations
 
 import hashlib
+import math
 from collections.abc import Iterable, Mapping
 from typing import Literal
 
@@ -27,7 +28,14 @@ def _check_scope(scope: str) -> Scope:
 
 
 class Intervention:
-    """Base class: an edit of router logits, bound to one model's adapter before use."""
+    """Base class: an edit of router logits, bound to one model's adapter before use.
+
+    Two optional deployment facts beside the logit edit: `top_k` (experts per token the router picks
+    while this is active; None = the config's) and `reweight` (an edit of the chosen experts' weights
+    after the choice, e.g. expert capacity dropping overflow assignments).
+    """
+
+    top_k: int | None = None
 
     def __init__(self, scope: Scope = "prefill", prompt_lengths: torch.Tensor | None = None) -> None:
         self.scope = _check_scope(scope)
@@ -41,6 +49,10 @@ class Intervention:
     def logit_delta(self, layer: int, step: StepInfo, logits: torch.Tensor) -> torch.Tensor | None:
         """(B, T, E) additive edit for this layer and pass, or None for no edit."""
         raise NotImplementedError
+
+    def reweight(self, layer: int, step: StepInfo, weights: torch.Tensor, indices: torch.Tensor) -> torch.Tensor | None:
+        """(B*T, k) weights replacing the chosen experts' weights, or None for no change."""
+        return None
 
     def _applies(self, step: StepInfo) -> torch.Tensor:
         """(B, T) True where this intervention may act."""
@@ -292,3 +304,115 @@ class RouterMask(Intervention):
             )
         blocked = blocked.to(logits.device) & applies
         return torch.zeros(blocked.shape, dtype=logits.dtype, device=logits.device).masked_fill(blocked, float("-inf"))
+
+
+def _position_generator(*key: object) -> torch.Generator:
+    digest = hashlib.sha256(":".join(map(str, key)).encode()).digest()
+    return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") & (2**63 - 1))
+
+
+class TopK(Intervention):
+    """Route every token to `k` experts instead of the config's top-k (a deployment that changes
+    `num_experts_per_tok`), by the architecture's own rule and weight normalisation (`adapter.select`)."""
+
+    def __init__(self, k: int) -> None:
+        super().__init__("all")
+        self.top_k = int(k)
+
+    def bind(self, adapter: RouterAdapter) -> None:
+        if not 1 <= self.top_k <= adapter.num_experts:
+            raise RoutingError(f"top-k {self.top_k} must be between 1 and the {adapter.num_experts} experts.")
+        if adapter.fixed_top_k and self.top_k != adapter.top_k:
+            raise RoutingError(
+                f"{adapter.model_type}'s {adapter.scoring} routing is defined for top-{adapter.top_k} only; "
+                f"top-{self.top_k} cannot be reproduced faithfully."
+            )
+
+    def logit_delta(self, layer: int, step: StepInfo, logits: torch.Tensor) -> torch.Tensor | None:
+        return None
+
+
+class ExpertCapacity(Intervention):
+    """Expert capacity as in GShard/Switch: per sequence and layer, each expert takes at most
+    ceil(factor * tokens * k / E) of the assignments in scope (prompt tokens by default); the rest get
+    weight 0 (dropped; the token keeps its other experts and the residual stream).
+
+    Assignments queue choice-major as in GShard: every token's first choice (in token order), then
+    every second choice, and so on. Surviving weights are not renormalised (GShard combines with the
+    gates as they were), so a token that loses an expert gets a smaller MoE output. `dropped` and
+    `assigned` count what was dropped, for the attack's summary.
+    """
+
+    def __init__(self, factor: float, scope: Scope = "prefill", prompt_lengths: torch.Tensor | None = None) -> None:
+        super().__init__(scope, prompt_lengths)
+        if not factor > 0:
+            raise RoutingError(f"capacity factor must be > 0, got {factor}.")
+        self.factor = float(factor)
+        self._num_experts = 0
+        self.dropped = 0
+        self.assigned = 0
+
+    def bind(self, adapter: RouterAdapter) -> None:
+        self._num_experts = adapter.num_experts
+
+    def logit_delta(self, layer: int, step: StepInfo, logits: torch.Tensor) -> torch.Tensor | None:
+        return None
+
+    def capacity(self, tokens: int, k: int) -> int:
+        return math.ceil(self.factor * tokens * k / self._num_experts)
+
+    def reweight(self, layer: int, step: StepInfo, weights: torch.Tensor, indices: torch.Tensor) -> torch.Tensor | None:
+        applies = self._applies(step)
+        if not bool(applies.any()):
+            return None
+        batch, length, k = step.batch_size, step.length, indices.shape[-1]
+        shaped_weights = weights.reshape(batch, length, k)
+        order = shaped_weights.argsort(dim=-1, descending=True, stable=True)  # choice rank per token
+        ranked = indices.reshape(batch, length, k).gather(-1, order)
+        dropped = torch.zeros(batch, length, k, dtype=torch.bool, device=weights.device)
+        for row in range(batch):
+            tokens = applies[row].nonzero().squeeze(-1)
+            if tokens.numel() == 0:
+                continue
+            queue = ranked[row, tokens].T.reshape(-1)  # choice-major, token order within a choice
+            hits = torch.nn.functional.one_hot(queue, self._num_experts)
+            slot = (hits.cumsum(0) * hits).sum(-1) - 1  # place of each assignment in its expert's queue
+            over = (slot >= self.capacity(tokens.numel(), k)).reshape(k, -1).T
+            dropped[row, tokens] = torch.zeros_like(over).scatter_(-1, order[row, tokens], over)
+            self.assigned += queue.numel()
+            self.dropped += int(over.sum())
+        return shaped_weights.masked_fill(dropped, 0.0).reshape(weights.shape)
+
+
+class RouterNoise(Intervention):
+    """Gaussian noise of scale `sigma` on router logits, per (sequence, layer, token position).
+
+    `seeds` gives one seed per batch row (or one for all rows); the draw at a position depends only
+    on (seed, layer, position), so batching and the prefill/decode split never change it.
+    """
+
+    def __init__(self, sigma: float, seeds: Iterable[int] = (0,), scope: Scope = "all") -> None:
+        super().__init__(scope)
+        if not sigma >= 0:
+            raise RoutingError(f"router noise sigma must be >= 0, got {sigma}.")
+        self.sigma = float(sigma)
+        self.seeds = list(seeds)
+        self._num_experts = 0
+
+    def bind(self, adapter: RouterAdapter) -> None:
+        self._num_experts = adapter.num_experts
+
+    def logit_delta(self, layer: int, step: StepInfo, logits: torch.Tensor) -> torch.Tensor | None:
+        if self.sigma == 0:
+            return None
+        if len(self.seeds) not in (1, step.batch_size):
+            raise RoutingError(f"router noise has {len(self.seeds)} seeds but the batch has {step.batch_size}.")
+        applies = self._applies(step)
+        noise = torch.zeros(step.batch_size, step.length, self._num_experts)
+        for row in range(step.batch_size):
+            seed = self.seeds[row if len(self.seeds) > 1 else 0]
+            for column in applies[row].nonzero().squeeze(-1).tolist():
+                position = int(step.token_index[row, column])
+                generator = _position_generator(seed, layer, position)
+                noise[row, column] = torch.randn(self._num_experts, generator=generator)
+        return (noise * self.sigma).to(logits.device)

@@ -1,6 +1,6 @@
 """Every registered attack (found by discovery, plugins included) keeps the contract the suite relies on:
 its config round-trips through YAML, `run` gives one result per prompt, its facts are JSON, and replaying
-its results leaves the model exactly as it was."""
+its results (inside any weight change it holds, `Attack.applied`) leaves the model exactly as it was."""
 
 from __future__ import annotations
 
@@ -59,9 +59,11 @@ def test_results_facts_and_replay_restore_the_model(name, context):
     assert isinstance(attack.label(), str) and attack.label()
     json.dumps(attack.summarize(results)), json.dumps(attack.budget())  # JSON facts for summary.json
     ids = torch.tensor(encode_prompts(loaded, [PROMPTS[0].text] * 2, None)[0])[None].expand(2, -1)
+    weights = {name: p.detach().clone() for name, p in loaded.model.state_dict().items()}
     with torch.no_grad():
         before = loaded.model(input_ids=ids).logits
-        with intervene(loaded, *attack.interventions(loaded, results)):
+        with attack.applied(loaded), intervene(loaded, *attack.interventions(loaded, results)):
             loaded.model(input_ids=ids)
         after = loaded.model(input_ids=ids).logits
     assert torch.equal(before, after)
+    assert all(torch.equal(weights[name], p) for name, p in loaded.model.state_dict().items())

@@ -80,6 +80,12 @@ class RouterAdapter:
     router_attr: ClassVar[str] = "gate"
     router_buffer_names: ClassVar[tuple[str, ...]] = ()
     tiny_overrides: ClassVar[dict[str, Any]] = {}
+    # True where the selection rule is defined for the config's top-k only (PhiMoE's sparsemixer).
+    fixed_top_k: ClassVar[bool] = False
+    experts_attr: ClassVar[str] = "experts"  # the MoE block's routed-experts module
+    # Axis of an expert weight matrix that holds its input features: -1 where experts apply
+    # `F.linear(x, W)` (W is out x in), -2 where they compute `x @ W` (gpt-oss).
+    expert_input_axis: ClassVar[int] = -1
 
     def __init__(self, config: Any) -> None:
         self.config = config
@@ -133,6 +139,20 @@ class RouterAdapter:
             )
         return found
 
+    def experts(self, model: nn.Module) -> dict[int, nn.Module]:
+        """MoE layer index -> routed-experts module (called as `experts(hidden, indices, weights)`)."""
+        layers = self.decoder_layers(model)
+        found = {
+            index: getattr(getattr(layers[index], self.block_attr), self.experts_attr, None)
+            for index in self.moe_layers()
+        }
+        missing = [index for index, module in found.items() if not isinstance(module, nn.Module)]
+        if missing:
+            raise UnsupportedArchitectureError(
+                f"{self.model_type}: no `{self.block_attr}.{self.experts_attr}` experts module in layers {missing}."
+            )
+        return found
+
     def router_parameters(self, model: nn.Module) -> dict[str, nn.Parameter]:
         """Trainable router tensors (`weight`, and `bias` where the router has one), by full name."""
         names = {id(p): n for n, p in model.named_parameters()}
@@ -158,9 +178,17 @@ class RouterAdapter:
 
     # --- selection -----------------------------------------------------------------------
     def select(
-        self, router: nn.Module, logits: torch.Tensor, blocked: torch.Tensor | None, out_dtype: torch.dtype
+        self,
+        router: nn.Module,
+        logits: torch.Tensor,
+        blocked: torch.Tensor | None,
+        out_dtype: torch.dtype,
+        top_k: int | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """The router's own expert choice on `logits` (tokens x experts); `blocked` experts never win."""
+        """The router's own expert choice on `logits` (tokens x experts); `blocked` experts never win.
+
+        `top_k` (default: the config's) picks that many experts by the same rule, weights normalised
+        as the architecture normalises them (a deployment that lowers `num_experts_per_tok`)."""
         raise NotImplementedError
 
     def facts(self, model: nn.Module) -> RouterFacts:

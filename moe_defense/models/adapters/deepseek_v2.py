@@ -38,17 +38,17 @@ class DeepseekV2Adapter(RouterAdapter):
     def moe_layers(self) -> list[int]:
         return list(range(int(self.config.first_k_dense_replace or 0), self.num_layers))
 
-    def select(self, router, logits, blocked, out_dtype):
+    def select(self, router, logits, blocked, out_dtype, top_k=None):
         scale = float(self.config.routed_scaling_factor)
         if self.config.topk_method == "group_limited_greedy":
             weights, indices = softmax_group_topk(
                 logits,
                 blocked,
-                self.top_k,
+                top_k or self.top_k,
                 num_groups=int(self.config.n_group),
                 topk_group=int(self.config.topk_group),
                 scale=scale,
             )
         else:
-            weights, indices = softmax_topk(logits, blocked, self.top_k, normalize=False, scale=scale)
+            weights, indices = softmax_topk(logits, blocked, top_k or self.top_k, normalize=False, scale=scale)
         return weights.to(out_dtype), indices

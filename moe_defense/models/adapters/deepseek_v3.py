@@ -27,11 +27,11 @@ class DeepseekV3Adapter(DeepseekV2Adapter):
         "routed_scaling_factor": 2.5,
     }
 
-    def select(self, router, logits, blocked, out_dtype):
+    def select(self, router, logits, blocked, out_dtype, top_k=None):
         weights, indices = sigmoid_group_topk(
             logits,
             blocked,
-            self.top_k,
+            top_k or self.top_k,
             correction_bias=router.e_score_correction_bias,
             num_groups=int(self.config.n_group),
             topk_group=int(self.config.topk_group),

@@ -13,6 +13,7 @@ class GptOssAdapter(RouterAdapter):
     model_type = "gpt_oss"
     scoring = "topk-then-softmax"
     router_attr = "router"
+    expert_input_axis = -2  # experts compute x @ W
     tiny_overrides = {
         "num_local_experts": 4,
         "num_experts_per_tok": 2,
@@ -23,5 +24,5 @@ class GptOssAdapter(RouterAdapter):
         "max_position_embeddings": 131072,  # = YaRN factor x original context, silences a rope warning
     }
 
-    def select(self, router, logits, blocked, out_dtype):
-        return topk_softmax(logits, blocked, self.top_k, out_dtype=out_dtype)
+    def select(self, router, logits, blocked, out_dtype, top_k=None):
+        return topk_softmax(logits, blocked, top_k or self.top_k, out_dtype=out_dtype)

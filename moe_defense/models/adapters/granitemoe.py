@@ -16,5 +16,5 @@ class GraniteMoeAdapter(RouterAdapter):
     router_attr = "router"
     tiny_overrides = {"num_local_experts": 4, "num_experts_per_tok": 2}
 
-    def select(self, router, logits, blocked, out_dtype):
-        return topk_softmax(logits, blocked, self.top_k, out_dtype=out_dtype)
+    def select(self, router, logits, blocked, out_dtype, top_k=None):
+        return topk_softmax(logits, blocked, top_k or self.top_k, out_dtype=out_dtype)

@@ -14,5 +14,5 @@ class MixtralAdapter(RouterAdapter):
     scoring = "softmax-topk-renormalized"
     tiny_overrides = {"num_local_experts": 4, "num_experts_per_tok": 2}
 
-    def select(self, router, logits, blocked, out_dtype):
-        return softmax_topk(logits, blocked, self.top_k, normalize=True, out_dtype=out_dtype)
+    def select(self, router, logits, blocked, out_dtype, top_k=None):
+        return softmax_topk(logits, blocked, top_k or self.top_k, normalize=True, out_dtype=out_dtype)

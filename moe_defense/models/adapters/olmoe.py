@@ -15,7 +15,7 @@ class OlmoeAdapter(RouterAdapter):
     num_experts_key = "num_experts"
     tiny_overrides = {"num_experts": 8, "num_experts_per_tok": 2}
 
-    def select(self, router, logits, blocked, out_dtype):
+    def select(self, router, logits, blocked, out_dtype, top_k=None):
         return softmax_topk(
-            logits, blocked, self.top_k, normalize=bool(self.config.norm_topk_prob), out_dtype=out_dtype
+            logits, blocked, top_k or self.top_k, normalize=bool(self.config.norm_topk_prob), out_dtype=out_dtype
         )

@@ -27,7 +27,7 @@ class Qwen2MoeAdapter(RouterAdapter):
             return []
         return [i for i in range(self.num_layers) if i not in dense and (i + 1) % step == 0]
 
-    def select(self, router, logits, blocked, out_dtype):
+    def select(self, router, logits, blocked, out_dtype, top_k=None):
         return softmax_topk(
-            logits, blocked, self.top_k, normalize=bool(self.config.norm_topk_prob), out_dtype=out_dtype
+            logits, blocked, top_k or self.top_k, normalize=bool(self.config.norm_topk_prob), out_dtype=out_dtype
         )
