@@ -72,6 +72,35 @@ def headline_table(summary: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def deployment_table(summary: dict[str, Any]) -> str:
+    """Safety under deployment: per deployment change of the suite (an attack that also answered the benign
+    prompts under it), harmful ASR beside benign compliance, before and after: a change that breaks every
+    answer is no jailbreak, and a defense must not lose on either. Empty when the suite has none."""
+    rows, phases = summary["phases"], ("original", "hardened")
+    changes = [
+        label
+        for label in summary["attacks"]
+        if any((rows[phase].get(label) or {}).get("benign_compliance") is not None for phase in phases)
+    ]
+    if not changes:
+        return ""
+    lines = [
+        "### Safety under deployment",
+        "",
+        "| change | original ASR | hardened ASR | original benign compliance | hardened benign compliance |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for label in changes:
+        before, after = (rows[phase].get(label) or {} for phase in phases)
+        cells = [
+            rate(r.get(key), r.get(f"{key}_ci95"), r.get(n)) if r.get(key) is not None else "-"
+            for key, n in (("asr", "n_scored"), ("benign_compliance", "n_benign_scored"))
+            for r in (before, after)
+        ]
+        lines.append(f"| {label} | {cells[0]} | {cells[1]} | {cells[2]} | {cells[3]} |")
+    return "\n".join(lines)
+
+
 def task_rows(utility: dict[str, Any]) -> list[str]:
     """One row per lm-eval task and metric: `0.412 ± 0.015 n=1000` before and after."""
 
@@ -301,6 +330,8 @@ def write_harden_report(out: Path, summary: dict[str, Any]) -> Path:
             f"refreshes, {training['routes_in_pool']} routes in the pool)",
             "",
             headline_table(summary),
+            "",
+            deployment_table(summary),
             "",
             f"![ASR vs budget]({ASR_VS_BUDGET})" if summary["asr_vs_budget"] else "",
             "",

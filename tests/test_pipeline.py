@@ -55,6 +55,7 @@ SMALL = {
             },
             {"name": "router-mask", "sweep": {"n": [1]}},
             "route-replay",
+            {"name": "top-k", "args": {"k": 1}},
         ]
     },
 }
@@ -145,6 +146,15 @@ def test_hardened_checkpoint_is_plain_transformers_and_only_routers_differ(organ
     training = json.loads((harden_run / "train" / "train.json").read_text())
     assert 0 < training["checkpoint_bytes"] < training["model_bytes"] / 10  # routers + optimizer, no frozen model
     assert "`router_adapter/`" in (harden_run / "report.md").read_text()
+
+
+def test_report_shows_safety_under_deployment(harden_run):
+    report = (harden_run / "report.md").read_text()
+    section = report.split("### Safety under deployment", 1)[1]
+    row = next(line for line in section.splitlines() if line.startswith("| top-k@1 |"))
+    assert row.count("n=4") == 2 and row.count("n=8") == 2  # harmful ASR and benign compliance, both phases
+    summary = json.loads((harden_run / "summary.json").read_text())
+    assert all(summary["phases"][p]["top-k@1"]["n_benign"] == 8 for p in ("original", "hardened"))
 
 
 def test_report_and_plot_are_written(harden_run):
