@@ -15,7 +15,8 @@ itself take the route. The route covers the original chat-formatted prompt. The 
 the user text, so route positions before it are unchanged and the template tokens after the user text
 (end of turn, assistant header) move by the suffix length (`SuffixProblem.position`). Positions before
 the suffix are causally upstream of it: no suffix changes their routing, so only the route pairs after
-the suffix can be induced (`reachable_pairs` in the results).
+the suffix can be induced (`reachable_pairs` in the results), and the cross-entropy covers those alone (the
+others only add a constant).
 """
 
 from __future__ import annotations
@@ -117,10 +118,13 @@ class SuffixProblem:
 
 @dataclass(frozen=True)
 class RouteTarget:
-    """An unsafe route in attacked-prompt coordinates: per layer, positions (P,) and their forced experts (P, k)."""
+    """An unsafe route in attacked-prompt coordinates: per layer, positions (P,) and their forced experts (P, k).
+
+    `start` is the suffix's first position: pairs before it are upstream of the suffix (their routing is the
+    same for every suffix), so the cross-entropy the search minimises covers the reachable pairs only."""
 
     pairs: dict[int, tuple[torch.Tensor, torch.Tensor]]
-    reachable: int  # pairs after the suffix (the only ones a suffix can change)
+    start: int
 
     @classmethod
     def from_artifact(cls, artifact: RouteArtifact, problem: SuffixProblem, suffix_length: int) -> RouteTarget:
@@ -130,34 +134,40 @@ class RouteTarget:
                 f"route for prompt {artifact.prompt_id!r} covers {artifact.prompt_length} prompt tokens, but the "
                 f"prompt has {original_length}: it was found for another prompt text or chat template."
             )
-        pairs, reachable = {}, 0
+        pairs = {}
         for layer, tokens in sorted(artifact.forced.items()):
             kept = sorted(t for t in tokens if t < original_length)  # prompt positions only
             if kept:
                 positions = torch.tensor([problem.position(t, suffix_length) for t in kept])
                 pairs[layer] = (positions, torch.tensor([sorted(tokens[t]) for t in kept]))
-                reachable += sum(t >= problem.shared for t in kept)
-        return cls(pairs=pairs, reachable=reachable)
+        return cls(pairs=pairs, start=len(problem.before))
 
     @property
     def num_pairs(self) -> int:
         return sum(len(positions) for positions, _ in self.pairs.values())
 
+    @property
+    def reachable(self) -> int:
+        return sum(int((positions >= self.start).sum()) for positions, _ in self.pairs.values())
+
     def cross_entropy(self, logits: dict[int, torch.Tensor]) -> torch.Tensor:
-        """(R,) mean over the route's pairs and forced experts of -log softmax(router logits)[expert]."""
+        """(R,) mean over the reachable pairs and their forced experts of -log softmax(router logits)[expert]."""
         total = 0.0
         for layer, (positions, experts) in self.pairs.items():
-            log_probs = logits[layer][:, positions].float().log_softmax(-1)
-            total = total - log_probs.gather(-1, experts.expand(log_probs.shape[0], -1, -1)).mean(-1).sum(-1)
-        return total / max(self.num_pairs, 1)
+            keep = positions >= self.start
+            log_probs = logits[layer][:, positions[keep]].float().log_softmax(-1)
+            total = total - log_probs.gather(-1, experts[keep].expand(log_probs.shape[0], -1, -1)).mean(-1).sum(-1)
+        return torch.as_tensor(total) / max(self.reachable, 1)
 
-    def induced_fraction(self, indices: dict[int, torch.Tensor]) -> torch.Tensor:
-        """(R,) share of the route's pairs where the experts the router itself chose equal the forced set."""
+    def induced_fraction(self, indices: dict[int, torch.Tensor], reachable_only: bool = False) -> torch.Tensor:
+        """(R,) share of the route's pairs (or of its reachable pairs) where the experts the router itself chose
+        equal the forced set."""
         hits = 0
         for layer, (positions, experts) in self.pairs.items():
-            chosen = indices[layer][:, positions].sort(-1).values
-            hits = hits + (chosen == experts).all(-1).sum(-1)
-        return torch.as_tensor(hits, dtype=torch.float) / max(self.num_pairs, 1)
+            keep = positions >= (self.start if reachable_only else 0)
+            chosen = indices[layer][:, positions[keep]].sort(-1).values
+            hits = hits + (chosen == experts[keep]).all(-1).sum(-1)
+        return torch.as_tensor(hits, dtype=torch.float) / max(self.reachable if reachable_only else self.num_pairs, 1)
 
 
 def allowed_tokens(tokenizer: Any) -> torch.Tensor:
@@ -179,6 +189,7 @@ class Scores:
     target_nll: torch.Tensor  # (R,) mean per target token
     greedy: torch.Tensor  # (R,) bool: the target is the greedy continuation
     induced: torch.Tensor | None  # (R,) route-GCG: share of the route the router took
+    induced_reachable: torch.Tensor | None  # (R,) route-GCG: the same over the pairs after the suffix
 
 
 class SuffixSearch:
@@ -222,6 +233,7 @@ class SuffixSearch:
             "target_nll": float(scores.target_nll[row]),
             "greedy": bool(scores.greedy[row]),
             "induced": None if scores.induced is None else float(scores.induced[row]),
+            "induced_reachable": None if scores.induced_reachable is None else float(scores.induced_reachable[row]),
         }
 
     def _initial_suffix(self) -> torch.Tensor:
@@ -247,11 +259,17 @@ class SuffixSearch:
         target = self.problem.target.to(predicted.device).expand(predicted.shape[0], -1)
         nll = -predicted.log_softmax(-1).gather(-1, target.unsqueeze(-1)).squeeze(-1).mean(-1)
         greedy = (predicted.argmax(-1) == target).all(-1)
-        loss, induced = nll, None
-        if self.route is not None and router is not None:
-            loss = nll + self.route_weight * self.route.cross_entropy({l: r.logits for l, r in router.items()})  # type: ignore[misc]
-            induced = self.route.induced_fraction({l: r.indices for l, r in router.items()})
-        return Scores(loss=loss, target_nll=nll, greedy=greedy, induced=induced)
+        if self.route is None or router is None:
+            return Scores(loss=nll, target_nll=nll, greedy=greedy, induced=None, induced_reachable=None)
+        ce = self.route.cross_entropy({l: r.logits for l, r in router.items()})  # type: ignore[misc]
+        indices = {l: r.indices for l, r in router.items()}
+        return Scores(
+            loss=nll + self.route_weight * ce,
+            target_nll=nll,
+            greedy=greedy,
+            induced=self.route.induced_fraction(indices),
+            induced_reachable=self.route.induced_fraction(indices, reachable_only=True),
+        )
 
     def _forward(self, detach: bool = True, **inputs: Any) -> tuple[torch.Tensor, dict[int, LayerRoute] | None]:
         """Logits of the last L + 1 positions, and the routes recorded for route-GCG (None for GCG)."""
@@ -290,12 +308,11 @@ class SuffixSearch:
             parts.append(self._objective(logits, self._with_prefix(router)))
             self.forwards += 1
             self.queries += rows
-        induced = [p.induced for p in parts]
         return Scores(
-            loss=torch.cat([p.loss for p in parts]),
-            target_nll=torch.cat([p.target_nll for p in parts]),
-            greedy=torch.cat([p.greedy for p in parts]),
-            induced=None if induced[0] is None else torch.cat(induced),  # type: ignore[arg-type]
+            **{
+                key: None if parts[0].__dict__[key] is None else torch.cat([p.__dict__[key] for p in parts])
+                for key in parts[0].__dict__
+            }
         )
 
     def gradient(self) -> torch.Tensor:
@@ -506,7 +523,9 @@ class RouteGcg(Gcg):
                 route_pairs=route.num_pairs,
                 reachable_pairs=route.reachable,
                 induced_fraction=round(search.best["induced"] or 0.0, 4),
+                induced_reachable_fraction=round(search.best["induced_reachable"] or 0.0, 4),
                 initial_induced_fraction=round(search.initial["induced"] or 0.0, 4),
+                initial_induced_reachable_fraction=round(search.initial["induced_reachable"] or 0.0, 4),
             )
             results.append(result)
         return results

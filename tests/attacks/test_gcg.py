@@ -156,8 +156,9 @@ def test_induced_fraction_and_router_cross_entropy_on_a_hand_made_route():
             0: (torch.tensor([1, 3]), torch.tensor([[0, 1], [2, 3]])),
             2: (torch.tensor([0]), torch.tensor([[1, 2]])),
         },
-        reachable=1,
+        start=2,  # the suffix starts at position 2: only (layer 0, token 3) is reachable
     )
+    assert (route.num_pairs, route.reachable) == (3, 1)
     hit = torch.full((2, 4, 2), 5)  # (rows, positions, k); row 0 takes every forced set (in any order)
     hit[0, 1], hit[0, 3] = torch.tensor([1, 0]), torch.tensor([2, 3])
     hit[1, 1] = torch.tensor([0, 1])  # row 1: only (layer 0, token 1)
@@ -165,11 +166,14 @@ def test_induced_fraction_and_router_cross_entropy_on_a_hand_made_route():
     other[0, 0] = torch.tensor([2, 1])
     other[1, 0] = torch.tensor([1, 3])
     assert route.induced_fraction({0: hit, 2: other}).tolist() == pytest.approx([1.0, 1 / 3])
+    assert route.induced_fraction({0: hit, 2: other}, reachable_only=True).tolist() == [1.0, 0.0]
     toward = torch.zeros(1, 4, 6)
-    toward[0, 1, [0, 1]] = toward[0, 3, [2, 3]] = 8.0
+    toward[0, 3, [2, 3]] = 8.0
     logits = {0: torch.cat([toward, torch.zeros(1, 4, 6)]), 2: torch.zeros(2, 4, 6)}
     ce = route.cross_entropy(logits)
     assert ce[0] < ce[1] and float(ce[1]) == pytest.approx(float(torch.log(torch.tensor(6.0))))
+    upstream = {0: torch.zeros(1, 4, 6).index_fill(1, torch.tensor([1]), 8.0), 2: torch.full((1, 4, 6), 8.0)}
+    assert torch.equal(route.cross_entropy(upstream), ce[1:])  # pairs before the suffix add nothing
 
 
 def test_route_gcg_reports_the_share_of_the_route_the_prompt_induced(loaded, tmp_path):
@@ -195,6 +199,9 @@ def test_route_gcg_reports_the_share_of_the_route_the_prompt_induced(loaded, tmp
         for t, experts in tokens.items()
     ]
     assert result.extra["induced_fraction"] == pytest.approx(sum(hits) / len(hits), abs=1e-4)
+    tokens = [t for ts in artifact.forced.values() for t in ts]
+    reachable = [hit for t, hit in zip(tokens, hits, strict=True) if t >= problem.shared]
+    assert result.extra["induced_reachable_fraction"] == pytest.approx(sum(reachable) / len(reachable), abs=1e-4)
     json.dumps(result.extra)
     # a route that is the final prompt's own routing at every original token is induced in full
     moved = [t if t < problem.shared else t + shift for t in range(artifact.prompt_length)]
@@ -205,7 +212,8 @@ def test_route_gcg_reports_the_share_of_the_route_the_prompt_induced(loaded, tmp
     suffix = ids[0, len(problem.before) : len(problem.before) + SMALL["suffix_length"]]
     target = RouteTarget.from_artifact(own, problem, SMALL["suffix_length"])
     scorer = SuffixSearch(loaded, problem, GcgConfig(**SMALL), allowed_tokens(loaded.tokenizer), target, 1.0)
-    assert scorer.score(suffix[None]).induced.tolist() == [1.0]
+    scores = scorer.score(suffix[None])
+    assert scores.induced.tolist() == scores.induced_reachable.tolist() == [1.0]
 
 
 def test_route_gcg_searches_its_own_route_when_given_no_file(loaded):
