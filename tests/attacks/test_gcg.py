@@ -23,6 +23,7 @@ from moe_defense.attacks.gcg import (
     allowed_tokens,
 )
 from moe_defense.attacks.suite import run_attack
+from moe_defense.cli import main
 from moe_defense.data import Prompt, PromptSet
 from moe_defense.errors import ConfigError
 from moe_defense.judges import JudgeItem, KeywordJudge, Verdict
@@ -240,3 +241,22 @@ def test_bad_input_names_the_field(loaded, tmp_path):
         Gcg(GcgConfig(suffix_length=600)).run(loaded, [PROMPT], AttackContext())
     with pytest.raises(ConfigError, match="no route for prompt 'p0'"):
         RouteGcg(RouteGcgConfig(routes=str(tmp_path / "a.jsonl"))).run(loaded, [PROMPT], AttackContext())
+
+
+def test_attack_cli_runs_gcg_and_refuses_route_gcg_without_a_route_source(tmp_path, monkeypatch, capsys):
+    out = tmp_path / "run"
+    argv = ["attack", "tiny:mixtral", "--data", "demo-harmful", "--limit", "1", "--judge", "keyword"]
+    small = ["--max-new-tokens", "2", "--attack-arg", "suffix_length=2", "--attack-arg", "steps=1"]
+    assert main([*argv, *small, "--attack", "gcg", "--out", str(out)]) == 0
+    (record,) = read_jsonl(out / "results.jsonl")
+    assert record["attack_prompt"].startswith(record["prompt"] + " ")
+
+    def no_load(*args, **kwargs):
+        raise AssertionError("the model was loaded before the config was checked")
+
+    monkeypatch.setattr("moe_defense.cli.attack.load_for_run", no_load)
+    capsys.readouterr()
+    assert (
+        main([*argv, "--attack", "route-gcg", "--attack-arg", "route_search=null", "--out", str(tmp_path / "x")]) == 1
+    )
+    assert "route source" in capsys.readouterr().err
