@@ -75,6 +75,7 @@ class SuffixProblem:
     after: torch.Tensor  # (P1,) the template after the user text
     target: torch.Tensor  # (L,)
     shared: int  # leading tokens the original prompt shares with `before`; the original's rest equals `after`
+    template: tuple[str, str]  # the rendered chat text before and after the suffix
 
     @classmethod
     def build(cls, loaded: LoadedModel, text: str, target: str, system_prompt: str | None = None) -> SuffixProblem:
@@ -83,6 +84,11 @@ class SuffixProblem:
         if rendered.count(_PLACEHOLDER) != 1:
             raise RoutingError("the chat template does not keep the user text verbatim; a suffix cannot be placed.")
         before_text, after_text = rendered.split(_PLACEHOLDER)
+        probe = "x y"
+        if format_chat(tokenizer, f"{text} {probe}", system_prompt, loaded.chat.template_kwargs) != (
+            before_text + probe + after_text
+        ):
+            raise RoutingError("the chat template does not keep the user text verbatim; a suffix cannot be placed.")
 
         def ids(piece: str) -> torch.Tensor:
             return torch.tensor(tokenizer(piece, add_special_tokens=False)["input_ids"], dtype=torch.long)
@@ -98,7 +104,14 @@ class SuffixProblem:
                 "a suffix cannot be placed without shifting the prompt's own tokens."
             )
         spaced = target if target.startswith(" ") else " " + target
-        return cls(text=text, before=before, after=after, target=ids(spaced), shared=shared)
+        return cls(
+            text=text,
+            before=before,
+            after=after,
+            target=ids(spaced),
+            shared=shared,
+            template=(before_text, after_text),
+        )
 
     def input_ids(self, suffixes: torch.Tensor) -> torch.Tensor:
         """(R, suffix + after + target): what follows the cached prefix for each candidate suffix."""
@@ -114,6 +127,10 @@ class SuffixProblem:
 
     def attacked_text(self, tokenizer: Any, suffix: torch.Tensor) -> str:
         return f"{self.text} {tokenizer.decode(suffix.tolist())}"
+
+    def rendered(self, tokenizer: Any, suffix: torch.Tensor) -> str:
+        """The chat-formatted attacked prompt (the template was checked to keep the user text verbatim)."""
+        return self.template[0] + tokenizer.decode(suffix.tolist()) + self.template[1]
 
 
 @dataclass(frozen=True)
@@ -246,8 +263,9 @@ class SuffixSearch:
 
     def stable(self, suffixes: torch.Tensor) -> torch.Tensor:
         """(R,) bool: the decoded prompt re-tokenises to exactly the ids the search scores."""
-        texts = [self.problem.attacked_text(self.loaded.tokenizer, s) for s in suffixes]
-        encoded = encode_prompts(self.loaded, texts, None)
+        tokenizer = self.loaded.tokenizer
+        texts = [self.problem.rendered(tokenizer, s) for s in suffixes]
+        encoded = tokenizer(texts, add_special_tokens=False)["input_ids"]
         head = self.problem.before.tolist()
         tail = self.problem.after.tolist()
         return torch.tensor([enc == head + s.tolist() + tail for enc, s in zip(encoded, suffixes, strict=True)])

@@ -260,3 +260,12 @@ def test_attack_cli_runs_gcg_and_refuses_route_gcg_without_a_route_source(tmp_pa
         main([*argv, "--attack", "route-gcg", "--attack-arg", "route_search=null", "--out", str(tmp_path / "x")]) == 1
     )
     assert "route source" in capsys.readouterr().err
+
+
+def test_the_searched_ids_are_what_generation_encodes_also_with_a_system_prompt(loaded, allowed):
+    problem = SuffixProblem.build(loaded, PROMPT.text, "Sure", "be brief")
+    run = SuffixSearch(loaded, problem, GcgConfig(**{**SMALL, "steps": 3}), allowed).run()
+    text = problem.attacked_text(loaded.tokenizer, run.suffix)
+    searched = torch.cat([problem.before, run.suffix, problem.after]).tolist()
+    assert encode_prompts(loaded, [text], "be brief")[0] == searched
+    assert encode_prompts(loaded, [PROMPT.text], "be brief")[0] != encode_prompts(loaded, [PROMPT.text], None)[0]
