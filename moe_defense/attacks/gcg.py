@@ -173,7 +173,8 @@ class RouteTarget:
         for layer, (positions, experts) in self.pairs.items():
             keep = positions >= self.start
             log_probs = logits[layer][:, positions[keep]].float().log_softmax(-1)
-            total = total - log_probs.gather(-1, experts[keep].expand(log_probs.shape[0], -1, -1)).mean(-1).sum(-1)
+            forced = experts[keep].to(log_probs.device).expand(log_probs.shape[0], -1, -1)
+            total = total - log_probs.gather(-1, forced).mean(-1).sum(-1)
         return torch.as_tensor(total) / max(self.reachable, 1)
 
     def induced_fraction(self, indices: dict[int, torch.Tensor], reachable_only: bool = False) -> torch.Tensor:
@@ -183,7 +184,7 @@ class RouteTarget:
         for layer, (positions, experts) in self.pairs.items():
             keep = positions >= (self.start if reachable_only else 0)
             chosen = indices[layer][:, positions[keep]].sort(-1).values
-            hits = hits + (chosen == experts[keep]).all(-1).sum(-1)
+            hits = hits + (chosen == experts[keep].to(chosen.device)).all(-1).sum(-1)
         return torch.as_tensor(hits, dtype=torch.float) / max(self.reachable if reachable_only else self.num_pairs, 1)
 
 
@@ -232,12 +233,10 @@ class SuffixSearch:
         self.gradients = 0
         self.steps = 0
         self.stopped = "steps"
-        with torch.no_grad(), record_routing(self.loaded, layers=self.layers or None) as recorder:
-            cache = DynamicCache(config=self.model.config)
-            self.prefix_cache = self.model(
-                input_ids=problem.before.to(self.device)[None], cache=cache, use_cache=True
-            ).cache
-        self.prefix_routes = recorder.trace() if self.layers else {}  # the prefix's routing: the same for every suffix
+        self.prefix_cache = DynamicCache(config=self.model.config)  # filled in place by the prefix forward
+        with torch.no_grad():
+            _, routes = self._forward(input_ids=problem.before.to(self.device)[None], cache=self.prefix_cache)
+        self.prefix_routes = routes or {}  # the prefix's routing: the same for every suffix
         self.suffix = self._initial_suffix()
         scores = self.score(self.suffix[None])
         self.best = self._pick(scores, 0)
