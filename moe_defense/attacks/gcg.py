@@ -365,13 +365,10 @@ class SuffixSearch:
         choices = torch.randint(top.shape[1], (width,), generator=self.generator)
         candidates = self.suffix.expand(width, -1).clone()
         candidates[torch.arange(width), positions] = top[positions, choices]
-        candidates = candidates[(candidates != self.suffix).any(-1)]
-        if len(candidates) == 0:
-            return candidates
-        _, inverse = torch.unique(candidates, dim=0, return_inverse=True)
-        first = torch.full((int(inverse.max()) + 1,), len(inverse), dtype=torch.long)
-        first.scatter_reduce_(0, inverse, torch.arange(len(inverse)), reduce="amin")
-        candidates = candidates[first.sort().values]  # distinct, in draw order (deterministic)
+        distinct = list(dict.fromkeys(map(tuple, candidates[(candidates != self.suffix).any(-1)].tolist())))
+        if not distinct:
+            return candidates[:0]
+        candidates = torch.tensor(distinct, dtype=torch.long)  # in draw order (deterministic)
         return candidates[self.stable(candidates)]
 
     def _done(self) -> bool:
