@@ -40,12 +40,16 @@ C = TypeVar("C", bound=AttackConfig)
 
 @dataclass
 class AttackResult:
-    """What an attack found for one prompt: its route (if any) and what it cost."""
+    """What an attack found for one prompt: its route (if any), the prompt it sends, and what it cost.
+
+    `prompt_text` is set by prompt attacks (GCG): the model is given that text instead of the prompt,
+    while judges still judge the answer against the original request."""
 
     prompt_id: str
     artifact: RouteArtifact | None
     response: str | None = None  # set when the attack generated (judge-in-the-loop restarts)
     extra: dict[str, Any] = field(default_factory=dict)
+    prompt_text: str | None = None
 
 
 @dataclass

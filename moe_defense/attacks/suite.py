@@ -28,7 +28,11 @@ def _load_results(out_dir: Path) -> dict[str, AttackResult]:
         for record in read_jsonl(path, repair=True):
             artifact = RouteArtifact.from_json(record["artifact"]) if record.get("artifact") else None
             results[record["prompt_id"]] = AttackResult(
-                record["prompt_id"], artifact, record.get("response"), record.get("extra", {})
+                record["prompt_id"],
+                artifact,
+                record.get("response"),
+                record.get("extra", {}),
+                prompt_text=record.get("prompt_text"),
             )
     return results
 
@@ -39,6 +43,7 @@ def _record(result: AttackResult) -> dict[str, Any]:
         "artifact": result.artifact.to_json() if result.artifact else None,
         "response": result.response,
         "extra": result.extra,
+        "prompt_text": result.prompt_text,
     }
 
 
@@ -94,7 +99,8 @@ def run_attack(
     phase: str = "original",
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Search, replay the found routes while generating, judge, and write the run directory."""
+    """Search, replay the found routes (and send the attack's prompt texts) while generating, judge against the
+    original requests, and write the run directory."""
     context = context or AttackContext()
     label = label or attack.label()
     out_dir = Path(out_dir)
@@ -115,6 +121,7 @@ def run_attack(
             attack_name=label,
             phase=phase,
             route_artifacts=artifacts,
+            prompt_texts={r.prompt_id: r.prompt_text for r in results if r.prompt_text is not None},
             info=context.info,
             route_for_batch=lambda rows: attack.interventions(loaded, [results[row] for row in rows]),
             extra_config={"attack_config": attack.config.model_dump(mode="json")},

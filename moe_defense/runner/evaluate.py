@@ -51,9 +51,12 @@ def make_record(
     attack: str,
     phase: str,
     route: Mapping[str, Any] | None = None,
+    attack_prompt: str | None = None,
 ) -> dict[str, Any]:
     """One results.jsonl line; `status` is the worst verdict status, `judge_errors` names who failed and why.
 
+    `prompt` is the original request (what the judges read); `attack_prompt` the text the model was given
+    instead (a prompt attack such as GCG; null: the request itself).
     `response` is the final answer the judges read; `reasoning` the thinking before it (null: none), and
     `reasoning_cut_off` marks a reply stopped mid-thought, whose final answer is empty."""
     judge_errors = {name: v.reason or v.status for name, v in verdicts.items() if v.status != "scored"}
@@ -63,6 +66,7 @@ def make_record(
         "attack": attack,
         "phase": phase,
         "prompt": prompt.text,
+        "attack_prompt": attack_prompt,
         "benign": is_benign(prompt),
         "route": dict(route) if route is not None else None,
         "response": reply.answer,
@@ -192,6 +196,7 @@ def evaluate(
     attack_name: str = "none",
     route_for_batch: RouteForBatch | None = None,
     route_artifacts: Mapping[str, Mapping[str, Any]] | None = None,
+    prompt_texts: Mapping[str, str] | None = None,
     phase: str = "original",
     chunk_size: int | None = None,
     extra_config: Mapping[str, Any] | None = None,
@@ -202,7 +207,8 @@ def evaluate(
     """Answer, judge and record every prompt into the run directory `out_dir`; return the summary.
 
     `route_for_batch(positions)` gets positions in `prompt_set.prompts` and returns that batch's
-    routing interventions; `route_artifacts` (prompt id -> JSON-able artifact) is stored in each record.
+    routing interventions; `route_artifacts` (prompt id -> JSON-able artifact) is stored in each record;
+    `prompt_texts` (prompt id -> text) replaces a prompt's text in generation only (judges read the original).
     `chunk_size` prompts (default 4 x batch size) are saved at a time. `extra_config` (e.g. the CLI
     arguments) joins the run config that a resume must match. Over-refusal on benign prompts is read
     from `refusal_judge`, which must be one of `judges` when the set holds benign prompts.
@@ -251,6 +257,7 @@ def evaluate(
     shard = list(range(info.rank, len(prompts), info.world))
     todo = [pos for pos in shard if (ids[pos], attack_name) not in finished]
     routes = route_artifacts or {}
+    sent = prompt_texts or {}
     with tqdm(
         total=len(shard),
         initial=len(shard) - len(todo),
@@ -263,11 +270,13 @@ def evaluate(
             chunk = [prompts[pos] for pos in positions]
             route = _chunk_routes(route_for_batch, positions)
             replies = generate_replies(
-                loaded, [p.text for p in chunk], gen_config, route_for_batch=route, progress=False
+                loaded, [sent.get(p.id, p.text) for p in chunk], gen_config, route_for_batch=route, progress=False
             )
             verdicts = judge_responses(judges, chunk, [reply.answer for reply in replies])  # never the reasoning
             writer.append(
-                make_record(p, r, v, attack=attack_name, phase=phase, route=routes.get(p.id))
+                make_record(
+                    p, r, v, attack=attack_name, phase=phase, route=routes.get(p.id), attack_prompt=sent.get(p.id)
+                )
                 for p, r, v in zip(chunk, replies, verdicts, strict=True)
             )
             bar.update(len(chunk))
