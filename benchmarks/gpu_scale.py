@@ -28,8 +28,8 @@ from transformers import AutoModelForCausalLM, OlmoeConfig, TrainerCallback
 
 from moe_defense.attacks import AttackContext, Fsour, FsourConfig
 from moe_defense.data.prompts import load_prompts
-from moe_defense.defenses.checkpoint import save_router_patch
 from moe_defense.defenses.examples import to_sequences
+from moe_defense.defenses.patch import save_router_patch
 from moe_defense.defenses.trainer import HardeningConfig, train_routers
 from moe_defense.models.adapters import adapter_for
 from moe_defense.models.loading import LoadedModel

@@ -186,18 +186,19 @@ class VerifyConfig(Strict):
                     f"attack {spec.name!r}: seeds derive from the recipe's seed (new ones on the hardened model); "
                     "drop its seed"
                 )
-            if spec.component_class().budget_field in spec.sweep:
-                budgets = spec.sweep[spec.component_class().budget_field]
-                capped = [b for b in budgets if b is not None]
-                if (
-                    any(not isinstance(b, int) or b < 1 for b in capped)
-                    or capped != sorted(set(capped))
-                    or (None in budgets and budgets[-1] is not None)
-                ):
-                    raise ValueError(
-                        f"attack {spec.name!r}: budgets must be ascending integers >= 1, optionally ending with null "
-                        "(no cap)"
-                    )
+        curve = next((spec for spec in attacks if spec.is_curve), None)
+        if curve is not None:  # the ASR-vs-budget curve; other strength sweeps (sigma, capacity factor) are free
+            budgets = curve.sweep[curve.component_class().budget_field]
+            capped = [b for b in budgets if b is not None]
+            if (
+                any(not isinstance(b, int) or b < 1 for b in capped)
+                or capped != sorted(set(capped))
+                or (None in budgets and budgets[-1] is not None)
+            ):
+                raise ValueError(
+                    f"attack {curve.name!r}: budgets must be ascending integers >= 1, optionally ending with null "
+                    "(no cap)"
+                )
         labels = [label for spec in attacks for label, _ in spec.build()]
         repeated = sorted({label for label in labels if labels.count(label) > 1})
         if repeated:

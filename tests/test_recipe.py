@@ -236,3 +236,15 @@ def test_harden_cli_chat_options_override_the_recipe(tmp_path, monkeypatch):
     assert main([*argv, "--chat-template-kwarg", "enable_thinking=false"]) == 130
     recipe = seen["recipe"]
     assert (recipe.chat_template_kwargs, recipe.reasoning) == ({"enable_thinking": False, "tools": None}, "think")
+
+
+def test_only_a_forced_pair_budget_sweep_is_the_curve(tmp_path):
+    attacks = [
+        {"name": "router-noise", "sweep": {"sigma": [0.5, 2.0]}},  # a float strength: several points, no curve
+        {"name": "top-k", "sweep": {"k": [1, 3]}},
+        {"name": "fsour", "sweep": {"budget": [2, None]}},
+    ]
+    recipe = load_recipe(_write(tmp_path, verify={"attacks": attacks}))
+    assert recipe.verify.curve.name == "fsour"
+    with pytest.raises(ConfigError, match="budgets must be ascending"):
+        load_recipe(_write(tmp_path, verify={"attacks": [{"name": "fsour", "sweep": {"budget": [8, 2]}}]}))

@@ -76,6 +76,8 @@ class Attack(ABC, Generic[C]):
     prompt; split across ranks); otherwise one global choice for all prompts, always recomputed.
     `budget_field`: the config field that is the attack's budget axis (a sweep over it is an
     ASR-vs-budget curve, from which B80 is read).
+    `budget_counts_forced_pairs`: the budget is a number of forced (token, layer) pairs (F-SOUR), so a sweep
+    over it is the ASR-vs-budget curve, B80 and the minimal budgets are read from.
     `changes_deployment`: the attack is a change a deployment makes to every request (top-k, pruning,
     quantization...), so the run also answers the context's benign prompts under it and reports
     their compliance beside the ASR (a change that breaks everything is not a jailbreak).
@@ -86,6 +88,7 @@ class Attack(ABC, Generic[C]):
     per_prompt: ClassVar[bool] = False
     budget_field: ClassVar[str | None] = None
     changes_deployment: ClassVar[bool] = False
+    budget_counts_forced_pairs: ClassVar[bool] = False
 
     def __init__(self, config: C | None = None) -> None:
         self.config: C = config or self.config_class()  # type: ignore[assignment]
@@ -196,6 +199,7 @@ class AttackSpec(ComponentSpec):
 
     @property
     def is_curve(self) -> bool:
-        """A sweep over the attack's budget axis: the ASR-vs-budget curve B80 is read from."""
-        budget_field = self.component_class().budget_field
-        return budget_field is not None and list(self.sweep) == [budget_field]
+        """A sweep over a budget of forced (token, layer) pairs: the ASR-vs-budget curve B80 is read from
+        (a sweep over another strength, e.g. top-k's k or GCG's queries, is just several points)."""
+        attack = self.component_class()
+        return attack.budget_counts_forced_pairs and list(self.sweep) == [attack.budget_field]

@@ -419,6 +419,7 @@ class Fsour(Attack[FsourConfig]):
 
     per_prompt = True
     budget_field = "budget"
+    budget_counts_forced_pairs = True
 
     def search(
         self, loaded: LoadedModel, prompt: Prompt, seed: int, uncapped: UncappedRoutes | None = None

@@ -12,9 +12,10 @@ from pathlib import Path
 import pytest
 
 from moe_defense.defenses.zero3 import check_zero3_config
+from moe_defense.recipe import RECIPES
 
 REPO = Path(__file__).resolve().parents[2]
-ZERO3 = REPO / "train" / "ds" / "zero3.json"
+ZERO3 = RECIPES / "ds" / "zero3.json"
 WORKER = Path(__file__).with_name("zero3_worker.py")
 
 
@@ -29,7 +30,7 @@ def _config(tmp_path: Path, **zero) -> Path:
 
 def test_shipped_zero2_and_zero3_configs_pass():
     for name in ("zero0.json", "zero2.json", "zero3.json"):
-        check_zero3_config(REPO / "train" / "ds" / name, ["routers"])
+        check_zero3_config(RECIPES / "ds" / name, ["routers"])
 
 
 @pytest.mark.parametrize(
