@@ -74,7 +74,7 @@ def test_report_to_defaults_to_none_and_passes_through_to_the_training_arguments
     path.write_text(yaml.safe_dump(MINIMAL))
     assert load_recipe(path).report_to == []
     assert training_arguments(HardeningConfig(), tmp_path, None).report_to == []
-    assert training_arguments(HardeningConfig(), tmp_path, None, ["tensorboard", "mlflow"]).report_to == [
+    assert training_arguments(HardeningConfig(), tmp_path, None, report_to=["tensorboard", "mlflow"]).report_to == [
         "tensorboard",
         "mlflow",
     ]

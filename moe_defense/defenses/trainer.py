@@ -273,6 +273,7 @@ def training_arguments(
     config: HardeningConfig,
     out_dir: Path,
     deepspeed: str | dict | None,
+    *,
     precision: torch.dtype = torch.float32,
     report_to: Sequence[str] = (),
 ) -> TrainingArguments:
@@ -350,7 +351,7 @@ def train_routers(
     rows = Dataset.from_dict({"row": list(range(max(len(harmful), len(benign))))})
     trainer = HardeningTrainer(
         model=model,
-        args=training_arguments(config, out_dir / "trainer", deepspeed, precision, report_to),
+        args=training_arguments(config, out_dir / "trainer", deepspeed, precision=precision, report_to=report_to),
         train_dataset=rows,
         data_collator=lambda features: {"row": torch.tensor([f["row"] for f in features])},
         callbacks=[refresh],
