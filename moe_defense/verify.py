@@ -89,8 +89,6 @@ class Suite:
         outcomes = []
         for point in points:
             for record in RunDir(directory / point.label).records():
-                if record.get("benign"):  # a deployment change's compliance prompts are no attack outcomes
-                    continue
                 verdict = record["verdicts"].get(judge, {})
                 route = RouteArtifact.from_json(record["route"]) if record.get("route") else None
                 outcomes.append(

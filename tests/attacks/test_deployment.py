@@ -208,7 +208,7 @@ def test_a_deployment_run_reports_asr_and_benign_compliance_under_the_change(tin
     assert row["n_benign"] == 2 and "benign_compliance" in row and row["n_prompts"] - row["n_benign"] == 2
 
 
-def test_the_suite_reports_compliance_and_keeps_benign_prompts_out_of_robustness(tiny_model, tmp_path):
+def test_the_suite_reports_compliance_and_a_deployment_sweep_is_no_budget_curve(tiny_model, tmp_path):
     suite = Suite(
         specs=[AttackSpec(name="top-k", sweep={"k": [1]})],
         harmful=PromptSet("h", "test", PROMPTS),
@@ -222,4 +222,4 @@ def test_the_suite_reports_compliance_and_keeps_benign_prompts_out_of_robustness
     )
     rows = suite.run(tiny_model("mixtral"), "original", tmp_path)
     assert rows["top-k@1"]["n_benign"] == 2 and "benign_compliance" in rows["top-k@1"]
-    assert sorted(suite.robustness("original", tmp_path)["per_prompt"]) == ["p0", "p1"]
+    assert suite.robustness("original", tmp_path) is None  # k is no forced-pair budget: no minimal budgets
