@@ -10,7 +10,6 @@ import os
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Literal
 
 import torch
 from pydantic import Field, field_validator, model_validator
@@ -24,6 +23,7 @@ from transformers import (
 from moe_defense.errors import ConfigError, JudgeError, ModelLoadError
 from moe_defense.judges.base import Judge, JudgeConfig, JudgeItem, Verdict
 from moe_defense.judges.http import Api, EndpointError, OpenAIClient
+from moe_defense.models.loading import DtypeName, torch_dtype
 
 
 @dataclass(frozen=True)
@@ -104,9 +104,7 @@ class BackendConfig(JudgeConfig):
     device: str | None = Field(
         None, description="device (or transformers device_map) for local_model; null: cuda if available, else cpu"
     )
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
-        "auto", description="weights dtype for local_model"
-    )
+    dtype: DtypeName = Field("auto", description="weights dtype for local_model")
     batch_size: int = Field(8, ge=1, description="prompts per generate() call for local_model")
     max_new_tokens: int = Field(16, ge=1, description="tokens the judge may write per answer")
 
@@ -193,9 +191,7 @@ class LocalBackend(JudgeBackend):
     @classmethod
     def from_config(cls, config: BackendConfig) -> LocalBackend:
         assert config.local_model is not None  # guaranteed by BackendConfig
-        dtype = {"auto": "auto", "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[
-            config.dtype
-        ]
+        dtype = torch_dtype(config.dtype)
         try:
             tokenizer = AutoTokenizer.from_pretrained(config.local_model, trust_remote_code=False)
             model = AutoModelForCausalLM.from_pretrained(
