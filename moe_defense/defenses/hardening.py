@@ -56,9 +56,12 @@ class RouterHardening(Defense[HardeningConfig]):
             importance = rosais(loaded, [s.prompt for s in harmful[:ROSAIS_PROMPTS]], progress=False)
             mask_layers = importance.ranking()[: config.mask_routers]
         digests = tensor_digests(loaded.model)
-        original_routers = {n: t.detach().cpu().clone() for n, t in loaded.adapter.router_tensors(loaded.model).items()}
         originals = {
             n: p.detach().cpu().clone() for n, p in trainable_parameters(loaded.model, config.trainable).items()
+        }
+        original_routers = {  # the PEFT export's base: the trained routers' copies above, plus the untrained buffers
+            n: originals[n] if n in originals else t.detach().cpu().clone()
+            for n, t in loaded.adapter.router_tensors(loaded.model).items()
         }
         search = config.route_search.model_copy(update={"budget": context.budget, "seed": context.seed})
         defense = config.model_copy(update={"route_search": search})
