@@ -17,6 +17,15 @@ def _load_base(args: argparse.Namespace):
     return load_model(args.base, options)
 
 
+def _writing_verb(args: argparse.Namespace):
+    """`--out` checked (new, not an input), the patch read, then the base loaded: cheap failures first."""
+    from moe_defense.defenses.patch import RouterPatch, check_new_directory
+
+    out = Path(args.out)
+    check_new_directory(out, args.base, args.patch)
+    return out, RouterPatch.read(args.patch), _load_base(args)
+
+
 def _verify(args: argparse.Namespace) -> int:
     from moe_defense.defenses.patch import RouterPatch, changed_tensors
 
@@ -39,12 +48,9 @@ def _verify(args: argparse.Namespace) -> int:
 
 def _apply(args: argparse.Namespace) -> int:
     from moe_defense.defenses.checkpoint import save_hardened
-    from moe_defense.defenses.patch import RouterPatch, apply_router_patch, check_new_directory
+    from moe_defense.defenses.patch import apply_router_patch
 
-    out = Path(args.out)
-    check_new_directory(out, args.base, args.patch)
-    patch = RouterPatch.read(args.patch)
-    base = _load_base(args)
+    out, patch, base = _writing_verb(args)
     apply_router_patch(base, patch)
     save_hardened(base, out)
     print(f"wrote the patched checkpoint to {out} (fingerprint {base.fingerprint()}); load it with from_pretrained")
@@ -54,12 +60,9 @@ def _apply(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from moe_defense.defenses.patch import RouterPatch, check_new_directory, export_peft_adapter
+    from moe_defense.defenses.patch import export_peft_adapter
 
-    out = Path(args.out)
-    check_new_directory(out, args.base, args.patch)
-    patch = RouterPatch.read(args.patch)
-    base = _load_base(args)
+    out, patch, base = _writing_verb(args)
     patch.check_base(base, router_only=True)
     facts = export_peft_adapter(
         base,
