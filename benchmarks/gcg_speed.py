@@ -41,7 +41,9 @@ def run(loaded, prompts, config: GcgConfig) -> dict:
         "seconds": round(time.perf_counter() - started, 3),
         "scoring_seconds": round(SCORING["seconds"], 3),
         "queries": sum(r.extra["queries"] for r in results),
-        "forward_passes": sum(r.extra["forward_passes"] for r in results),
+        "forward_calls": sum(r.extra["forward_calls"] for r in results),
+        "sequences": sum(r.extra["sequences"] for r in results),
+        "sequence_equivalents": sum(r.extra["sequence_equivalents"] for r in results),
         "suffixes": [r.extra["suffix"] for r in results],
         "losses": [r.extra["loss"] for r in results],
     }

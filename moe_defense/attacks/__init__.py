@@ -17,6 +17,7 @@ from moe_defense.attacks.base import (
     AttackContext,
     AttackResult,
     AttackSpec,
+    SearchCost,
     register_attack,
 )
 from moe_defense.attacks.fsour import Fsour, FsourConfig
@@ -40,6 +41,7 @@ __all__ = [
     "RouterImportance",
     "RouterMaskAttack",
     "RouterMaskConfig",
+    "SearchCost",
     "interventions_for",
     "read_artifacts",
     "register_attack",

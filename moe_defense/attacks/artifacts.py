@@ -34,7 +34,7 @@ class RouteArtifact:
     blocked: dict[int, dict[int, list[int]]] = field(default_factory=dict)  # layer -> token -> experts
     objective: float | None = None
     success: bool | None = None
-    queries: int = 0
+    queries: int = 0  # sequences the search scored to find it (SearchCost.sequences)
     budget: dict[str, Any] = field(default_factory=dict)
     weights: ForcedWeights = "router"  # who mixes the forced experts: the router, or uniform (see ForcedRoute)
     schema: str = SCHEMA

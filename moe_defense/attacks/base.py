@@ -10,6 +10,7 @@ knowledge of any one attack. Runtime context reaches `run()` as an explicit `Att
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import itertools
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
@@ -36,6 +37,55 @@ class AttackConfig(BaseModel):
 
 
 C = TypeVar("C", bound=AttackConfig)
+
+
+@dataclass
+class SearchCost:
+    """The model compute a search spent, counted one way for every search (F-SOUR's modes, GCG).
+
+    `sequences`: rows through the model, one per candidate however short; `tokens`: positions actually
+    processed (a KV-cached suffix forward counts only the suffix); `forward_calls`: batched model calls.
+    A backward pass costs about twice its forward, so `sequence_equivalents` (FLOP-proportional) counts each
+    backward as 2 sequences, and `token_equivalents` as twice its tokens. A pass that runs more experts per
+    token than the router's top-k (a dense gradient pass) counts `experts / top_k` equivalents per sequence:
+    an upper bound, as attention and embeddings do not grow with it. Answers generated to judge a restart are
+    kept apart (`generations`, `generated_tokens`): every mode generates them alike.
+    """
+
+    sequences: int = 0
+    tokens: int = 0
+    forward_calls: int = 0
+    backward_passes: int = 0
+    sequence_equivalents: float = 0.0
+    token_equivalents: float = 0.0
+    generations: int = 0
+    generated_tokens: int = 0
+    seconds: float = 0.0
+
+    def forward(self, rows: int, positions: int, weight: float = 1.0) -> None:
+        """One batched call of `rows` sequences of `positions` tokens each (`weight`: equivalents per row)."""
+        self.forward_calls += 1
+        self.sequences += rows
+        self.tokens += rows * positions
+        self.sequence_equivalents += weight * rows
+        self.token_equivalents += weight * rows * positions
+
+    def backward(self, rows: int, positions: int, weight: float = 1.0) -> None:
+        """A backward pass through `rows` x `positions`: twice the forward's compute."""
+        self.backward_passes += 1
+        self.sequence_equivalents += 2 * weight * rows
+        self.token_equivalents += 2 * weight * rows * positions
+
+    def add(self, other: SearchCost) -> None:
+        for item in dataclasses.fields(self):
+            setattr(self, item.name, getattr(self, item.name) + getattr(other, item.name))
+
+    def as_dict(self) -> dict[str, float]:
+        figures = dataclasses.asdict(self)
+        figures["sequence_equivalents"] = round(self.sequence_equivalents, 2)
+        figures["token_equivalents"] = round(self.token_equivalents, 2)
+        figures["seconds"] = round(self.seconds, 3)
+        return figures
 
 
 @dataclass

@@ -28,7 +28,7 @@ from pydantic import Field
 from transformers import Cache, DynamicCache
 
 from moe_defense.attacks.artifacts import RouteArtifact, interventions_for
-from moe_defense.attacks.base import Attack, AttackConfig, AttackContext, AttackResult, register_attack
+from moe_defense.attacks.base import Attack, AttackConfig, AttackContext, AttackResult, SearchCost, register_attack
 from moe_defense.attacks.objective import TargetProblem, prompt_target
 from moe_defense.data.prompts import Prompt
 from moe_defense.judges import Judge, JudgeItem
@@ -100,8 +100,7 @@ class RouteSearch:
         self.span = problem.prompt_length + (len(problem.target_ids) if config.force_decode else 0)
         self.generator = torch.Generator().manual_seed(seed)
         self.route = {l: torch.full((1, self.span, self.adapter.top_k), -1, dtype=torch.long) for l in self.layers}
-        self.forward_passes = 0
-        self.sequences = 0
+        self.cost = SearchCost()
         self.prompt_lengths = torch.tensor([problem.prompt_length])
         self.ids = problem.input_ids.to(loaded.device)[None]
         # KV cache of the whole sequence under the current route, and its per-position target log-probs:
@@ -155,8 +154,7 @@ class RouteSearch:
             return torch.cat([self._score_full(chunk) for chunk in self._row_chunks(route)])
         with intervene(self.loaded, *self._route_intervention(route, rows)):
             logits = self.loaded.model(input_ids=self.ids.expand(rows, -1)).logits
-        self.forward_passes += 1
-        self.sequences += rows
+        self.cost.forward(rows, self.ids.shape[1])
         return self._target_log_probs(logits, 0)
 
     @torch.no_grad()
@@ -173,8 +171,7 @@ class RouteSearch:
         cache.batch_repeat_interleave(rows)
         with intervene(self.loaded, *self._route_intervention(candidates, rows)):
             logits = self.loaded.model(input_ids=self.ids[:, token:].expand(rows, -1), cache=cache).logits
-        self.forward_passes += 1
-        self.sequences += rows
+        self.cost.forward(rows, self.ids.shape[1] - token)  # the cached prefix is not recomputed
         per_position = torch.cat(
             [fixed[:, :token].expand(rows, -1), self._position_log_probs(logits, token)[:, token:]], dim=1
         )
@@ -188,8 +185,7 @@ class RouteSearch:
             cache.activate_past_recording()  # sliding-window layers keep what `crop` needs to roll back
             with torch.no_grad(), intervene(self.loaded, *self._route_intervention(self.route, 1)):
                 output = self.loaded.model(input_ids=self.ids, cache=cache, use_cache=True)
-            self.forward_passes += 1
-            self.sequences += 1
+            self.cost.forward(1, self.ids.shape[1])
             self._current = (output.cache, self._position_log_probs(output.logits, 0))
         return self._current
 
@@ -217,8 +213,8 @@ class RouteSearch:
             # gradients w.r.t. the biases only: nothing accumulates in the weights' .grad (a trainer's
             # gradients, and DeepSpeed's reduction hooks, stay untouched when hardening calls the search)
             grads = torch.autograd.grad(self._target_log_probs(logits, 0).sum(), [biases[l] for l in self.layers])
-        self.forward_passes += 2  # forward + backward
-        self.sequences += 1
+        self.cost.forward(1, self.ids.shape[1])
+        self.cost.backward(1, self.ids.shape[1])
         executed = {l: route.indices[0, : self.span] for l, route in recorder.trace().items()}
         gradient = torch.stack([g[0] for g in grads])  # (L, T, E)
         self._saliency_cache = (self._route_version, (gradient, executed))
@@ -404,7 +400,7 @@ class RouteSearch:
             forced=forced,  # type: ignore[arg-type]
             objective=self.value,
             success=self.success,
-            queries=self.sequences,
+            queries=self.cost.sequences,
             budget={"max_pairs": self.config.budget, "layers": self.layers, "force_decode": self.config.force_decode},
             weights=self.config.forced_weights,
         )
@@ -425,8 +421,10 @@ class Fsour(Attack[FsourConfig]):
         self, loaded: LoadedModel, prompt: Prompt, seed: int, uncapped: UncappedRoutes | None = None
     ) -> RouteSearch:
         problem = TargetProblem.build(loaded, prompt.text, prompt_target(prompt) + self.config.target_suffix)
+        started = time.perf_counter()
         search = RouteSearch(loaded, problem, self.config, seed, uncapped)
         search.reference() if self.config.mode == "reference" else search.fast()
+        search.cost.seconds = time.perf_counter() - started
         return search
 
     def _respond(
@@ -452,17 +450,19 @@ class Fsour(Attack[FsourConfig]):
         results = []
         for prompt in prompts:
             started = time.perf_counter()
-            attempts, attempts_initial, passes, sequences = [], [], 0, 0
+            attempts, attempts_initial, cost = [], [], SearchCost()
             for restart in range(self.config.restarts + 1):
                 search = self.search(loaded, prompt, self.config.seed + restart, uncapped)
                 artifact = search.artifact(prompt.id, fingerprint)
                 response = self._respond(loaded, prompt, artifact, context.generation)
-                passes += search.forward_passes
-                sequences += search.sequences
+                cost.add(search.cost)
+                cost.generations += 1
+                cost.generated_tokens += len(loaded.tokenizer(response, add_special_tokens=False).input_ids)
                 attempts.append((artifact, response, self._judged(judge, prompt, response, search)))
                 attempts_initial.append(search.initial_value)
                 if attempts[-1][2]:
                     break
+            cost.seconds = time.perf_counter() - started  # the prompt's whole wall time, answers included
             chosen = next((a for a in attempts if a[2]), max(attempts, key=lambda a: a[0].objective or -math.inf))
             results.append(
                 AttackResult(
@@ -475,11 +475,9 @@ class Fsour(Attack[FsourConfig]):
                         "restarts_used": len(attempts) - 1,
                         "success_criterion": criterion,
                         "best_of_restarts_success": any(a[2] for a in attempts),
-                        "forward_passes": passes,
-                        "sequences": sequences,
                         "forced_pairs": chosen[0].num_forced_pairs,
                         "objective_gain": (chosen[0].objective or 0.0) - attempts_initial[attempts.index(chosen)],
-                        "seconds": round(time.perf_counter() - started, 3),
+                        **cost.as_dict(),  # every search of every restart, and the answers judged
                     },
                 )
             )
@@ -496,6 +494,6 @@ class Fsour(Attack[FsourConfig]):
             "first_search_success_rate": mean(bool(e["single_shot_success"]) for e in extras),
             "any_restart_success_rate": mean(bool(e["best_of_restarts_success"]) for e in extras),
         }
-        for key in ("forward_passes", "sequences", "forced_pairs", "seconds"):
+        for key in ("forced_pairs", *SearchCost().as_dict()):
             summary[f"mean_{key}"] = round(mean(float(e[key]) for e in extras), 2)
         return summary

@@ -36,7 +36,7 @@ from pydantic import Field, model_validator
 from transformers import DynamicCache
 
 from moe_defense.attacks.artifacts import RouteArtifact, read_artifacts
-from moe_defense.attacks.base import Attack, AttackConfig, AttackContext, AttackResult, register_attack
+from moe_defense.attacks.base import Attack, AttackConfig, AttackContext, AttackResult, SearchCost, register_attack
 from moe_defense.attacks.fsour import Fsour, FsourConfig
 from moe_defense.attacks.objective import prompt_target
 from moe_defense.data import format_chat
@@ -228,14 +228,14 @@ class SuffixSearch:
         self.model = loaded.model
         self.device = loaded.device
         self.generator = torch.Generator().manual_seed(config.seed)
-        self.queries = 0  # candidate suffixes scored
-        self.forwards = 0  # scoring forwards (batched or not)
-        self.gradients = 0
+        self.queries = 0  # candidate suffixes scored (what query_budget caps)
+        self.cost = SearchCost()  # the prefix forward, every scoring forward and every gradient
         self.steps = 0
         self.stopped = "steps"
         self.prefix_cache = DynamicCache(config=self.model.config)  # filled in place by the prefix forward
         with torch.no_grad():
             _, routes = self._forward(input_ids=problem.before.to(self.device)[None], cache=self.prefix_cache)
+        self.cost.forward(1, len(problem.before))
         self.prefix_routes = routes or {}  # the prefix's routing: the same for every suffix
         self.suffix = self._initial_suffix()
         scores = self.score(self.suffix[None])
@@ -321,9 +321,10 @@ class SuffixSearch:
             rows = chunk.shape[0]
             cache = copy.deepcopy(self.prefix_cache)
             cache.batch_repeat_interleave(rows)
-            logits, router = self._forward(input_ids=self.problem.input_ids(chunk).to(self.device), cache=cache)
+            inputs = self.problem.input_ids(chunk)
+            logits, router = self._forward(input_ids=inputs.to(self.device), cache=cache)
             parts.append(self._objective(logits, self._with_prefix(router)))
-            self.forwards += 1
+            self.cost.forward(rows, inputs.shape[1])  # the cached prefix is not recomputed
             self.queries += rows
         return Scores(
             **{
@@ -352,7 +353,8 @@ class SuffixSearch:
             loss = self._objective(logits, router).loss.sum()
             # gradient w.r.t. the one-hot only: nothing accumulates in the weights' .grad
             (grad,) = torch.autograd.grad(loss, [one_hot])
-        self.gradients += 1
+        self.cost.forward(1, embeds.shape[1])
+        self.cost.backward(1, embeds.shape[1])
         return grad
 
     # --- search ----------------------------------------------------------------------------
@@ -408,12 +410,10 @@ class SuffixSearch:
             "target_nll": round(self.best["target_nll"], 4),
             "target_greedy": self.best["greedy"],
             "queries": self.queries,
-            "forward_passes": self.forwards,
-            "gradients": self.gradients,
             "steps": self.steps,
             "stopped": self.stopped,
             "suffix": self.loaded.tokenizer.decode(self.suffix.tolist()),
-            "seconds": round(seconds, 3),
+            **dataclasses.replace(self.cost, seconds=seconds).as_dict(),
         }
         return AttackResult(
             prompt_id=prompt_id,

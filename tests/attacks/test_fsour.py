@@ -45,12 +45,12 @@ def test_prefix_cached_scoring_equals_full_scoring(tiny_model, model_type, force
     scores = search._score_from(3, candidates)
     search.value = float(scores.min()) - 1.0  # make sure one is accepted
     assert search._accept(candidates, scores) and search._current is not None
-    passes = search.forward_passes
+    passes = search.cost.forward_calls
     later = search._with(search.layers[0], search.span - 2, search._uniform(3))
     torch.testing.assert_close(
         search._score_from(search.span - 2, later), search._score_full(later), rtol=1e-4, atol=1e-4
     )
-    assert search.forward_passes == passes + 2  # the cached scoring needed no prefix forward, then the full check
+    assert search.cost.forward_calls == passes + 2  # the cached scoring needed no prefix forward, then the full check
 
 
 def test_fast_mode_costs_fewer_forward_passes_and_respects_the_budget(tiny_model):
@@ -64,7 +64,7 @@ def test_fast_mode_costs_fewer_forward_passes_and_respects_the_budget(tiny_model
     passes = {
         mode: Fsour(FsourConfig(mode=mode, restarts=0, candidates=8))
         .run(loaded, [PROMPT], AttackContext(generation=generation))[0]
-        .extra["forward_passes"]
+        .extra["forward_calls"]
         for mode in ("reference", "fast")
     }
     assert passes["fast"] * 2 < passes["reference"]

@@ -80,7 +80,10 @@ def test_batched_and_unbatched_scoring_agree(loaded, allowed):
     assert len(candidates) > 1
     a, b = batched.score(candidates), single.score(candidates)
     torch.testing.assert_close(a.loss, b.loss, rtol=1e-5, atol=1e-5)
-    assert batched.forwards == 2 and single.forwards == 1 + len(candidates)  # the initial suffix, then the step
+    # the prefix cache and the initial suffix, then (batched) the gradient and one scoring call
+    assert batched.cost.forward_calls == 4 and single.cost.forward_calls == 2 + len(candidates)
+    assert batched.cost.backward_passes == 1 and batched.cost.sequences == 3 + len(candidates)
+    assert batched.cost.sequence_equivalents == batched.cost.sequences + 2  # the backward counts as 2
     # the same search either way: same suffix, same losses
     ran_batched, ran_single = search(loaded, allowed).run(), search(loaded, allowed, batched=False).run()
     assert torch.equal(ran_batched.suffix, ran_single.suffix)
