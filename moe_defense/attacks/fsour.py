@@ -19,7 +19,8 @@ from __future__ import annotations
 import copy
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from statistics import mean
 from typing import Any, Literal
 
@@ -31,21 +32,24 @@ from moe_defense.attacks.artifacts import RouteArtifact, interventions_for
 from moe_defense.attacks.base import Attack, AttackConfig, AttackContext, AttackResult, SearchCost, register_attack
 from moe_defense.attacks.objective import TargetProblem, prompt_target
 from moe_defense.data.prompts import Prompt
+from moe_defense.errors import RoutingError
 from moe_defense.judges import Judge, JudgeItem
 from moe_defense.judges.factory import JudgeSpec, build_judge
 from moe_defense.models.loading import LoadedModel
-from moe_defense.routing import ForcedRoute, LogitBias, intervene, record_routing
+from moe_defense.routing import ForcedRoute, Intervention, LogitBias, StepInfo, TopK, intervene, record_routing
 from moe_defense.runner.generation import GenerationConfig, generate
 
-# (seed, force_decode, forced_weights, layers, token ids) -> the uncapped route and its objective: a budget sweep prunes
-# the same uncapped route to every budget instead of searching it again (valid for one model only)
+# (mode, seed, force_decode, forced_weights, layers, token ids) -> the uncapped route and its objective: a budget
+# sweep prunes the same uncapped route to every budget instead of searching it again (valid for one model only)
 UncappedRoutes = dict[tuple, tuple[dict[int, torch.Tensor], float]]
 
 
 class FsourConfig(AttackConfig):
     """Token-layer-wise stochastic unsafe-route search (F-SOUR); budget knobs are explicit."""
 
-    mode: Literal["fast", "reference"] = Field("fast", description="fast (default) or the released reference search")
+    mode: Literal["fast", "reference", "gradient"] = Field(
+        "fast", description="fast (default), the released reference search, or the gradient-guided route search"
+    )
     candidates: int = Field(10, ge=1, description="random top-k subsets tried per (token, layer) pair (N)")
     restarts: int = Field(5, ge=0, description="extra searches with a new seed when the judge says the route failed")
     success_prob: float = Field(0.8, gt=0, le=1, description="stop a search once P(target) reaches this")
@@ -66,17 +70,59 @@ class FsourConfig(AttackConfig):
     max_rows: int = Field(256, ge=1, description="most candidate routes scored in one forward (memory cap)")
     budget_strategy: Literal["greedy", "prune", "best"] = Field(
         "best",
-        description="fast mode under a budget: greedy adds the best pair per round; prune searches without a cap, "
-        "then drops the pairs whose removal costs the objective least until the budget holds; best runs both, keeps "
-        "the higher",
+        description="fast and gradient modes under a budget: greedy adds pairs within the budget; prune searches "
+        "without a cap, then drops the pairs whose removal costs the objective least until the budget holds; best "
+        "runs both, keeps the higher",
     )
     sweeps: int = Field(
         1, ge=1, description="fast mode: passes over the pairs while the last one improved (reference: 1)"
     )
+    rounds: int = Field(3, ge=1, description="gradient mode: most linearised steps (one gradient each) per search")
     judge: JudgeSpec | None = Field(
         None, description="judge in the loop for restarts, {name, args} or a name (None: P(target) decides)"
     )
     seed: int = Field(0, description="seed of the first search; restart r uses seed + r")
+
+
+class _RelaxedRoute(Intervention):
+    """The current route with every expert running (beside `TopK(num_experts)`): at each position the experts of
+    the route's set keep their logits and all others get -`margin`, so the pass computes the route's own output
+    (their weights are ~e^-margin) while d objective / d logit of an outside expert j is nonzero: it is
+    w_j (s_j - s_bar), with s_j the first-order gain of mixing in expert j's output. Forced pairs keep their forced
+    set (levelled for uniform weights); the others the router's top-k logits."""
+
+    margin = 10.0
+
+    def __init__(self, route: dict[int, torch.Tensor], top_k: int, uniform: bool) -> None:
+        super().__init__("all")
+        self.route, self.k, self.uniform = route, top_k, uniform
+
+    def logit_delta(self, layer: int, step: StepInfo, logits: torch.Tensor) -> torch.Tensor | None:
+        own = logits.detach().float().reshape(step.batch_size, step.length, -1)
+        keep = own.topk(self.k, dim=-1).indices
+        forced = self.route.get(layer)
+        level = torch.zeros_like(own)
+        if forced is not None:
+            index = step.token_index.clamp(min=0).clamp(max=forced.shape[1] - 1)
+            at = forced[0, index]  # (B, T, k)
+            pinned = (at[..., 0] >= 0) & (step.token_index >= 0) & (step.token_index < forced.shape[1])
+            keep = torch.where(pinned.unsqueeze(-1), at, keep)
+            if self.uniform:
+                level = torch.where(pinned.unsqueeze(-1), -own, level)
+        delta = torch.full_like(own, -self.margin).scatter(-1, keep, 0.0)
+        return delta + level
+
+
+@dataclass(frozen=True)
+class _Linearised:
+    """First-order model of the objective around the current route, per (layer, span position).
+
+    `gain[l, t]` / `best[l, t]`: the predicted change and the expert set of the best re-route of the pair;
+    `unforce[l, t]`: the predicted change when a forced pair goes back to the router's own choice."""
+
+    gain: torch.Tensor  # (L, T)
+    best: torch.Tensor  # (L, T, k)
+    unforce: torch.Tensor  # (L, T)
 
 
 class RouteSearch:
@@ -109,6 +155,7 @@ class RouteSearch:
         self._last_scored: tuple[dict[int, torch.Tensor], Cache, torch.Tensor] | None = None
         self._route_version = 0
         self._saliency_cache: tuple[int, tuple[torch.Tensor, dict[int, torch.Tensor]]] | None = None
+        self._linear_cache: tuple[int, _Linearised] | None = None
         self.value = float(self._score_full(self.route)[0])
         self.initial_value = self.value
 
@@ -220,6 +267,177 @@ class RouteSearch:
         self._saliency_cache = (self._route_version, (gradient, executed))
         return gradient, executed
 
+    # --- gradient mode: a linearised route step ----------------------------------------------
+    def _linearised(self) -> _Linearised:
+        """One relaxed forward + backward (every expert runs, the route's own output is kept) gives, for every
+        (layer, token, expert), s_j: the first-order gain of mixing expert j in. The value of an expert set S at a
+        pair is then sum_j w_S(j) s_j with w_S the weights the route would give S (the architecture's own rule, or
+        uniform), so every pair's best set, its predicted gain and the cost of unforcing it come from this one
+        gradient. Cached per route."""
+        if self._linear_cache is not None and self._linear_cache[0] == self._route_version:
+            return self._linear_cache[1]
+        adapter, experts, k = self.adapter, self.adapter.num_experts, self.adapter.top_k
+        if adapter.fixed_top_k:
+            raise RoutingError(
+                f"gradient mode runs every expert per token to linearise the route; {adapter.model_type}'s "
+                f"{adapter.scoring} routing is defined for top-{k} only. Use mode fast or reference."
+            )
+        uniform = self.config.forced_weights == "uniform"
+        biases = {l: torch.zeros(1, self.span, experts, requires_grad=True) for l in self.layers}
+        with (
+            torch.enable_grad(),
+            intervene(
+                self.loaded,
+                TopK(experts),
+                _RelaxedRoute(self.route, k, uniform),
+                LogitBias(biases, scope=self.scope, prompt_lengths=self.prompt_lengths),
+            ),
+            record_routing(self.loaded, layers=self.layers) as recorder,
+        ):
+            logits = self.loaded.model(input_ids=self.ids).logits
+            # w.r.t. the biases only: nothing accumulates in the weights' .grad (see `_saliency`)
+            grads = torch.autograd.grad(self._target_log_probs(logits, 0).sum(), [biases[l] for l in self.layers])
+        length, dense = self.ids.shape[1], self._dense_cost()
+        self.cost.forward(1, length, weight=dense)
+        self.cost.backward(1, length, weight=dense)
+        trace = recorder.trace()
+        routers = adapter.routers(self.loaded.model)
+        gains, bests, unforces = [], [], []
+        for li, layer in enumerate(self.layers):
+            route = trace[layer]
+            own = route.logits[0, : self.span]  # type: ignore[index]
+            weights = torch.zeros(self.span, experts).scatter(
+                -1, route.indices[0, : self.span], route.weights[0, : self.span]
+            )
+            gain_of = grads[li][0] / weights.clamp(min=1e-30)  # s_j - s_bar
+            forced = self.route[layer][0]
+            natural = own.topk(k, dim=-1).indices
+            current = torch.where(forced[:, :1] >= 0, forced, natural)
+            candidates = self._candidate_sets(gain_of, own)
+            values = self._set_values(routers[layer], own, gain_of, candidates, uniform)
+            now = self._set_values(routers[layer], own, gain_of, current[:, None], uniform)[:, 0]
+            back = self._set_values(routers[layer], own, gain_of, natural[:, None], False)[:, 0]
+            same = (candidates.sort(-1).values == current.sort(-1).values[:, None]).all(-1)
+            values = values.masked_fill(same, -math.inf)
+            best = values.argmax(-1)
+            gains.append(values.gather(-1, best[:, None])[:, 0] - now)
+            bests.append(candidates[torch.arange(self.span), best])
+            unforces.append(back - now)
+        linear = _Linearised(torch.stack(gains), torch.stack(bests), torch.stack(unforces))
+        self._linear_cache = (self._route_version, linear)
+        return linear
+
+    def _dense_cost(self) -> float:
+        """Sequence equivalents of one pass that runs every expert: the weights a token multiplies by with all
+        experts over those with its top-k (FLOP-proportional, attention's length term aside)."""
+        model, experts, k = self.loaded.model, self.adapter.num_experts, self.adapter.top_k
+        routed = sum(p.numel() for m in self.adapter.experts(model).values() for p in m.parameters())
+        embedding, head = model.get_input_embeddings().weight, model.get_output_embeddings().weight
+        total = sum(p.numel() for p in model.parameters()) - (0 if head is embedding else embedding.numel())
+        return total / (total - routed * (experts - k) / experts)
+
+    def _candidate_sets(self, gain_of: torch.Tensor, own: torch.Tensor) -> torch.Tensor:
+        """(T, S, k) expert sets worth valuing per position: all of them when there are few (the organism's 28),
+        else the top-k of the gain blended with the router's preference at a few mixes, and single swaps of the
+        router's own set toward the best experts."""
+        experts, k = self.adapter.num_experts, self.adapter.top_k
+        if math.comb(experts, k) <= 256:
+            every = torch.combinations(torch.arange(experts), k)
+            return every.expand(self.span, -1, -1)
+        scale = gain_of.std(-1, keepdim=True) / own.std(-1, keepdim=True).clamp(min=1e-6)
+        blends = [(gain_of + a * scale * own).topk(k, dim=-1).indices for a in (0.0, 0.5, 1.0, 2.0, 4.0)]
+        natural = own.topk(k, dim=-1).indices
+        outside = gain_of.scatter(-1, natural, -math.inf).topk(k, dim=-1).indices  # best experts not in the set
+        weakest = gain_of.gather(-1, natural).argsort(-1)  # the set's members, least useful first
+        swaps = []
+        for rank in range(min(k, 3)):
+            for member in range(min(k, 3)):
+                swap = natural.clone()
+                swap.scatter_(-1, weakest[:, member : member + 1], outside[:, rank : rank + 1])
+                swaps.append(swap)
+        return torch.stack(blends + swaps, dim=1)
+
+    def _set_values(
+        self, router: torch.nn.Module, own: torch.Tensor, gain_of: torch.Tensor, sets: torch.Tensor, uniform: bool
+    ) -> torch.Tensor:
+        """(T, S) linearised value sum_j w_S(j) s_j of each expert set, weighted as the route would weight it."""
+        positions, count, k = sets.shape
+        if uniform:
+            return gain_of.gather(-1, sets.reshape(positions, -1)).reshape(positions, count, k).mean(-1)
+        allowed = torch.zeros(positions, count, own.shape[-1], dtype=torch.bool).scatter(-1, sets, True)
+        logits = own[:, None].expand(-1, count, -1).reshape(positions * count, -1)
+        weights, indices = self.adapter.select(router, logits, ~allowed.reshape(positions * count, -1), torch.float32)
+        chosen = gain_of[:, None].expand(-1, count, -1).reshape(positions * count, -1).gather(-1, indices)
+        return (weights.float() * chosen).sum(-1).reshape(positions, count)
+
+    def _gradient_rounds(self, rounds: int | None = None) -> None:
+        """Linearised steps: on a fresh gradient, re-route the m pairs of highest predicted gain (m = 1, 2, 4, ...)
+        and, singly, the next `pairs_per_round` - 1, all in one batched forward; keep the best row if it raises the
+        objective. A step that fails bars the pairs it tried and re-ranks on the same gradient (no new one)."""
+        barred: set[tuple[int, int]] = set()
+        steps = failures = 0
+        while not self.success and steps < (self.config.rounds if rounds is None else rounds):
+            linear = self._linearised()  # a new gradient after a step, the same one after a failure
+            ranked = self._ranked(linear, barred)
+            if not ranked:
+                return
+            sizes = sorted({min(2**i, len(ranked)) for i in range(len(ranked).bit_length() + 1)})
+            singles = ranked[1 : self.config.pairs_per_round]
+            candidates = {l: r.expand(len(sizes) + len(singles), -1, -1).clone() for l, r in self.route.items()}
+            for row, pairs in enumerate([ranked[:size] for size in sizes] + [[pair] for pair in singles]):
+                for li, token in pairs:
+                    candidates[self.layers[li]][row, token] = linear.best[li, token]
+            if self._accept(candidates, self._score_full(candidates)):
+                barred.clear()
+                steps += 1
+                failures = 0
+                continue
+            barred.update((self.layers[li], token) for li, token in ranked[: self.config.pairs_per_round])
+            failures += 1
+            if failures >= 2:
+                return
+
+    def _ranked(self, linear: _Linearised, barred: set[tuple[int, int]]) -> list[tuple[int, int]]:
+        """(layer index, token) of the pairs worth re-routing, best predicted gain first (Gumbel-perturbed by the
+        seed, so restarts differ), those already on their best set or barred left out, within the budget."""
+        noise = -torch.log(-torch.log(torch.rand(linear.gain.shape, generator=self.generator).clamp(1e-9, 1 - 1e-9)))
+        positive = linear.gain[linear.gain > 0]
+        key = linear.gain + (0.1 * positive.mean() * noise if positive.numel() else 0.0)
+        left = math.inf if self.config.budget is None else self.config.budget - self.forced_pairs
+        ranked, new = [], 0
+        for flat in key.flatten().argsort(descending=True).tolist():
+            li, token = divmod(flat, self.span)
+            layer = self.layers[li]
+            current = self.route[layer][0, token]
+            if linear.gain[li, token] <= 0 or (layer, token) in barred or torch.equal(current, linear.best[li, token]):
+                continue
+            unforced = bool(current[0] < 0)
+            if unforced and new >= left:
+                continue
+            new += unforced
+            ranked.append((li, token))
+        return ranked
+
+    def _gradient_prune(self, budget: int) -> None:
+        """Un-force the pairs the linearised objective misses least: half the excess on one gradient, the rest on a
+        second (each checked with one forward), then one linearised step re-routes the kept pairs."""
+        first = True
+        while self.forced_pairs > budget:
+            excess = self.forced_pairs - budget
+            linear = self._linearised()
+            pairs = [
+                (li, t) for li, l in enumerate(self.layers) for t in range(self.span) if self.route[l][0, t, 0] >= 0
+            ]
+            pairs.sort(key=lambda pair: float(linear.unforce[pair]), reverse=True)
+            route = {l: r.clone() for l, r in self.route.items()}
+            for li, token in pairs[: math.ceil(excess / 2) if first and excess > 2 else excess]:
+                route[self.layers[li]][0, token] = -1
+            first = False
+            self.route = route
+            self.value = float(self._score_full(route)[0])
+            self._route_changed()
+        self._gradient_rounds(rounds=1)  # one linearised step re-routes the kept pairs
+
     # --- proposals -----------------------------------------------------------------------
     def _uniform(self, count: int) -> torch.Tensor:
         scores = torch.rand(count, self.adapter.num_experts, generator=self.generator)
@@ -283,14 +501,22 @@ class RouteSearch:
                 self._accept(candidates, scores)
 
     def fast(self) -> None:
+        self._budgeted(self._fast_sweeps, self.prune)
+
+    def gradient(self) -> None:
+        self._budgeted(self._gradient_rounds, self._gradient_prune)
+
+    def _budgeted(self, search: Callable[[], None], prune: Callable[[int], None]) -> None:
+        """`search` within the budget (greedy), or without a cap then `prune` to it (prune), or both (best)."""
         strategy = self.config.budget_strategy if self.config.budget is not None else "greedy"
         if strategy in ("greedy", "best"):
-            self._fast_sweeps()
+            search()
         if strategy == "greedy" or (strategy == "best" and self.success):
             return
         kept = (self.route, self.value)
         self._reset_route()
         key = (
+            self.config.mode,
             self.seed,
             self.config.force_decode,
             self.config.forced_weights,
@@ -305,12 +531,12 @@ class RouteSearch:
             budget = self.config.budget
             self.config = self.config.model_copy(update={"budget": None})
             try:
-                self._fast_sweeps()
+                search()
             finally:
                 self.config = self.config.model_copy(update={"budget": budget})
             if self.uncapped is not None:
                 self.uncapped[key] = ({l: r.clone() for l, r in self.route.items()}, self.value)
-        self.prune(self.config.budget)
+        prune(self.config.budget)
         if strategy == "best" and kept[1] > self.value:
             self.route, self.value = kept
             self._route_changed()
@@ -423,7 +649,7 @@ class Fsour(Attack[FsourConfig]):
         problem = TargetProblem.build(loaded, prompt.text, prompt_target(prompt) + self.config.target_suffix)
         started = time.perf_counter()
         search = RouteSearch(loaded, problem, self.config, seed, uncapped)
-        search.reference() if self.config.mode == "reference" else search.fast()
+        {"reference": search.reference, "fast": search.fast, "gradient": search.gradient}[self.config.mode]()
         search.cost.seconds = time.perf_counter() - started
         return search
 
