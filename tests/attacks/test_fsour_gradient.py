@@ -118,7 +118,6 @@ def test_gradient_mode_on_the_wide_shape():
     assert search.forced_pairs <= 4 and search.value > search.initial_value
 
 
-@pytest.mark.slow
 def test_gradient_mode_reaches_a_high_objective_on_the_organism(organism):
     """Two held-out prompts (P(target) 2e-5 and 0.07 unattacked) to P(target) >= 0.3 in three steps, at under 70
     sequence equivalents each (the reference search scores ~600 sequences)."""
