@@ -334,8 +334,11 @@ class RouteSearch:
             current = torch.where(forced[:, :1] >= 0, forced, natural)
             candidates = self._candidate_sets(gain_of, own)
             values = self._set_values(routers[layer], own, gain_of, candidates, uniform)
-            now = self._set_values(routers[layer], own, gain_of, current[:, None], uniform)[:, 0]
             back = self._set_values(routers[layer], own, gain_of, natural[:, None], False)[:, 0]
+            # forced pairs mix as the route mixes them; the others as the router does
+            now = torch.where(
+                forced[:, 0] >= 0, self._set_values(routers[layer], own, gain_of, current[:, None], uniform)[:, 0], back
+            )
             same = (candidates.sort(-1).values == current.sort(-1).values[:, None]).all(-1)
             values = values.masked_fill(same, -math.inf)
             best = values.argmax(-1)

@@ -50,6 +50,16 @@ def test_gradient_mode_raises_the_objective_on_every_architecture(tiny_model, mo
     assert search.value == pytest.approx(float(search._score_full(search.route)[0]), abs=1e-4)
 
 
+def test_gradient_mode_with_uniform_forced_weights(tiny_model):
+    """The relaxed pass levels forced experts as the replay does, so the route kept is scored as it replays."""
+    loaded = tiny_model("mixtral")
+    search = gradient_search(loaded, budget=3, forced_weights="uniform", force_decode=True)
+    assert 1 <= search.forced_pairs <= 3 and search.value > search.initial_value
+    artifact = search.artifact("p0", loaded.fingerprint())
+    assert artifact.weights == "uniform"
+    assert search.value == pytest.approx(float(search._score_full(search.route)[0]), abs=1e-4)
+
+
 def test_gradient_mode_refuses_fixed_top_k_routers(tiny_model):
     with pytest.raises(RoutingError, match="phimoe.*mode fast or reference"):
         gradient_search(tiny_model("phimoe"))
