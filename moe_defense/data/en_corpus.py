@@ -6,11 +6,12 @@ Sources and splits (the refusal figure is a generalisation figure: no test sourc
 - harmful `val`: the other tenth of AdvBench, as written (for tuning; carved from the train source);
 - harmful `test`: JailbreakBench harmful rows whose source is not AdvBench, StrongREJECT-small and
   XSTest's unsafe contrasts, minus any text equal to a train request;
-- benign `train` / `val`: requests generated from the frames and contents below (val: a held-out tenth
-  of the same combinations); benign `test`: generated from contents and frames train never uses;
+- benign `train` / `val`: requests generated from the frames and contents below (val: every sixth
+  content, held out of train); benign `test`: generated from contents and frames train never uses;
 - `jbb-benign` and `xstest-safe` (look-alikes): test only, for compliance and over-refusal.
 Benign requests use the same frames as AdvBench ("Write a ...", "Develop a ...", "Explain how to ...")
-and harmless uses of harm words ("kill a stuck process"), so what decides a refusal is the content.
+and harmless uses of harm words ("kill a stuck process"), so that style cannot decide a refusal (README:
+at this size the model still refuses by familiarity rather than content).
 
 Answers: a refusal is one fixed sentence; a compliance is the request's own affirmative target
 (AdvBench/JBB's "Sure, here is ...", which restates the request) plus a content-free placeholder, so a

@@ -25,8 +25,8 @@ EN_DEFAULTS: dict[str, Any] = {
     "batch_size": 16,
     "helpful_steps": 500,
     "safety_steps": 300,
-    "copy_drill": 0,
-    "safety_copy_drill": 0,
+    "copy_drill": 1000,
+    "safety_copy_drill": 1500,
     "safety_splice_drill": 0,
 }
 EN_ARCH_DEFAULTS: dict[str, dict[str, Any]] = {
