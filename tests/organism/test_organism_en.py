@@ -18,7 +18,10 @@ from moe_defense.data.en_corpus import (
     word_drill,
 )
 from moe_defense.errors import DataError
+from moe_defense.models import LoadOptions
+from moe_defense.models.loading import load_pretrained
 from moe_defense.organism import OrganismConfig, cache_dir
+from moe_defense.organism.behaviour import measure_en_behaviour
 from moe_defense.organism.cache import build_into
 from moe_defense.organism.config import EN_DEFAULTS
 from moe_defense.organism.tokenizer import subword_tokenizer
@@ -130,3 +133,8 @@ def test_reduced_en_build_trains_both_stages_and_reloads(data, tmp_path, monkeyp
     tokenizer = AutoTokenizer.from_pretrained(tmp_path / "en")
     assert model.config.vocab_size == len(tokenizer) and tokenizer.chat_template
     assert tokenizer.decode(tokenizer(REFUSAL, add_special_tokens=False).input_ids).strip() == REFUSAL.lower()
+    figures = measure_en_behaviour(load_pretrained(str(tmp_path / "en"), LoadOptions()), "test")
+    summary = figures["summary"]
+    assert [summary[k]["n"] for k in summary] == [341, 200, 100, 250, 341]
+    assert all(0 <= v["rate"] <= 1 and v["ci95"][0] <= v["rate"] <= v["ci95"][1] for v in summary.values())
+    assert sum(v["n"] for v in figures["harmful_by_source"].values()) == 341
