@@ -56,9 +56,13 @@ class OrganismConfig(BaseModel):
     safety_steps: int = Field(600, ge=0, description="stage 2: refuse harmful, comply with benign")
     safety_lr: float = Field(1e-3, gt=0, description="stage 2 learning rate")
     copy_drill: int = Field(
-        1200, ge=0, description="stage 1 extra requests with random keys (teaches restating the request)"
+        1200,
+        ge=0,
+        description="stage 1 extra requests with random keys (teaches restating the request; en: runs of benign words)",
     )
-    safety_copy_drill: int = Field(200, ge=0, description="stage 2 extra benign requests with random benign keys")
+    safety_copy_drill: int = Field(
+        200, ge=0, description="stage 2 extra benign requests with random benign keys (en: runs of benign words)"
+    )
     safety_splice_drill: int = Field(
         1600, ge=0, description="stage 2 extra requests splicing the start of one train key to the end of another"
     )
