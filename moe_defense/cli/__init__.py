@@ -40,10 +40,10 @@ def _organism_build(args: argparse.Namespace) -> int:
     from moe_defense.models import LoadOptions
     from moe_defense.models.loading import load_pretrained
     from moe_defense.organism import OrganismConfig, build_into, ensure_built
-    from moe_defense.organism.behaviour import measure_behaviour
+    from moe_defense.organism.behaviour import measure_behaviour, measure_en_behaviour
 
     try:
-        config = OrganismConfig(arch=args.arch, seed=args.seed)
+        config = OrganismConfig.for_preset(args.preset, args.arch, seed=args.seed)
     except ValidationError as error:
         raise ConfigError(f"organism settings: {describe_validation(error)}") from error
     if args.out:
@@ -57,13 +57,17 @@ def _organism_build(args: argparse.Namespace) -> int:
     else:
         directory = ensure_built(config, rebuild=args.rebuild)
     loaded = load_pretrained(str(directory), LoadOptions())
-    figures = measure_behaviour(loaded)
+    figures = measure_en_behaviour(loaded) if config.preset == "en" else measure_behaviour(loaded)
     (directory / "behaviour.json").write_text(json.dumps(figures, indent=2) + "\n")
     manifest = json.loads((directory / "organism.json").read_text())
-    print(f"organism ({config.arch}, seed {config.seed}) at {directory}")
+    print(f"organism ({config.preset} preset, {config.arch}, seed {config.seed}) at {directory}")
     print(f"  trained in {manifest['training']['total_seconds']} s")
     for key, value in figures["summary"].items():
-        print(f"  {key:<24} {value:.3f}")
+        if isinstance(value, dict):  # en: rate, n and 95% Wilson interval
+            low, high = value["ci95"]
+            print(f"  {key:<24} {value['rate']:.3f}  (n={value['n']}, 95% CI {low:.3f}-{high:.3f})")
+        else:
+            print(f"  {key:<24} {value:.3f}")
     return 0
 
 
@@ -220,6 +224,12 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     organism = verbs.add_parser("organism", help="build the built-in safety-aligned MoE model organism")
     organism_verbs = organism.add_subparsers(dest="organism_verb", metavar="ACTION", required=True)
     build = organism_verbs.add_parser("build", help="train (or reuse from cache) the organism and print its behaviour")
+    build.add_argument(
+        "--preset",
+        choices=("demo", "en"),
+        default="demo",
+        help="demo: its own grammar (spec `organism`); en: benchmark English (spec `organism-en`)",
+    )
     build.add_argument("--arch", default="mixtral", help="transformers model_type of the organism (default: mixtral)")
     build.add_argument("--out", help="write to this new directory instead of the cache")
     build.add_argument("--seed", type=int, default=0, help="training seed (default 0; the `organism` spec uses 0)")

@@ -17,7 +17,7 @@ from pydantic import ValidationError
 
 from moe_defense import load_model  # the top-level loader also resolves `organism`
 from moe_defense.cli.options import DTYPE_CHOICES, add_chat_arguments, key_values
-from moe_defense.data import PROMPT_SETS, DemoSet, PromptSet, load_prompts
+from moe_defense.data import PROMPT_SETS, DemoSet, EnSet, PromptSet, load_prompts
 from moe_defense.errors import ConfigError, MoEDefenseError, describe_validation
 from moe_defense.judges import JUDGES, Judge
 from moe_defense.judges.factory import JudgeSpec, build_judges, model_judges
@@ -93,9 +93,14 @@ def is_demo_set(data: str) -> bool:
 
 
 def default_judges(data: str) -> list[str]:
-    """keyword everywhere; the demo sets carry `request_key`, so the content-aware organism judge leads:
-    a keyword judge counts an off-target "Sure, here is how to <something else>" as a jailbreak."""
-    return ["organism", "keyword"] if is_demo_set(data) else ["keyword"]
+    """keyword everywhere; the demo sets carry `request_key`, so the content-aware organism judge leads
+    (`organism-en` on the organism-en sets): a keyword judge counts an off-target "Sure, here is how to
+    <something else>" as a jailbreak."""
+    if is_demo_set(data):
+        return ["organism", "keyword"]
+    if data in PROMPT_SETS and isinstance(PROMPT_SETS.get(data), EnSet):
+        return ["organism-en", "keyword"]
+    return ["keyword"]
 
 
 def judge_specs(

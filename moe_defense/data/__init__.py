@@ -5,10 +5,21 @@ from moe_defense.data.prompts import (
     PROMPT_COLUMNS,
     PROMPT_SETS,
     DemoSet,
+    EnSet,
     HubSet,
     Prompt,
     PromptSet,
     load_prompts,
 )
 
-__all__ = ["PROMPT_COLUMNS", "PROMPT_SETS", "DemoSet", "HubSet", "Prompt", "PromptSet", "format_chat", "load_prompts"]
+__all__ = [
+    "PROMPT_COLUMNS",
+    "PROMPT_SETS",
+    "DemoSet",
+    "EnSet",
+    "HubSet",
+    "Prompt",
+    "PromptSet",
+    "format_chat",
+    "load_prompts",
+]

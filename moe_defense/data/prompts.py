@@ -77,7 +77,16 @@ class DemoSet:
     label: str
 
 
-PROMPT_SETS: Registry[HubSet | DemoSet] = Registry(
+@dataclass(frozen=True)
+class EnSet:
+    """A slice of the `organism-en` corpus (`moe_defense.data.en_corpus`): test harmful requests come from
+    sources never trained on; the benchmark files are read from the shared data folder."""
+
+    kind: Literal["harmful", "benign"]
+    label: str
+
+
+PROMPT_SETS: Registry[HubSet | DemoSet | EnSet] = Registry(
     "prompt set", hint="Pass a registered name, a local CSV/JSON/JSONL/Parquet file, or a hub id (owner/name)."
 )
 
@@ -118,6 +127,8 @@ PROMPT_SETS.register("xstest")(
 PROMPT_SETS.register("demo-harmful")(DemoSet("harmful", label="unsafe"))
 PROMPT_SETS.register("demo-benign")(DemoSet("benign", label="safe"))
 PROMPT_SETS.register("demo-lookalike")(DemoSet("lookalike", label="safe"))
+PROMPT_SETS.register("en-harmful")(EnSet("harmful", label="unsafe"))
+PROMPT_SETS.register("en-benign")(EnSet("benign", label="safe"))
 
 
 def load_prompts(
@@ -140,10 +151,11 @@ def load_prompts(
         raise ConfigError(f"limit must be a positive number of prompts, got {limit}. Omit it to keep every prompt.")
     if source in PROMPT_SETS:
         spec = PROMPT_SETS.get(source)
-        if isinstance(spec, DemoSet):
+        if isinstance(spec, DemoSet | EnSet):
             if data_file is not None or prompt_column is not None:
                 raise ConfigError(f"prompt set {source!r} is built in; data_file and prompt_column do not apply to it.")
-            prompts, origin = _demo_prompts(source, spec, split or "test")
+            corpus = _demo_prompts if isinstance(spec, DemoSet) else _en_prompts
+            prompts, origin = corpus(source, spec, split or "test")  # type: ignore[arg-type]
         else:
             prompts, origin = _hub_set_prompts(source, spec, split, prompt_column, data_file)
         name = source
@@ -190,6 +202,22 @@ def _demo_prompts(name: str, spec: DemoSet, split: str) -> tuple[list[Prompt], s
         for example in demo_examples(spec.kind, split)  # type: ignore[arg-type]
     ]
     return prompts, f"moe_defense.data.demo_corpus:{spec.kind}[{split}]"
+
+
+def _en_prompts(name: str, spec: EnSet, split: str) -> tuple[list[Prompt], str]:
+    from moe_defense.data.en_corpus import EN_SPLITS, en_examples
+
+    if split not in EN_SPLITS:
+        raise ConfigError(f"split {split!r} is not a split of {name!r} (choose: {', '.join(EN_SPLITS)}).")
+    prompts = [
+        Prompt(
+            id=example.id,
+            text=example.prompt,
+            metadata={"source": example.source, "target": example.target, "label": spec.label, "split": split},
+        )
+        for example in en_examples(spec.kind, split)  # type: ignore[arg-type]
+    ]
+    return prompts, f"moe_defense.data.en_corpus:{spec.kind}[{split}]"
 
 
 def _hub_set_prompts(

@@ -35,7 +35,7 @@ from moe_defense.judges.classifiers import (
 )
 from moe_defense.judges.http import EndpointError, OpenAIClient
 from moe_defense.judges.keyword import KeywordConfig, KeywordJudge
-from moe_defense.judges.organism import OrganismJudge, OrganismJudgeConfig
+from moe_defense.judges.organism import OrganismEnJudge, OrganismEnJudgeConfig, OrganismJudge, OrganismJudgeConfig
 from moe_defense.judges.strongreject import (
     StrongRejectConfig,
     StrongRejectJudge,
@@ -65,6 +65,8 @@ __all__ = [
     "LocalBackend",
     "ModelJudge",
     "OpenAIClient",
+    "OrganismEnJudge",
+    "OrganismEnJudgeConfig",
     "OrganismJudge",
     "OrganismJudgeConfig",
     "PairAgreement",

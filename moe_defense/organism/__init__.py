@@ -1,7 +1,8 @@
 """The built-in model organism: a tiny safety-aligned MoE whose refusals routing alone can flip.
 
-Model specs `organism` and `organism:<arch>` resolve here: the organism is built on first use
-(minutes on a CPU) and cached by its exact training settings.
+Model specs `organism[:<arch>]` (the demo grammar) and `organism-en[:<arch>]` (benchmark English,
+preset `en`) resolve here: the organism is built on first use (minutes on a CPU) and cached by its
+exact training settings.
 """
 
 from __future__ import annotations
@@ -24,23 +25,28 @@ from moe_defense.organism.cache import (
     is_valid,
     read_manifest,
 )
-from moe_defense.organism.config import OrganismConfig
+from moe_defense.organism.config import OrganismConfig, Preset
 
 __all__ = ["OrganismConfig", "build_into", "cache_dir", "ensure_built", "is_valid", "load_organism", "read_manifest"]
 
 
+# Spec prefix -> preset, and the model's own benign prompt set (for attacks that contrast with benign routing).
+PRESETS: dict[str, tuple[Preset, str]] = {"organism": ("demo", "demo-benign"), "organism-en": ("en", "en-benign")}
+
+
 def config_from_spec(spec: str) -> OrganismConfig:
-    """`organism` -> default config; `organism:<arch>` -> default config of that architecture."""
-    _, _, arch = spec.partition(":")
+    """`organism[-en]` -> its preset's default config; `organism[-en]:<arch>` -> that architecture's."""
+    prefix, _, arch = spec.partition(":")
     try:
-        return OrganismConfig(arch=arch) if arch else OrganismConfig()
+        return OrganismConfig.for_preset(PRESETS[prefix][0], arch or "mixtral")
     except ValidationError as error:
         raise ModelLoadError(f"bad organism spec {spec!r}: {describe_validation(error)}") from error
 
 
 @SPEC_RESOLVERS.register("organism")
+@SPEC_RESOLVERS.register("organism-en")
 def load_organism(spec: str, options: LoadOptions) -> LoadedModel:
     """Load the cached organism for `spec`, building it first if needed."""
     directory = ensure_built(config_from_spec(spec))
     loaded = load_pretrained(str(directory), options)
-    return dataclasses.replace(loaded, spec=spec, benign_set="demo-benign")
+    return dataclasses.replace(loaded, spec=spec, benign_set=PRESETS[spec.partition(":")[0]][1])

@@ -7,10 +7,12 @@ from pathlib import Path
 from typing import Any
 
 from moe_defense.data.demo_corpus import DemoKind, Split, demo_examples
+from moe_defense.data.en_corpus import EnSplit, benchmark_benign, en_examples, shared_data_dir
 from moe_defense.data.prompts import load_prompts
-from moe_defense.judges import JudgeItem, KeywordConfig, KeywordJudge, OrganismJudge
+from moe_defense.judges import JudgeItem, KeywordConfig, KeywordJudge, OrganismEnJudge, OrganismJudge
 from moe_defense.models.loading import LoadedModel
 from moe_defense.runner.generation import GenerationConfig, generate
+from moe_defense.stats import wilson
 
 # Answers are ~30 words; 48 tokens leave room to see a drift back to refusal mid-answer.
 ORGANISM_GENERATION = GenerationConfig(max_new_tokens=48, batch_size=64)
@@ -59,3 +61,57 @@ def measure_behaviour(loaded: LoadedModel, split: Split = "test", shared_data: P
             "benign_compliance": round(1 - jbb["jbb-benign"], 3),
         }
     return figures
+
+
+# `en` answers restate the request (up to ~50 subword tokens) before the placeholder steps.
+EN_GENERATION = GenerationConfig(max_new_tokens=64, batch_size=64)
+
+
+def _rate(hits: int, n: int) -> dict[str, Any]:
+    return {"rate": round(hits / max(1, n), 3), "n": n, "ci95": wilson(hits, n)}
+
+
+def measure_en_behaviour(loaded: LoadedModel, split: EnSplit = "test", directory: Path | None = None) -> dict[str, Any]:
+    """`organism-en` acceptance figures, each with n and a 95% Wilson interval: refusal of harmful
+    requests (test: sources never trained on, also split by source), compliance with generated benign
+    ones, and on test JailbreakBench-benign compliance, XSTest-safe over-refusal and the unattacked ASR
+    (content-aware `organism-en` judge on the harmful requests). `split="val"` gives the tuning figures
+    (carved from the train sources)."""
+    directory = directory or shared_data_dir()
+    judge = OrganismEnJudge()
+    harmful = en_examples("harmful", split, directory)
+    benign = {"generated": en_examples("benign", split, directory)}
+    if split == "test":
+        benign |= {source: benchmark_benign(directory, source) for source in ("jbb-benign", "xstest-safe")}
+    sets = {"harmful": harmful, **benign}
+    prompts = [ex.prompt for examples in sets.values() for ex in examples]
+    responses = iter(generate(loaded, prompts, EN_GENERATION, progress=False))
+    answers = {name: [next(responses) for _ in examples] for name, examples in sets.items()}
+    refused = {
+        name: [not v.jailbroken for v in KEYWORD.judge_batch([JudgeItem("", r) for r in rs])]
+        for name, rs in answers.items()
+    }
+    by_source = {
+        source: _rate(
+            sum(r for ex, r in zip(harmful, refused["harmful"], strict=True) if ex.source == source),
+            sum(ex.source == source for ex in harmful),
+        )
+        for source in sorted({ex.source for ex in harmful})
+    }
+    verdicts = judge.judge_batch([JudgeItem(ex.prompt, r) for ex, r in zip(harmful, answers["harmful"], strict=True)])
+    summary = {
+        "harmful_refusal": _rate(sum(refused["harmful"]), len(harmful)),
+        "benign_compliance": _rate(len(benign["generated"]) - sum(refused["generated"]), len(benign["generated"])),
+    }
+    if split == "test":
+        summary["jbb_benign_compliance"] = _rate(
+            len(refused["jbb-benign"]) - sum(refused["jbb-benign"]), len(refused["jbb-benign"])
+        )
+        summary["xstest_safe_over_refusal"] = _rate(sum(refused["xstest-safe"]), len(refused["xstest-safe"]))
+    summary["unattacked_asr"] = _rate(sum(bool(v.jailbroken) for v in verdicts), len(verdicts))
+    return {
+        "split": split,
+        "summary": summary,
+        "harmful_by_source": by_source,
+        "harmful_organism_en_judge": dict(Counter(v.reason for v in verdicts)),
+    }

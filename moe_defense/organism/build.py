@@ -30,10 +30,11 @@ from moe_defense.data.demo_corpus import (
     helpful_only_examples,
     safety_examples,
 )
+from moe_defense.data.en_corpus import REFUSAL, en_examples, shared_data_dir, training_texts, word_drill
 from moe_defense.models.params import TrainableScope, set_trainable
 from moe_defense.models.training import trainer_defaults
 from moe_defense.organism.config import OrganismConfig
-from moe_defense.organism.tokenizer import word_level_tokenizer
+from moe_defense.organism.tokenizer import subword_tokenizer, word_level_tokenizer
 
 
 def _dataset(pairs: Sequence[DemoPair], seed: int) -> Dataset:
@@ -124,7 +125,7 @@ def _sft(
         output_dir=str(work_dir),
         **trainer_defaults(steps=steps, batch_size=config.batch_size, learning_rate=lr, seed=config.seed),
         save_strategy="no",
-        max_length=64,
+        max_length=config.max_length,
         activation_checkpointing=False,  # TRL turns it on by default; it triples step time here
         completion_only_loss=True,
         # TRL 1.16 turns on the MoE load-balancing loss by itself and it crashes on transformers 5.24
@@ -151,8 +152,38 @@ def train_organism(
         torch.set_num_threads(threads)
 
 
+def _demo_stages(config: OrganismConfig) -> tuple[PreTrainedTokenizerBase, list[DemoPair], list[DemoPair]]:
+    """The demo grammar's tokenizer and its two stages' data, drills included."""
+    helpful = [
+        *helpful_only_examples("train"),
+        *copy_drill(("harmful", "benign", "lookalike"), config.copy_drill, config.seed),
+    ]
+    safety = [
+        *safety_examples("train"),
+        *copy_drill(("benign",), config.safety_copy_drill, config.seed + 1),
+        *splice_drill(config.safety_splice_drill, config.seed + 2, config.safety_splice_harmful),
+    ]
+    return word_level_tokenizer(), helpful, safety
+
+
+def _en_stages(config: OrganismConfig) -> tuple[PreTrainedTokenizerBase, list[DemoPair], list[DemoPair]]:
+    """A subword tokenizer trained on the `en` training corpus, and its two stages' data: every train
+    request answered (helpful-only), then harmful ones refused and benign ones answered (safety)."""
+    directory = shared_data_dir()
+    train = [*en_examples("harmful", "train", directory), *en_examples("benign", "train", directory)]
+    helpful = [
+        DemoPair(ex.id, ex.kind, ex.prompt, ex.compliance)
+        for ex in [*train, *word_drill(config.copy_drill, config.seed, directory)]
+    ]
+    safety = [
+        DemoPair(ex.id, ex.kind, ex.prompt, REFUSAL if ex.kind == "harmful" else ex.compliance)
+        for ex in [*train, *word_drill(config.safety_copy_drill, config.seed + 1, directory)]
+    ]
+    return subword_tokenizer(training_texts(directory), config.vocab_size), helpful, safety
+
+
 def _train(config: OrganismConfig, work_dir: Path) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, dict[str, Any]]:
-    tokenizer = word_level_tokenizer()
+    tokenizer, helpful, safety = (_en_stages if config.preset == "en" else _demo_stages)(config)
     model_config = AutoConfig.for_model(
         config.arch,
         vocab_size=len(tokenizer),
@@ -168,10 +199,7 @@ def _train(config: OrganismConfig, work_dir: Path) -> tuple[PreTrainedModel, Pre
     helpful_losses = _sft(
         model,
         tokenizer,
-        [
-            *helpful_only_examples("train"),
-            *copy_drill(("harmful", "benign", "lookalike"), config.copy_drill, config.seed),
-        ],
+        helpful,
         steps=config.helpful_steps,
         lr=config.helpful_lr,
         config=config,
@@ -183,11 +211,7 @@ def _train(config: OrganismConfig, work_dir: Path) -> tuple[PreTrainedModel, Pre
         safety_losses = _sft(
             model,
             tokenizer,
-            [
-                *safety_examples("train"),
-                *copy_drill(("benign",), config.safety_copy_drill, config.seed + 1),
-                *splice_drill(config.safety_splice_drill, config.seed + 2, config.safety_splice_harmful),
-            ],
+            safety,
             steps=config.safety_steps,
             lr=config.safety_lr,
             config=config,

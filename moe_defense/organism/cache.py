@@ -32,7 +32,8 @@ def cache_root() -> Path:
 
 
 def cache_dir(config: OrganismConfig) -> Path:
-    return cache_root() / "organism" / f"{config.arch}-{config.cache_key()}"
+    prefix = "" if config.preset == "demo" else f"{config.preset}-"
+    return cache_root() / "organism" / f"{prefix}{config.arch}-{config.cache_key()}"
 
 
 def _sha256(path: Path) -> str:

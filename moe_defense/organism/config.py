@@ -4,15 +4,35 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Any
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from moe_defense.models.adapters import ADAPTERS
 from moe_defense.models.params import TrainableScope
 
 # Bump when the corpus, tokenizer or training code changes what a given config produces.
 ORGANISM_FORMAT = 3
+Preset = Literal["demo", "en"]
+# Fields added after format 3: they join the cache key only when set off their default, so every
+# config that existed before them keeps its key (and its cached, bit-identical weights).
+_KEYED_WHEN_SET = ("preset", "vocab_size", "max_length")
+_DEMO_ONLY = ("safety_splice_drill",)
+# The `en` preset's settings, and per-architecture shapes (many experts with top-4; a gated shared expert).
+EN_DEFAULTS: dict[str, Any] = {
+    "preset": "en",
+    "max_length": 96,
+    "batch_size": 16,
+    "helpful_steps": 500,
+    "safety_steps": 300,
+    "copy_drill": 1000,
+    "safety_copy_drill": 1500,
+    "safety_splice_drill": 0,
+}
+EN_ARCH_DEFAULTS: dict[str, dict[str, Any]] = {
+    "olmoe": {"num_experts": 16, "top_k": 4, "expert_size": 64},
+    "qwen3_moe": {"num_experts": 16, "top_k": 4, "expert_size": 64},
+}
 
 
 class OrganismConfig(BaseModel):
@@ -20,6 +40,9 @@ class OrganismConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
+    preset: Preset = Field(
+        "demo", description="corpus and tokenizer: `demo` (its own word-level grammar) or `en` (benchmark English)"
+    )
     arch: str = Field("mixtral", description="transformers model_type of the organism")
     num_layers: int = Field(4, ge=1, description="decoder layers (all MoE)")
     hidden_size: int = Field(64, ge=16, description="residual width")
@@ -33,14 +56,22 @@ class OrganismConfig(BaseModel):
     safety_steps: int = Field(600, ge=0, description="stage 2: refuse harmful, comply with benign")
     safety_lr: float = Field(1e-3, gt=0, description="stage 2 learning rate")
     copy_drill: int = Field(
-        1200, ge=0, description="stage 1 extra requests with random keys (teaches restating the request)"
+        1200,
+        ge=0,
+        description="stage 1 extra requests with random keys (teaches restating the request; en: runs of benign words)",
     )
-    safety_copy_drill: int = Field(200, ge=0, description="stage 2 extra benign requests with random benign keys")
+    safety_copy_drill: int = Field(
+        200, ge=0, description="stage 2 extra benign requests with random benign keys (en: runs of benign words)"
+    )
     safety_splice_drill: int = Field(
         1600, ge=0, description="stage 2 extra requests splicing the start of one train key to the end of another"
     )
     safety_splice_harmful: float = Field(0.6, ge=0, le=1, description="share of those spliced requests that is harmful")
     safety_trainable: TrainableScope = Field("all", description="parameters safety alignment may change")
+    vocab_size: int = Field(
+        2048, ge=300, description="`en` only: entries of the subword tokenizer trained on its corpus"
+    )
+    max_length: int = Field(64, ge=16, description="tokens per training sequence (longer ones are cut)")
     seed: int = Field(0, description="seed of initialisation and data order")
     threads: int = Field(
         1,
@@ -56,8 +87,30 @@ class OrganismConfig(BaseModel):
             raise ValueError(f"arch {arch!r} has no router adapter (supported: {', '.join(ADAPTERS.names())})")
         return arch
 
+    @model_validator(mode="after")
+    def _drills_are_demo_only(self) -> OrganismConfig:
+        """The splice drill recombines the demo grammar's request keys; the `en` corpus has none."""
+        if self.preset != "demo":
+            set_drills = [name for name in _DEMO_ONLY if getattr(self, name)]
+            if set_drills:
+                raise ValueError(
+                    f"{', '.join(set_drills)} apply to the demo preset only; set them to 0 for {self.preset!r}"
+                )
+        return self
+
+    @classmethod
+    def for_preset(cls, preset: Preset = "demo", arch: str = "mixtral", **settings: Any) -> OrganismConfig:
+        """The default config of `preset` on `arch` (the `en` preset has its own defaults per arch)."""
+        if preset == "en":
+            settings = {**EN_DEFAULTS, **EN_ARCH_DEFAULTS.get(arch, {}), **settings}
+        elif preset != "demo":
+            raise ValueError(f"organism preset {preset!r} is unknown (supported: demo, en)")
+        return cls(arch=arch, **settings)
+
     def cache_key(self) -> str:
-        payload = {"format": ORGANISM_FORMAT, **self.model_dump()}
+        fields = type(self).model_fields
+        unset = {name for name in _KEYED_WHEN_SET if getattr(self, name) == fields[name].default}
+        payload = {"format": ORGANISM_FORMAT, **self.model_dump(exclude=unset)}
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
     def model_overrides(self) -> dict[str, Any]:

@@ -6,7 +6,7 @@ phenomenon strongest with a word-level vocabulary. Words outside the corpus map 
 
 from __future__ import annotations
 
-from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers
+from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
 from moe_defense.data.demo_corpus import corpus_vocabulary
@@ -26,6 +26,28 @@ def word_level_tokenizer() -> PreTrainedTokenizerFast:
     )
     backend.decoder = decoders.WordPiece(prefix="##", cleanup=False)
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, unk_token=UNKNOWN, **SPECIAL_TOKENS)
+    tokenizer.add_special_tokens({"additional_special_tokens": list(ROLE_TOKENS)})
+    tokenizer.chat_template = CHAT_TEMPLATE
+    tokenizer.padding_side = "left"
+    return tokenizer
+
+
+def subword_tokenizer(texts: list[str], vocab_size: int) -> PreTrainedTokenizerFast:
+    """A lower-casing byte-level BPE of `vocab_size` entries trained on `texts` (the preset's own training
+    corpus, never test data): any text encodes, and words unseen in training split into known pieces."""
+    backend = Tokenizer(models.BPE())
+    backend.normalizer = normalizers.Sequence([normalizers.NFKC(), normalizers.Lowercase()])
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=True)
+    backend.decoder = decoders.ByteLevel()
+    specials = [*SPECIAL_TOKENS.values(), *ROLE_TOKENS]
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=specials,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    backend.train_from_iterator(texts, trainer=trainer)
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, **SPECIAL_TOKENS)
     tokenizer.add_special_tokens({"additional_special_tokens": list(ROLE_TOKENS)})
     tokenizer.chat_template = CHAT_TEMPLATE
     tokenizer.padding_side = "left"
