@@ -36,6 +36,7 @@ weights' .grad never changes (the search runs inside hardening). Not for fixed-t
 from __future__ import annotations
 
 import copy
+import functools
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -316,7 +317,7 @@ class RouteSearch:
             logits = self.loaded.model(input_ids=self.ids).logits
             # w.r.t. the biases only: nothing accumulates in the weights' .grad (see `_saliency`)
             grads = torch.autograd.grad(self._target_log_probs(logits, 0).sum(), [biases[l] for l in self.layers])
-        length, dense = self.ids.shape[1], self._dense_cost()
+        length, dense = self.ids.shape[1], self._dense_cost
         self.cost.forward(1, length, weight=dense)
         self.cost.backward(1, length, weight=dense)
         trace = recorder.trace()
@@ -349,9 +350,11 @@ class RouteSearch:
         self._linear_cache = (self._route_version, linear)
         return linear
 
+    @functools.cached_property
     def _dense_cost(self) -> float:
         """Sequence equivalents of one pass that runs every expert: the weights a token multiplies by with all
-        experts over those with its top-k (FLOP-proportional, attention's length term aside)."""
+        experts over those with its top-k (FLOP-proportional, attention's length term aside). A walk over every
+        parameter, so once per search rather than once per gradient."""
         model, experts, k = self.loaded.model, self.adapter.num_experts, self.adapter.top_k
         routed = sum(p.numel() for m in self.adapter.experts(model).values() for p in m.parameters())
         embedding, head = model.get_input_embeddings().weight, model.get_output_embeddings().weight

@@ -88,19 +88,15 @@ def add_evaluate_parser(subparsers: Any) -> argparse.ArgumentParser:
     return parser
 
 
-def is_demo_set(data: str) -> bool:
-    return data in PROMPT_SETS and isinstance(PROMPT_SETS.get(data), DemoSet)
+# The organism corpora's own content-aware judge leads on their sets: a keyword judge counts an off-target
+# "Sure, here is how to <something else>" as a jailbreak. Keyword everywhere.
+CORPUS_JUDGES: dict[type, str] = {DemoSet: "organism", EnSet: "organism-en"}
 
 
 def default_judges(data: str) -> list[str]:
-    """keyword everywhere; the demo sets carry `request_key`, so the content-aware organism judge leads
-    (`organism-en` on the organism-en sets): a keyword judge counts an off-target "Sure, here is how to
-    <something else>" as a jailbreak."""
-    if is_demo_set(data):
-        return ["organism", "keyword"]
-    if data in PROMPT_SETS and isinstance(PROMPT_SETS.get(data), EnSet):
-        return ["organism-en", "keyword"]
-    return ["keyword"]
+    """The set's corpus judge (if it is an organism corpus set), then keyword."""
+    corpus = CORPUS_JUDGES.get(type(PROMPT_SETS.get(data))) if data in PROMPT_SETS else None
+    return [corpus, "keyword"] if corpus else ["keyword"]
 
 
 def judge_specs(

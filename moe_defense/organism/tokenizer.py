@@ -25,11 +25,7 @@ def word_level_tokenizer() -> PreTrainedTokenizerFast:
         [pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation(behavior="isolated")]
     )
     backend.decoder = decoders.WordPiece(prefix="##", cleanup=False)
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, unk_token=UNKNOWN, **SPECIAL_TOKENS)
-    tokenizer.add_special_tokens({"additional_special_tokens": list(ROLE_TOKENS)})
-    tokenizer.chat_template = CHAT_TEMPLATE
-    tokenizer.padding_side = "left"
-    return tokenizer
+    return _chat_tokenizer(backend, unk_token=UNKNOWN)
 
 
 def subword_tokenizer(texts: list[str], vocab_size: int) -> PreTrainedTokenizerFast:
@@ -47,7 +43,13 @@ def subword_tokenizer(texts: list[str], vocab_size: int) -> PreTrainedTokenizerF
         show_progress=False,
     )
     backend.train_from_iterator(texts, trainer=trainer)
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, **SPECIAL_TOKENS)
+    return _chat_tokenizer(backend)
+
+
+def _chat_tokenizer(backend: Tokenizer, **tokens: str) -> PreTrainedTokenizerFast:
+    """Both organisms' tokenizers around their backends: the same specials, role tokens, chat template and
+    left padding, so everything downstream treats them alike."""
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, **SPECIAL_TOKENS, **tokens)
     tokenizer.add_special_tokens({"additional_special_tokens": list(ROLE_TOKENS)})
     tokenizer.chat_template = CHAT_TEMPLATE
     tokenizer.padding_side = "left"

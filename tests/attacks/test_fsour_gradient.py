@@ -86,7 +86,7 @@ def test_gradient_cost_is_counted_consistently(tiny_model):
     share (dense) 3 times over: forward + the backward's 2."""
     loaded = tiny_model("mixtral")
     search = gradient_search(loaded, rounds=2)
-    cost, dense = search.cost, search._dense_cost()
+    cost, dense = search.cost, search._dense_cost
     assert 1 < dense <= loaded.adapter.num_experts / loaded.adapter.top_k
     gradients = cost.backward_passes
     assert 1 <= gradients <= 2 + 1  # a step after each accepted row, and one re-ranking after a failure at most
