@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from datasets import Dataset
 from transformers import (
     AutoConfig,
     AutoModelForCausalLM,
@@ -31,22 +30,10 @@ from moe_defense.data.demo_corpus import (
     safety_examples,
 )
 from moe_defense.data.en_corpus import REFUSAL, en_examples, shared_data_dir, training_texts, word_drill
-from moe_defense.models.params import TrainableScope, set_trainable
-from moe_defense.models.training import trainer_defaults
 from moe_defense.organism.config import OrganismConfig
+from moe_defense.organism.sft import chat_dataset, sft
+from moe_defense.organism.smol import train_smol
 from moe_defense.organism.tokenizer import subword_tokenizer, word_level_tokenizer
-
-
-def _dataset(pairs: Sequence[DemoPair], seed: int) -> Dataset:
-    rows = [
-        {
-            "prompt": [{"role": "user", "content": p.prompt}],
-            "completion": [{"role": "assistant", "content": p.response}],
-        }
-        for p in pairs
-    ]
-    random.Random(seed).shuffle(rows)
-    return Dataset.from_list(rows)
 
 
 def copy_drill(kinds: Sequence[str], count: int, seed: int) -> list[DemoPair]:
@@ -106,39 +93,6 @@ def splice_drill(count: int, seed: int, harmful_share: float) -> list[DemoPair]:
     return drill
 
 
-def _sft(
-    model: PreTrainedModel,
-    tokenizer: PreTrainedTokenizerBase,
-    pairs: Sequence[DemoPair],
-    *,
-    steps: int,
-    lr: float,
-    config: OrganismConfig,
-    work_dir: Path,
-    trainable: TrainableScope = "all",
-) -> list[float]:
-    """One SFT stage with TRL (completion-only loss); returns the logged training losses."""
-    from trl import SFTConfig, SFTTrainer
-
-    set_trainable(model, trainable)
-    args = SFTConfig(
-        output_dir=str(work_dir),
-        **trainer_defaults(steps=steps, batch_size=config.batch_size, learning_rate=lr, seed=config.seed),
-        save_strategy="no",
-        max_length=config.max_length,
-        activation_checkpointing=False,  # TRL turns it on by default; it triples step time here
-        completion_only_loss=True,
-        # TRL 1.16 turns on the MoE load-balancing loss by itself and it crashes on transformers 5.24
-        # Mixtral batches (token-count mismatch in load_balancing_loss_func); the organism trains without it.
-        router_aux_loss_coef=0.0,
-    )
-    trainer = SFTTrainer(model=model, args=args, train_dataset=_dataset(pairs, config.seed), processing_class=tokenizer)
-    trainer.train()
-    for parameter in model.parameters():
-        parameter.requires_grad_(True)
-    return [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
-
-
 def train_organism(
     config: OrganismConfig, work_dir: Path
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, dict[str, Any]]:
@@ -147,7 +101,7 @@ def train_organism(
     threads = torch.get_num_threads()
     torch.set_num_threads(config.threads)
     try:
-        return _train(config, work_dir)
+        return (train_smol if config.preset == "smol" else _train)(config, work_dir)
     finally:
         torch.set_num_threads(threads)
 
@@ -196,10 +150,10 @@ def _train(config: OrganismConfig, work_dir: Path) -> tuple[PreTrainedModel, Pre
         torch.manual_seed(config.seed)
         model = AutoModelForCausalLM.from_config(model_config, dtype=torch.float32)
     started = time.perf_counter()
-    helpful_losses = _sft(
+    helpful_losses = sft(
         model,
         tokenizer,
-        helpful,
+        chat_dataset(helpful, config.seed),
         steps=config.helpful_steps,
         lr=config.helpful_lr,
         config=config,
@@ -208,10 +162,10 @@ def _train(config: OrganismConfig, work_dir: Path) -> tuple[PreTrainedModel, Pre
     helpful_seconds = time.perf_counter() - started
     safety_losses = []
     if config.safety_steps:
-        safety_losses = _sft(
+        safety_losses = sft(
             model,
             tokenizer,
-            safety,
+            chat_dataset(safety, config.seed),
             steps=config.safety_steps,
             lr=config.safety_lr,
             config=config,

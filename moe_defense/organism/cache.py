@@ -20,15 +20,10 @@ import transformers
 
 from moe_defense.errors import ModelLoadError
 from moe_defense.organism.build import train_organism
-from moe_defense.organism.config import OrganismConfig
+from moe_defense.organism.config import OrganismConfig, cache_root
 
 MANIFEST = "organism.json"
 WEIGHTS = "model.safetensors"
-
-
-def cache_root() -> Path:
-    """`$MOE_DEFENSE_CACHE` or `~/.cache/moe-defense`."""
-    return Path(os.environ.get("MOE_DEFENSE_CACHE", Path.home() / ".cache" / "moe-defense"))
 
 
 def cache_dir(config: OrganismConfig) -> Path:

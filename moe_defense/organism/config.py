@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -13,10 +15,10 @@ from moe_defense.models.params import TrainableScope
 
 # Bump when the corpus, tokenizer or training code changes what a given config produces.
 ORGANISM_FORMAT = 3
-Preset = Literal["demo", "en"]
+Preset = Literal["demo", "en", "smol"]
 # Fields added after format 3: they join the cache key only when set off their default, so every
 # config that existed before them keeps its key (and its cached, bit-identical weights).
-_KEYED_WHEN_SET = ("preset", "vocab_size", "max_length")
+_KEYED_WHEN_SET = ("preset", "vocab_size", "max_length", "safety_experts", "benign_count", "answer_tokens")
 _DEMO_ONLY = ("safety_splice_drill",)
 # The `en` preset's settings, and per-architecture shapes (many experts with top-4; a gated shared expert).
 EN_DEFAULTS: dict[str, Any] = {
@@ -33,6 +35,34 @@ EN_ARCH_DEFAULTS: dict[str, dict[str, Any]] = {
     "olmoe": {"num_experts": 16, "top_k": 4, "expert_size": 64},
     "qwen3_moe": {"num_experts": 16, "top_k": 4, "expert_size": 64},
 }
+# The `smol` preset: SmolLM2-135M-Instruct upcycled (its shape is the base's; `num_layers`, `hidden_size`,
+# `expert_size` and `num_heads` do not apply). Only the first `safety_experts` routed experts of each layer
+# and the routers learn; the other experts keep the base (see `organism/smol.py`).
+SMOL_DEFAULTS: dict[str, Any] = {
+    "preset": "smol",
+    "max_length": 160,
+    "batch_size": 16,
+    "helpful_steps": 1,
+    "safety_steps": 150,
+    "safety_lr": 1e-3,
+    "copy_drill": 0,
+    "safety_copy_drill": 0,
+    "safety_splice_drill": 0,
+    "safety_trainable": "routers+experts",
+    "benign_count": 640,
+    "answer_tokens": 40,
+    "threads": 2,
+}
+SMOL_ARCH_DEFAULTS: dict[str, dict[str, Any]] = {
+    "qwen2_moe": {"num_experts": 8, "top_k": 2, "safety_experts": 2},
+    "mixtral": {"num_experts": 4, "top_k": 2, "safety_experts": 1},
+}
+SMOL_ARCHS = tuple(SMOL_ARCH_DEFAULTS)
+
+
+def cache_root() -> Path:
+    """`$MOE_DEFENSE_CACHE` or `~/.cache/moe-defense`: built organisms and the smol preset's base model."""
+    return Path(os.environ.get("MOE_DEFENSE_CACHE", Path.home() / ".cache" / "moe-defense"))
 
 
 class OrganismConfig(BaseModel):
@@ -72,6 +102,11 @@ class OrganismConfig(BaseModel):
         2048, ge=300, description="`en` only: entries of the subword tokenizer trained on its corpus"
     )
     max_length: int = Field(64, ge=16, description="tokens per training sequence (longer ones are cut)")
+    safety_experts: int = Field(
+        0, ge=0, description="`smol`: routed experts per layer safety training may change (the first ones; 0: all)"
+    )
+    benign_count: int = Field(0, ge=0, description="`smol`: benign requests answered by the base for the safety stage")
+    answer_tokens: int = Field(40, ge=1, description="`smol`: tokens of the base's own answer kept as a benign target")
     seed: int = Field(0, description="seed of initialisation and data order")
     threads: int = Field(
         1,
@@ -99,12 +134,18 @@ class OrganismConfig(BaseModel):
         return self
 
     @classmethod
-    def for_preset(cls, preset: Preset = "demo", arch: str = "mixtral", **settings: Any) -> OrganismConfig:
-        """The default config of `preset` on `arch` (the `en` preset has its own defaults per arch)."""
+    def for_preset(cls, preset: Preset = "demo", arch: str | None = None, **settings: Any) -> OrganismConfig:
+        """The default config of `preset` on `arch` (default: mixtral; smol: qwen2_moe, the cheaper exact
+        upcycle); the `en` and `smol` presets have their own defaults per arch."""
+        arch = arch or ("qwen2_moe" if preset == "smol" else "mixtral")
         if preset == "en":
             settings = {**EN_DEFAULTS, **EN_ARCH_DEFAULTS.get(arch, {}), **settings}
+        elif preset == "smol":
+            if arch not in SMOL_ARCH_DEFAULTS:
+                raise ValueError(f"the smol preset upcycles into {', '.join(SMOL_ARCHS)}, not {arch!r}")
+            settings = {**SMOL_DEFAULTS, **SMOL_ARCH_DEFAULTS[arch], **settings}
         elif preset != "demo":
-            raise ValueError(f"organism preset {preset!r} is unknown (supported: demo, en)")
+            raise ValueError(f"organism preset {preset!r} is unknown (supported: demo, en, smol)")
         return cls(arch=arch, **settings)
 
     def cache_key(self) -> str:
