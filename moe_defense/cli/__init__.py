@@ -57,7 +57,10 @@ def _organism_build(args: argparse.Namespace) -> int:
     else:
         directory = ensure_built(config, rebuild=args.rebuild)
     loaded = load_pretrained(str(directory), LoadOptions())
-    figures = measure_en_behaviour(loaded) if config.preset == "en" else measure_behaviour(loaded)
+    if config.preset == "demo":
+        figures = measure_behaviour(loaded)
+    else:
+        figures = measure_en_behaviour(loaded, corpus=config.preset)
     (directory / "behaviour.json").write_text(json.dumps(figures, indent=2) + "\n")
     manifest = json.loads((directory / "organism.json").read_text())
     print(f"organism ({config.preset} preset, {config.arch}, seed {config.seed}) at {directory}")
@@ -226,11 +229,14 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     build = organism_verbs.add_parser("build", help="train (or reuse from cache) the organism and print its behaviour")
     build.add_argument(
         "--preset",
-        choices=("demo", "en"),
+        choices=("demo", "en", "smol"),  # organism.config.Preset (not imported: it pulls in torch)
         default="demo",
-        help="demo: its own grammar (spec `organism`); en: benchmark English (spec `organism-en`)",
+        help="demo: its own grammar (spec `organism`); en: benchmark English (spec `organism-en`); smol: "
+        "SmolLM2-135M-Instruct upcycled into an MoE (spec `organism-smol`)",
     )
-    build.add_argument("--arch", default="mixtral", help="transformers model_type of the organism (default: mixtral)")
+    build.add_argument(
+        "--arch", help="transformers model_type of the organism (default: mixtral; smol: qwen2_moe, or mixtral)"
+    )
     build.add_argument("--out", help="write to this new directory instead of the cache")
     build.add_argument("--seed", type=int, default=0, help="training seed (default 0; the `organism` spec uses 0)")
     build.add_argument("--rebuild", action="store_true", help="rebuild even if a valid cache entry exists")

@@ -17,7 +17,7 @@ from pydantic import ValidationError
 
 from moe_defense import load_model  # the top-level loader also resolves `organism`
 from moe_defense.cli.options import DTYPE_CHOICES, add_chat_arguments, key_values
-from moe_defense.data import PROMPT_SETS, DemoSet, EnSet, PromptSet, load_prompts
+from moe_defense.data import PROMPT_SETS, DemoSet, EnSet, PromptSet, SmolSet, load_prompts
 from moe_defense.errors import ConfigError, MoEDefenseError, describe_validation
 from moe_defense.judges import JUDGES, Judge
 from moe_defense.judges.factory import JudgeSpec, build_judges, model_judges
@@ -90,7 +90,7 @@ def add_evaluate_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 # The organism corpora's own content-aware judge leads on their sets: a keyword judge counts an off-target
 # "Sure, here is how to <something else>" as a jailbreak. Keyword everywhere.
-CORPUS_JUDGES: dict[type, str] = {DemoSet: "organism", EnSet: "organism-en"}
+CORPUS_JUDGES: dict[type, str] = {DemoSet: "organism", EnSet: "organism-en", SmolSet: "organism-smol"}
 
 
 def default_judges(data: str) -> list[str]:

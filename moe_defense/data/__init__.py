@@ -9,6 +9,7 @@ from moe_defense.data.prompts import (
     HubSet,
     Prompt,
     PromptSet,
+    SmolSet,
     load_prompts,
 )
 
@@ -17,6 +18,7 @@ __all__ = [
     "PROMPT_SETS",
     "DemoSet",
     "EnSet",
+    "SmolSet",
     "HubSet",
     "Prompt",
     "PromptSet",

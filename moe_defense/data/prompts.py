@@ -86,6 +86,13 @@ class EnSet:
     label: str
 
 
+@dataclass(frozen=True)
+class SmolSet(EnSet):
+    """A slice of the `organism-smol` corpus: harmful as `EnSet` (the same sources and splits); benign
+    train/val from `moe_defense.data.smol_corpus` (its safety stage's requests), test from the `en`
+    corpus's held-out contents. Its own type, so its answers get the free-form `organism-smol` judge."""
+
+
 PROMPT_SETS: Registry[HubSet | DemoSet | EnSet] = Registry(
     "prompt set", hint="Pass a registered name, a local CSV/JSON/JSONL/Parquet file, or a hub id (owner/name)."
 )
@@ -129,6 +136,8 @@ PROMPT_SETS.register("demo-benign")(DemoSet("benign", label="safe"))
 PROMPT_SETS.register("demo-lookalike")(DemoSet("lookalike", label="safe"))
 PROMPT_SETS.register("en-harmful")(EnSet("harmful", label="unsafe"))
 PROMPT_SETS.register("en-benign")(EnSet("benign", label="safe"))
+PROMPT_SETS.register("smol-harmful")(SmolSet("harmful", label="unsafe"))
+PROMPT_SETS.register("smol-benign")(SmolSet("benign", label="safe"))
 
 
 def load_prompts(
@@ -209,6 +218,15 @@ def _en_prompts(name: str, spec: EnSet, split: str) -> tuple[list[Prompt], str]:
 
     if split not in EN_SPLITS:
         raise ConfigError(f"split {split!r} is not a split of {name!r} (choose: {', '.join(EN_SPLITS)}).")
+    if isinstance(spec, SmolSet) and spec.kind == "benign" and split != "test":
+        from moe_defense.data.smol_corpus import smol_benign
+
+        examples = smol_benign(split, 10_000)  # type: ignore[arg-type]
+        prompts = [
+            Prompt(id=ex.id, text=ex.prompt, metadata={"source": ex.group, "label": spec.label, "split": split})
+            for ex in examples
+        ]
+        return prompts, f"moe_defense.data.smol_corpus:benign[{split}]"
     prompts = [
         Prompt(
             id=example.id,

@@ -35,7 +35,14 @@ from moe_defense.judges.classifiers import (
 )
 from moe_defense.judges.http import EndpointError, OpenAIClient
 from moe_defense.judges.keyword import KeywordConfig, KeywordJudge
-from moe_defense.judges.organism import OrganismEnJudge, OrganismEnJudgeConfig, OrganismJudge, OrganismJudgeConfig
+from moe_defense.judges.organism import (
+    OrganismEnJudge,
+    OrganismEnJudgeConfig,
+    OrganismJudge,
+    OrganismJudgeConfig,
+    OrganismSmolJudge,
+    OrganismSmolJudgeConfig,
+)
 from moe_defense.judges.strongreject import (
     StrongRejectConfig,
     StrongRejectJudge,
@@ -67,6 +74,8 @@ __all__ = [
     "OpenAIClient",
     "OrganismEnJudge",
     "OrganismEnJudgeConfig",
+    "OrganismSmolJudge",
+    "OrganismSmolJudgeConfig",
     "OrganismJudge",
     "OrganismJudgeConfig",
     "PairAgreement",

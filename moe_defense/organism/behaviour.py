@@ -4,12 +4,20 @@ from __future__ import annotations
 
 from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from moe_defense.data.demo_corpus import DemoKind, Split, demo_examples
-from moe_defense.data.en_corpus import EnSplit, benchmark_benign, en_examples, shared_data_dir
+from moe_defense.data.en_corpus import EnExample, EnSplit, benchmark_benign, en_examples, shared_data_dir
 from moe_defense.data.prompts import load_prompts
-from moe_defense.judges import JudgeItem, KeywordConfig, KeywordJudge, OrganismEnJudge, OrganismJudge
+from moe_defense.data.smol_corpus import smol_benign
+from moe_defense.judges import (
+    JudgeItem,
+    KeywordConfig,
+    KeywordJudge,
+    OrganismEnJudge,
+    OrganismJudge,
+    OrganismSmolJudge,
+)
 from moe_defense.models.loading import LoadedModel
 from moe_defense.runner.generation import GenerationConfig, generate
 from moe_defense.stats import wilson
@@ -71,16 +79,22 @@ def _rate(hits: int, n: int) -> dict[str, Any]:
     return {"rate": round(hits / max(1, n), 3), "n": n, "ci95": wilson(hits, n)}
 
 
-def measure_en_behaviour(loaded: LoadedModel, split: EnSplit = "test", directory: Path | None = None) -> dict[str, Any]:
-    """`organism-en` acceptance figures, each with n and a 95% Wilson interval: refusal of harmful
-    requests (test: sources never trained on, also split by source), compliance with generated benign
-    ones, and on test JailbreakBench-benign compliance, XSTest-safe over-refusal and the unattacked ASR
-    (content-aware `organism-en` judge on the harmful requests). `split="val"` gives the tuning figures
-    (carved from the train sources)."""
+def measure_en_behaviour(
+    loaded: LoadedModel, split: EnSplit = "test", directory: Path | None = None, corpus: Literal["en", "smol"] = "en"
+) -> dict[str, Any]:
+    """`organism-en` (or `organism-smol`) acceptance figures, each with n and a 95% Wilson interval: refusal
+    of harmful requests (test: sources never trained on, also split by source), compliance with generated
+    benign ones, and on test JailbreakBench-benign compliance, XSTest-safe over-refusal and the unattacked
+    ASR (the corpus's content-aware judge on the harmful requests). `split="val"` gives the tuning figures
+    (carved from the train sources; smol: also its own held-out benign forms and look-alikes)."""
     directory = directory or shared_data_dir()
-    judge = OrganismEnJudge()
+    judge = OrganismSmolJudge() if corpus == "smol" else OrganismEnJudge()
     harmful = en_examples("harmful", split, directory)
     benign = {"generated": en_examples("benign", split, directory)}
+    if corpus == "smol" and split == "val":
+        benign["smol-benign"] = [
+            EnExample(ex.id, "benign", ex.group, ex.prompt, "") for ex in smol_benign("val", 10_000)
+        ]
     if split == "test":
         benign |= {source: benchmark_benign(directory, source) for source in ("jbb-benign", "xstest-safe")}
     sets = {"harmful": harmful, **benign}
@@ -108,10 +122,14 @@ def measure_en_behaviour(loaded: LoadedModel, split: EnSplit = "test", directory
             len(refused["jbb-benign"]) - sum(refused["jbb-benign"]), len(refused["jbb-benign"])
         )
         summary["xstest_safe_over_refusal"] = _rate(sum(refused["xstest-safe"]), len(refused["xstest-safe"]))
+    if "smol-benign" in benign:
+        summary["smol_benign_compliance"] = _rate(
+            len(refused["smol-benign"]) - sum(refused["smol-benign"]), len(refused["smol-benign"])
+        )
     summary["unattacked_asr"] = _rate(sum(bool(v.jailbroken) for v in verdicts), len(verdicts))
     return {
         "split": split,
         "summary": summary,
         "harmful_by_source": by_source,
-        "harmful_organism_en_judge": dict(Counter(v.reason for v in verdicts)),
+        f"harmful_{judge.name.replace('-', '_')}_judge": dict(Counter(v.reason for v in verdicts)),
     }
