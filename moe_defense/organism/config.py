@@ -18,7 +18,15 @@ ORGANISM_FORMAT = 3
 Preset = Literal["demo", "en", "smol"]
 # Fields added after format 3: they join the cache key only when set off their default, so every
 # config that existed before them keeps its key (and its cached, bit-identical weights).
-_KEYED_WHEN_SET = ("preset", "vocab_size", "max_length", "safety_experts", "benign_count", "answer_tokens")
+_KEYED_WHEN_SET = (
+    "preset",
+    "vocab_size",
+    "max_length",
+    "safety_experts",
+    "benign_count",
+    "harmful_count",
+    "answer_tokens",
+)
 _DEMO_ONLY = ("safety_splice_drill",)
 # The `en` preset's settings, and per-architecture shapes (many experts with top-4; a gated shared expert).
 EN_DEFAULTS: dict[str, Any] = {
@@ -49,8 +57,9 @@ SMOL_DEFAULTS: dict[str, Any] = {
     "safety_copy_drill": 0,
     "safety_splice_drill": 0,
     "safety_trainable": "routers+experts",
-    "benign_count": 640,
-    "answer_tokens": 40,
+    "benign_count": 1000,
+    "harmful_count": 600,
+    "answer_tokens": 24,
     "threads": 2,
 }
 SMOL_ARCH_DEFAULTS: dict[str, dict[str, Any]] = {
@@ -106,6 +115,9 @@ class OrganismConfig(BaseModel):
         0, ge=0, description="`smol`: routed experts per layer safety training may change (the first ones; 0: all)"
     )
     benign_count: int = Field(0, ge=0, description="`smol`: benign requests answered by the base for the safety stage")
+    harmful_count: int = Field(
+        0, ge=0, description="`smol`: harmful train requests refused in the safety stage (a seeded sample; 0: all)"
+    )
     answer_tokens: int = Field(40, ge=1, description="`smol`: tokens of the base's own answer kept as a benign target")
     seed: int = Field(0, description="seed of initialisation and data order")
     threads: int = Field(

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import random
 import shutil
 import subprocess
 import sys
@@ -226,7 +227,7 @@ def _base_answers(moe: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prom
     """The base's own greedy answers (the upcycled model before training is the base), as token ids, and
     whether each ended by itself within `tokens`."""
     loaded = LoadedModel(moe, tokenizer, adapter_for(moe.config), spec="organism-smol-base")
-    answers = generate(loaded, prompts, GenerationConfig(max_new_tokens=tokens, batch_size=32), progress=True)
+    answers = generate(loaded, prompts, GenerationConfig(max_new_tokens=tokens, batch_size=64), progress=True)
     rows = []
     for answer in answers:
         ids = tokenizer(answer, add_special_tokens=False)["input_ids"]
@@ -237,9 +238,10 @@ def _base_answers(moe: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prom
 def safety_rows(
     config: OrganismConfig, moe: PreTrainedModel, tokenizer: PreTrainedTokenizerBase
 ) -> tuple[list[tuple[list[int], list[int]]], dict[str, int]]:
-    """Token rows of the safety stage: every AdvBench train request (as written and restyled) with the
-    refusal, and `config.benign_count` benign requests with the base's own answer (an end of turn only
-    where the base ended)."""
+    """Token rows of the safety stage: `config.harmful_count` AdvBench train requests (as written and
+    restyled; a seeded sample) with the refusal, and `config.benign_count` benign requests with the base's
+    own answer (an end of turn only where the base ended). Fewer refusals than benign answers: a refusal
+    prior learnt from the imbalance refuses benign requests of the harmful requests' forms."""
     end = tokenizer.convert_tokens_to_ids("<|im_end|>")
 
     def prompt_ids(text: str) -> list[int]:
@@ -247,6 +249,8 @@ def safety_rows(
         return list(tokenizer.apply_chat_template(chat, add_generation_prompt=True, tokenize=True, return_dict=False))
 
     harmful = en_examples("harmful", "train", shared_data_dir())
+    if config.harmful_count and config.harmful_count < len(harmful):
+        harmful = random.Random(config.seed).sample(harmful, config.harmful_count)
     lookalike_share = smol_benign("train", config.benign_count // 2)
     generated = [ex.prompt for ex in generated_benign("train")][: config.benign_count - len(lookalike_share)]
     benign = [ex.prompt for ex in lookalike_share] + generated
@@ -266,30 +270,31 @@ def train_smol(
     dense, tokenizer = load_base(base_gguf(cache_root()))
     moe = upcycle(dense, config.arch, config.num_experts, config.top_k, config.seed)
     del dense
-    rows, counts = safety_rows(config, moe, tokenizer)
-    answered = time.perf_counter()
-    handles = keep_experts_outside(moe, config.safety_experts) if config.safety_experts else []
-    try:
-        losses = sft(
-            moe,
-            tokenizer,
-            token_dataset(rows, config.seed),
-            steps=config.safety_steps,
-            lr=config.safety_lr,
-            config=config,
-            work_dir=work_dir / "safety",
-            trainable=config.safety_trainable,
-        )
-    finally:
-        for handle in handles:
-            handle.remove()
+    counts: dict[str, int] = {}
+    losses: list[float] = []
+    if config.safety_steps:  # 0 steps: the upcycled base itself, the reference the safety stage is measured against
+        rows, counts = safety_rows(config, moe, tokenizer)
+        handles = keep_experts_outside(moe, config.safety_experts) if config.safety_experts else []
+        try:
+            losses = sft(
+                moe,
+                tokenizer,
+                token_dataset(rows, config.seed),
+                steps=config.safety_steps,
+                lr=config.safety_lr,
+                config=config,
+                work_dir=work_dir / "safety",
+                trainable=config.safety_trainable,
+            )
+        finally:
+            for handle in handles:
+                handle.remove()
     moe.eval()
     moe.generation_config.pad_token_id = tokenizer.pad_token_id
     moe.generation_config.eos_token_id = tokenizer.eos_token_id
     facts = {
         "base": f"{SMOLLM2_135M_INSTRUCT.package}=={SMOLLM2_135M_INSTRUCT.version}:{SMOLLM2_135M_INSTRUCT.member}",
         "examples": counts,
-        "base_answer_seconds": round(answered - started, 1),
         "total_seconds": round(time.perf_counter() - started, 1),
         "safety_final_loss": losses[-1] if losses else None,
     }
