@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
@@ -13,6 +12,7 @@ import pytest
 
 from moe_defense.defenses.zero3 import check_zero3_config
 from moe_defense.recipe import RECIPES
+from tests.processes import free_port, run_group
 
 REPO = Path(__file__).resolve().parents[2]
 ZERO3 = RECIPES / "ds" / "zero3.json"
@@ -62,8 +62,8 @@ def _environment() -> dict[str, str]:
 @pytest.mark.distributed
 @pytest.mark.skipif(shutil.which("deepspeed") is None, reason="deepspeed launcher not installed")
 def test_two_process_zero3_trains_the_routers_only_and_ranks_agree(tmp_path):
-    command = ["deepspeed", "--num_gpus", "2", "--master_port", "29563", str(WORKER), str(tmp_path), str(ZERO3)]
-    result = subprocess.run(command, env=_environment(), capture_output=True, text=True, timeout=540, cwd=REPO)
+    command = ["deepspeed", "--num_gpus", "2", "--master_port", str(free_port()), WORKER, tmp_path, ZERO3]
+    result = run_group(command, env=_environment(), timeout=540, cwd=REPO)  # the launcher and its ranks end with it
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     ranks = [json.loads((tmp_path / f"rank{rank}.json").read_text()) for rank in (0, 1)]
     for trained in ranks:
@@ -81,7 +81,7 @@ def test_zero3_with_routers_partitioned_fails_before_step_one(tmp_path):
     config = _config(tmp_path, stage3_param_persistence_threshold=10)  # tiny Mixtral's routers have 256 elements
     command = [sys.executable, str(WORKER), str(tmp_path / "run"), str(config)]
     (tmp_path / "run").mkdir()
-    result = subprocess.run(command, env=_environment(), capture_output=True, text=True, timeout=300, cwd=REPO)
+    result = run_group(command, env=_environment(), timeout=300, cwd=REPO)
     assert result.returncode != 0
     assert "stage3_param_persistence_threshold to at least 256" in result.stderr
     assert not (tmp_path / "run" / "rank0.json").exists()
