@@ -9,8 +9,9 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
-from moe_defense.defenses.zero3 import check_zero3_config
+from moe_defense.defenses.zero3 import check_zero3_config, local_forwards, suspended
 from moe_defense.recipe import RECIPES
 from tests.processes import free_port, run_group
 
@@ -47,6 +48,26 @@ def test_zero3_config_that_would_fail_is_refused_naming_the_field(tmp_path, zero
     with pytest.raises(ValueError) as error:
         check_zero3_config(_config(tmp_path, **zero), scopes)
     assert named in str(error.value)
+
+
+def test_suspended_hooks_do_not_fire_and_return_in_their_order():
+    layer, calls = torch.nn.Linear(2, 2), []
+    handles = [layer.register_forward_hook(lambda m, i, o, n=n: calls.append(n)) for n in range(4)]
+    layer.register_forward_pre_hook(lambda m, i: calls.append("pre"))
+    with suspended([handles[0], handles[2]]):
+        layer(torch.zeros(1, 2))
+        assert calls == ["pre", 1, 3]
+        extra = layer.register_forward_hook(lambda m, i, o: calls.append("extra"))
+    calls.clear()
+    layer(torch.zeros(1, 2))
+    assert calls == ["pre", 0, 1, 2, 3, "extra"]  # the suspended ones back in place, the one added meanwhile last
+    extra.remove()
+
+
+def test_local_forwards_without_a_zero3_engine_changes_nothing():
+    layer = torch.nn.Linear(2, 2)
+    with local_forwards(None, layer), local_forwards(torch.nn.Module(), layer):
+        assert layer(torch.zeros(1, 2)).shape == (1, 2)
 
 
 def _environment() -> dict[str, str]:
