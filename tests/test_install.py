@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import site
 import subprocess
 import sys
 from pathlib import Path
@@ -23,9 +25,30 @@ print(json.dumps({"module": moe_defense.__file__, "recipes": str(RECIPES), "mode
 
 
 def _run(command: list, cwd: Path | None = None) -> str:
-    result = subprocess.run([str(c) for c in command], capture_output=True, text=True, timeout=300, cwd=cwd)
+    # without PYTHONPATH: a checkout on it (as when testing a worktree) would be imported instead of the wheel
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    result = subprocess.run([str(c) for c in command], capture_output=True, text=True, timeout=300, cwd=cwd, env=env)
     assert result.returncode == 0, f"{command}: {result.stdout[-2000:]}{result.stderr[-3000:]}"
     return result.stdout
+
+
+def _site_directories() -> list[str]:
+    """Where this interpreter finds its packages: its site-packages (a venv's, and the base's when the venv has
+    system site-packages) and the user's, in the order it searches them."""
+    directories = site.getsitepackages()
+    if site.ENABLE_USER_SITE:
+        directories.append(site.getusersitepackages())
+    return [d for d in dict.fromkeys(directories) if Path(d).is_dir()]
+
+
+def _see_this_environment(python: Path) -> None:
+    """Let the venv of `python` import what this interpreter imports. `venv --system-site-packages` exposes the
+    base interpreter's site-packages only: where pytest itself runs in a venv, torch & co. are in that venv's. A .pth
+    file in the new venv adds this interpreter's site directories after its own (their .pth files processed, as
+    system site-packages are), so the installed wheel still comes first."""
+    own = _run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"]).strip()
+    lines = [f"import site; site.addsitedir({d!r})" for d in _site_directories()]
+    (Path(own) / "_running_environment.pth").write_text("\n".join(lines) + "\n")
 
 
 @pytest.mark.e2e
@@ -40,6 +63,7 @@ def test_wheel_in_a_fresh_venv_finds_the_packaged_demo_recipe_from_another_direc
     # environment's pip: a venv without its own pip is made in seconds)
     _run([sys.executable, "-m", "venv", "--system-site-packages", "--without-pip", venv])
     python = venv / "bin" / "python"
+    _see_this_environment(python)
     install = ["install", "-q", "--no-deps", "--no-index", "--force-reinstall", wheel]
     _run([sys.executable, "-m", "pip", "--python", python, *install])
     elsewhere.mkdir()

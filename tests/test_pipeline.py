@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -15,6 +14,7 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
 from moe_defense.cli import main
+from tests.processes import free_port, run_group
 
 pytestmark = pytest.mark.e2e
 
@@ -238,14 +238,14 @@ def test_two_process_deepspeed_gives_one_router_update(organism, tmp_path, confi
         "--num_gpus",
         "2",
         "--master_port",
-        "29561",
+        str(free_port()),
         str(REPO / "train" / "harden.py"),
         "--recipe",
         str(recipe),
         "--out",
         str(out),
     ]
-    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900, cwd=REPO)
+    result = run_group(command, env=env, timeout=900, cwd=REPO)  # the launcher and its ranks end with the test
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     training = json.loads((out / "train" / "train.json").read_text())
     assert training["world_size"] == 2

@@ -7,7 +7,6 @@ over a recipe with `deepspeed:`.
 from __future__ import annotations
 
 import os
-import socket
 
 import torch
 
@@ -23,7 +22,7 @@ def launch_environment(deepspeed: bool) -> None:
     if not torch.cuda.is_available():
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
     if "RANK" not in os.environ:
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            port = probe.getsockname()[1]
-        os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+        # MASTER_PORT 0: rank 0's store binds a port the OS picks as it listens (torch's env:// rendezvous), and a
+        # world of one has no other rank to tell. A port probed and released here could be taken by another
+        # process before the store binds it (two in-process runs starting together).
+        os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT="0")

@@ -12,7 +12,8 @@ import json
 import random
 import time
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Any, Literal
 
@@ -43,7 +44,7 @@ from moe_defense.defenses.lora import (
 )
 from moe_defense.defenses.objective import HardeningObjective, HarmfulBatch, LossWeights, Reference
 from moe_defense.defenses.routes import RoutePool, search_routes
-from moe_defense.defenses.zero3 import PersistentRouters, unpartition
+from moe_defense.defenses.zero3 import PersistentRouters, local_forwards, unpartition
 from moe_defense.errors import ConfigError
 from moe_defense.models.loading import LoadedModel, weights_dtype
 from moe_defense.models.params import TrainableScope, set_trainable
@@ -201,6 +202,9 @@ class RouteRefresh(TrainerCallback):
         self.count = prompts
         self.seconds = 0.0
         self.refreshes = 0
+        # where the searches run: under ZeRO-3, outside its per-forward collectives (each rank searches its own
+        # prompts and stops early on success, so the ranks make different numbers of forwards)
+        self.isolation: Callable[[], AbstractContextManager] = nullcontext
 
     def on_step_end(self, args, state, control, **kwargs):
         if not self.every or state.global_step % self.every or state.global_step >= state.max_steps:
@@ -225,7 +229,7 @@ class RouteRefresh(TrainerCallback):
             for i in range(min(self.count, len(self.prompts)))
         ]
         config = self.config.model_copy(update={"seed": self.config.seed + index, "budget": self.budget(index)})
-        with mixed_precision(self.loaded.device, self.precision):
+        with self.isolation(), mixed_precision(self.loaded.device, self.precision):
             found = search_routes(self.loaded, chunk[self.info.rank :: self.info.world], config)
         self.pool.add(
             [
@@ -370,6 +374,7 @@ def train_routers(
     state = HardeningState(trainer, pool, info)
     if zero3:
         trainer.add_callback(PersistentRouters(loaded.adapter.router_parameters(loaded.model)))
+        refresh.isolation = lambda: local_forwards(trainer.model_wrapped, loaded.model)  # the engine, once training
     for callback in (state, *callbacks):
         trainer.add_callback(callback)
     if checkpoint is not None:

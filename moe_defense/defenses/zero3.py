@@ -15,16 +15,23 @@ ZeRO-3 partitions every parameter: outside the forward of its module a rank hold
   gathered (`GatheredParameters`) around the swap.
 - Everything after training (digests, tensor diff, saving, the suite) reads whole tensors: the trained
   model is gathered back into plain tensors on every rank once training ends.
+- A route refresh inside training makes a data-dependent number of forwards on each rank (its own prompts,
+  early stops), and under ZeRO-3 every forward is collectives: each module's parameter all-gather, and at
+  the start of each forward of the model the coordinator's `reset_step`, which checks its trace against
+  the other ranks. The ranks then wait in mismatched collectives (measured: rank 0 in the route pool's
+  `all_gather_object`, rank 1 in `reset_step`'s broadcast, forever). So the refresh runs in
+  `local_forwards`: the model gathered once, ZeRO-3's module hooks suspended.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
 from torch import nn
+from torch.utils.hooks import RemovableHandle
 from transformers import TrainerCallback
 
 from moe_defense.errors import ConfigError
@@ -75,6 +82,52 @@ def gathered(parameters: Iterable[nn.Parameter]) -> Iterator[None]:
     import deepspeed
 
     with deepspeed.zero.GatheredParameters(managed, modifier_rank=None):
+        yield
+
+
+@contextmanager
+def suspended(handles: Sequence[RemovableHandle]) -> Iterator[None]:
+    """Hooks out of their modules for the block, then back in the same places of their dicts' order."""
+    taken = []  # (dict, its key order, the entries taken out)
+    for handle in handles:
+        for ref in (handle.hooks_dict_ref, *handle.extra_dict_ref):
+            hooks = ref()
+            if hooks is not None and handle.id in hooks:
+                taken.append((hooks, list(hooks), {handle.id: hooks.pop(handle.id)}))
+    try:
+        yield
+    finally:
+        for hooks, order, entries in reversed(taken):
+            entries.update(hooks)  # hooks added meanwhile and not removed go after the restored ones
+            hooks.clear()
+            hooks.update({key: entries.pop(key) for key in order if key in entries})
+            hooks.update(entries)
+
+
+@contextmanager
+def local_forwards(engine, model: nn.Module) -> Iterator[None]:
+    """A block of forwards (and `torch.autograd.grad`) that each rank runs a different number of times, such as
+    a route refresh, without ZeRO-3's collectives: the partitioned parameters are gathered once (one collective,
+    the same on every rank, whatever the block then does), ZeRO-3's module hooks are suspended so no forward
+    fetches, releases or checks its trace against the other ranks, and on exit the parameters are partitioned
+    again (locally) and the hooks put back; the coordinator's trace is as the last training step left it.
+
+    Every rank holds the whole model for the block, as it does before training (the model loads whole on each
+    rank and the initial route search runs on it) and after it (`unpartition`). A no-op without a ZeRO-3 engine.
+    The block must not change parameters (gathered read-only) nor call backward on them."""
+    offload = getattr(getattr(engine, "optimizer", None), "parameter_offload", None)
+    if offload is None:
+        yield
+        return
+    import deepspeed
+    from deepspeed.runtime.zero.partition_parameters import ZeroParamStatus
+
+    away = [p for p in partitioned(model.parameters()) if p.ds_status != ZeroParamStatus.AVAILABLE]
+    hooks = [*offload.forward_hooks, *offload.backward_hooks, offload.fwd_pre_hook]
+    with deepspeed.zero.GatheredParameters(away, modifier_rank=None), suspended(hooks):
+        missing = [p.ds_id for p in partitioned(model.parameters()) if p.ds_status != ZeroParamStatus.AVAILABLE]
+        if missing:
+            raise RuntimeError(f"ZeRO-3 parameters {missing[:8]} not gathered for local forwards")
         yield
 
 

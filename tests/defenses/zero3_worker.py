@@ -27,7 +27,7 @@ def main(out: Path, deepspeed: Path) -> None:
         steps=3,
         batch_size=2,
         refresh_every=1,
-        refresh_prompts=2,
+        refresh_prompts=3,  # 2 prompts on rank 0, 1 on rank 1: the ranks' refreshes make different numbers of forwards
         save_steps=100,
         route_search=FsourConfig(candidates=4, force_decode=True, budget=2, restarts=0),
         max_response_tokens=8,
