@@ -1,4 +1,4 @@
-"""The run directory contract (DESIGN.md): config.yaml, results.jsonl, summary.json, report.md.
+"""The run directory contract (docs/architecture.md): config.yaml, results.jsonl, summary.json, report.md.
 
 Crash safety: records are appended one line at a time with flush + fsync, every other file is written
 to a temporary file and moved into place with `os.replace`. A line is finished only once its newline
