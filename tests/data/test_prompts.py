@@ -31,7 +31,8 @@ HUB_FACTS = {
 
 
 def test_registry_holds_every_set_with_its_hub_location():
-    built_in = {"demo-harmful", "demo-benign", "demo-lookalike", "en-harmful", "en-benign", "smol-harmful", "smol-benign"}
+    built_in = {"demo-harmful", "demo-benign", "demo-lookalike", "en-harmful", "en-benign"}
+    built_in |= {"smol-harmful", "smol-benign"}
     assert set(PROMPT_SETS.names()) == {*HUB_FACTS, *built_in}
     for name, (hub_id, config, split) in HUB_FACTS.items():
         spec = PROMPT_SETS.get(name)
