@@ -7,7 +7,6 @@ weights that do not hash to the recorded value is partial or corrupt, and is reb
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -21,6 +20,7 @@ import transformers
 from moe_defense.errors import ModelLoadError
 from moe_defense.organism.build import train_organism
 from moe_defense.organism.config import OrganismConfig, cache_root
+from moe_defense.organism.smol import sha256_of
 
 MANIFEST = "organism.json"
 WEIGHTS = "model.safetensors"
@@ -29,14 +29,6 @@ WEIGHTS = "model.safetensors"
 def cache_dir(config: OrganismConfig) -> Path:
     prefix = "" if config.preset == "demo" else f"{config.preset}-"
     return cache_root() / "organism" / f"{prefix}{config.arch}-{config.cache_key()}"
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def read_manifest(directory: Path) -> dict[str, Any] | None:
@@ -52,7 +44,7 @@ def is_valid(directory: Path, config: OrganismConfig) -> bool:
     if manifest is None or manifest.get("cache_key") != config.cache_key():
         return False
     weights = directory / WEIGHTS
-    return weights.is_file() and _sha256(weights) == manifest.get("weights_sha256")
+    return weights.is_file() and sha256_of(weights) == manifest.get("weights_sha256")
 
 
 def build_into(config: OrganismConfig, out_dir: Path) -> dict[str, Any]:
@@ -68,7 +60,7 @@ def build_into(config: OrganismConfig, out_dir: Path) -> dict[str, Any]:
             "cache_key": config.cache_key(),
             "config": config.model_dump(),
             "training": facts,
-            "weights_sha256": _sha256(staging / WEIGHTS),
+            "weights_sha256": sha256_of(staging / WEIGHTS),
             "versions": {"torch": torch.__version__, "transformers": transformers.__version__},
         }
         (staging / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
