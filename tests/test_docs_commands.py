@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from moe_defense.cli import build_parser
+from moe_defense.cli import build_parser, harden_overrides
 from moe_defense.errors import MoEDefenseError
 
 REPO = Path(__file__).resolve().parent.parent
@@ -93,7 +93,6 @@ def is_placeholder(ref: str) -> bool:
 
 def check_recipe(args) -> None:
     """What `_harden` checks before any model loads: the recipe, with the command's overrides."""
-    from moe_defense.cli.options import key_values
     from moe_defense.recipe import find_recipe, load_recipe
 
     try:
@@ -102,14 +101,7 @@ def check_recipe(args) -> None:
         if is_placeholder(args.recipe):
             return  # an illustrative RECIPE the reader supplies
         raise
-    overrides = {
-        "model": args.model,
-        "seed": args.seed,
-        "dtype": args.dtype,
-        "chat_template_kwargs": key_values(args.chat_template_kwarg, "--chat-template-kwarg") or None,
-        "reasoning": args.reasoning,
-    }
-    load_recipe(args.recipe, overrides, base=REPO)
+    load_recipe(args.recipe, harden_overrides(args), base=REPO)
 
 
 def check_grid(args) -> None:

@@ -74,6 +74,17 @@ def _organism_build(args: argparse.Namespace) -> int:
     return 0
 
 
+def harden_overrides(args: argparse.Namespace) -> dict:
+    """The recipe fields `harden`'s flags override (None: keep the recipe's)."""
+    return {
+        "model": args.model,
+        "seed": args.seed,
+        "dtype": args.dtype,
+        "chat_template_kwargs": key_values(args.chat_template_kwarg, "--chat-template-kwarg") or None,
+        "reasoning": args.reasoning,
+    }
+
+
 def _harden(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -82,14 +93,7 @@ def _harden(args: argparse.Namespace) -> int:
     from moe_defense.runner.process import process_info
     from moe_defense.runner.rundir import default_out_dir
 
-    overrides = {
-        "model": args.model,
-        "seed": args.seed,
-        "dtype": args.dtype,
-        "chat_template_kwargs": key_values(args.chat_template_kwarg, "--chat-template-kwarg") or None,
-        "reasoning": args.reasoning,
-    }
-    recipe = load_recipe(args.recipe, overrides)  # fails before any model loads
+    recipe = load_recipe(args.recipe, harden_overrides(args))  # fails before any model loads
     launch_environment(recipe.deepspeed is not None)
     from moe_defense.pipeline import Harden
     from moe_defense.report import headline_table
