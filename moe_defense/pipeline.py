@@ -14,27 +14,27 @@ defenses (`defenses/`) and the summary schema (`summary.py`).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import time
 from pathlib import Path
 from typing import Any
-
-import torch
 
 from moe_defense import load_model
 from moe_defense.attacks.suite import ARTIFACTS
 from moe_defense.budget import BudgetPolicy, policy
 from moe_defense.defenses import DefenseContext
 from moe_defense.defenses.checkpoint import check_output_location
-from moe_defense.defenses.examples import IGNORE, TrainingSequence, collate, own_answers
+from moe_defense.defenses.examples import TrainingSequence, to_sequences
 from moe_defense.defenses.hardening import HARDENED_MODEL
-from moe_defense.defenses.objective import response_ce
+from moe_defense.defenses.objective import benign_nll
 from moe_defense.errors import ConfigError
 from moe_defense.judges.factory import build_judges
 from moe_defense.models import LoadedModel, LoadOptions
 from moe_defense.recipe import Recipe
 from moe_defense.report import write_harden_report
 from moe_defense.routing.guard import guarded
+from moe_defense.runner.generation import generate
 from moe_defense.runner.process import ProcessInfo
 from moe_defense.runner.rundir import RunDir, atomic_write, config_differences, exclusive
 from moe_defense.summary import harden_summary
@@ -42,23 +42,17 @@ from moe_defense.tracking import log_verification
 from moe_defense.utility_tasks import UtilityTasks
 from moe_defense.verify import Suite
 
-ORIGINAL_ROWS = "original_rows.json"  # the original phase's rows + routing stats + the settings they came from
+ORIGINAL_ROWS = "original_rows.json"  # the original phase (rows, routing, benign answers) + its settings
 
 
-@torch.no_grad()
-def benign_nll(loaded: LoadedModel, sequences: list[TrainingSequence], batch_size: int = 32) -> float:
-    """Mean per-token NLL of the original model's benign answers under `loaded` (lower: closer)."""
-    total, count = 0.0, 0
-    pad = loaded.tokenizer.pad_token_id
-    for start in range(0, len(sequences), batch_size):
-        batch = {k: v.to(loaded.device) for k, v in collate(sequences[start : start + batch_size], pad).items()}
-        logits = loaded.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-        tokens = int((batch["labels"][:, 1:] != IGNORE).sum())
-        if tokens:
-            # the training loss's mean, re-weighted to a sum
-            total += float(response_ce(logits, batch["labels"])) * tokens
-            count += tokens
-    return total / max(count, 1)
+@dataclasses.dataclass(frozen=True)
+class OriginalPhase:
+    """What a harden run keeps of the original model: the suite's routing statistics and its benign eval
+    answers with their NLL, the reference the hardened model's benign NLL is measured against."""
+
+    routing: dict[str, Any]
+    benign_answers: list[str]
+    benign_nll: float
 
 
 def original_settings(recipe: Recipe) -> dict[str, Any]:
@@ -151,14 +145,12 @@ class Harden:
             progress=self.progress,
         )
 
-        routing = {"original": self.original_phase(loaded, suite)}
+        original = self.original_phase(loaded, suite)
+        routing = {"original": original.routing}
         curve = suite.curve()
         budgets = policy(curve, recipe.verify.asr_threshold, recipe.train_budget) if curve else None
         trained_at = budgets.train_budget if budgets else recipe.train_budget
-        benign_eval_answers = own_answers(
-            loaded, self.sets["benign_eval"].prompts, recipe.generation, recipe.verify.benign_nll_tokens
-        )
-        nll_before = benign_nll(loaded, benign_eval_answers)
+        benign_eval_answers = self._benign_sequences(loaded, original.benign_answers)
         loaded, facts, reviewers = self.defend(loaded, judges, trained_at)
 
         with contextlib.ExitStack() as defended:
@@ -172,7 +164,7 @@ class Harden:
             phase: suite.robustness(phase, directory)
             for phase, directory in (("original", self.original_dir), ("hardened", self.out / "hardened"))
         }
-        summary = harden_summary(recipe, suite, budgets, facts, (nll_before, nll_after), minimal)
+        summary = harden_summary(recipe, suite, budgets, facts, (original.benign_nll, nll_after), minimal)
         summary["routing"] = routing
         summary["seconds"] = round(time.perf_counter() - started, 1)
         if info.is_main:
@@ -186,9 +178,9 @@ class Harden:
         """The original model's routes at the headline budget: what a transfer replay replays."""
         return None if budgets is None else self.original_dir / budgets.headline.label / ARTIFACTS
 
-    def original_phase(self, loaded: LoadedModel, suite: Suite) -> dict[str, Any]:
-        """The suite on the original model, once: later runs sharing `original_dir` read its rows, provided
-        they agree on everything those rows depend on."""
+    def original_phase(self, loaded: LoadedModel, suite: Suite) -> OriginalPhase:
+        """The suite on the original model, once, and its answers to the benign eval set (the benign NLL's
+        reference): later runs sharing `original_dir` read them, provided they agree on everything they depend on."""
         marker = self.original_dir / ORIGINAL_ROWS
         settings = original_settings(self.recipe)
         single = self.info.world == 1  # ranks of one data-parallel run cooperate instead of locking each other out
@@ -203,16 +195,21 @@ class Harden:
                         "use another --out."
                     )
                 suite.rows["original"] = stored["rows"]
-                return stored["routing"]
+                return OriginalPhase(stored["routing"], stored["benign_answers"], stored["benign_nll"])
             suite.run(loaded, "original", self.original_dir)
             routing = suite.routing_stats(loaded, self.original_dir)
+            texts = [p.text for p in self.sets["benign_eval"].prompts]
+            answers = generate(loaded, texts, self.recipe.generation, progress=self.progress and self.info.is_main)
+            phase = OriginalPhase(routing, answers, benign_nll(loaded, self._benign_sequences(loaded, answers)))
             if self.info.is_main:
-                atomic_write(
-                    marker,
-                    json.dumps({"settings": settings, "rows": suite.rows["original"], "routing": routing}, default=str)
-                    + "\n",
-                )
-            return routing
+                stored = {"settings": settings, "rows": suite.rows["original"], **dataclasses.asdict(phase)}
+                atomic_write(marker, json.dumps(stored, default=str) + "\n")
+            return phase
+
+    def _benign_sequences(self, loaded: LoadedModel, answers: list[str]) -> list[TrainingSequence]:
+        """The original model's benign eval answers as scored sequences, cut at `verify.benign_nll_tokens`."""
+        prompts = self.sets["benign_eval"].prompts
+        return to_sequences(loaded, prompts, answers, self.recipe.verify.benign_nll_tokens)
 
     def defend(self, loaded: LoadedModel, judges: list, budget: int | None) -> tuple[LoadedModel, dict[str, Any], list]:
         """Apply the recipe's defenses in order; their facts and route reviewers."""

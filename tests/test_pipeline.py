@@ -5,14 +5,17 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
 from safetensors.torch import load_file
-from transformers import AutoModelForCausalLM
+from transformers import AutoModelForCausalLM, GenerationMixin
 
+import moe_defense.attacks.rosais as rosais_module
+from moe_defense.attacks.base import ATTACKS
 from moe_defense.cli import main
 from tests.processes import free_port, run_group
 
@@ -163,15 +166,45 @@ def test_report_and_plot_are_written(harden_run):
     assert (harden_run / "asr_vs_budget.png").stat().st_size > 10_000
 
 
-def test_resume_recomputes_nothing(harden_run, capsys):
-    searches = sorted(harden_run.glob("*/fsour@*/attack_results.jsonl"))
-    stamps = {path: path.stat().st_mtime_ns for path in searches}
+class _Calls:
+    """Counts the expensive work a harden run does: generate calls, attack searches, RoSais rankings."""
+
+    def __init__(self, monkeypatch) -> None:
+        self.counts = {"generate": 0, "search": 0, "rosais": 0}
+        self._wrap(monkeypatch, GenerationMixin, "generate", "generate")
+        for name in ATTACKS:
+            self._wrap(monkeypatch, ATTACKS.get(name), "run", "search")
+        for module in [m for n, m in sys.modules.items() if n.startswith("moe_defense")]:
+            if getattr(module, "rosais", None) is rosais_module.rosais:  # every module that imported it
+                self._wrap(monkeypatch, module, "rosais", "rosais")
+
+    def _wrap(self, monkeypatch, owner, attribute: str, key: str) -> None:
+        original = getattr(owner, attribute)
+
+        def counted(*args, **kwargs):
+            self.counts[key] += 1
+            return original(*args, **kwargs)
+
+        monkeypatch.setattr(owner, attribute, counted)
+
+
+def test_resume_recomputes_nothing(harden_run, monkeypatch):
+    """A resumed finished run answers, searches and ranks nothing: the original phase, the training targets,
+    the training, every attack (per-prompt searches and global choices) and every evaluation are read back."""
     before = json.loads((harden_run / "summary.json").read_text())
+    calls = _Calls(monkeypatch)
     assert main(["harden", str(harden_run.parent / "recipe.yaml"), "--out", str(harden_run), "--resume"]) == 0
+    assert calls.counts == {"generate": 0, "search": 0, "rosais": 0}
     after = json.loads((harden_run / "summary.json").read_text())
-    assert after["asr_vs_budget"] == before["asr_vs_budget"]
-    assert after["training"] == before["training"]  # the finished training was reused, not redone
-    assert all(path.stat().st_mtime_ns == stamp for path, stamp in stamps.items())
+    assert {k: v for k, v in after.items() if k != "seconds"} == {k: v for k, v in before.items() if k != "seconds"}
+
+
+def test_resume_counts_what_a_fresh_run_would_do(organism, tmp_path, monkeypatch):
+    """The counter of the test above sees the work: a fresh run generates, searches and ranks routers."""
+    recipe = {**SMALL, "defenses": [], "verify": {"attacks": ["none", {"name": "router-mask", "sweep": {"n": [1]}}]}}
+    calls = _Calls(monkeypatch)
+    assert main(["harden", str(_recipe(tmp_path, **recipe)), "--out", str(tmp_path / "run")]) == 0
+    assert calls.counts["generate"] > 0 and calls.counts["search"] > 0 and calls.counts["rosais"] > 0
 
 
 def test_existing_run_directory_needs_resume(harden_run, capsys):

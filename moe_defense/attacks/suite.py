@@ -57,7 +57,8 @@ def search_all(
     progress: bool,
 ) -> list[AttackResult]:
     """The attack's result per prompt; per-prompt searches (`attack.per_prompt`) are saved one prompt at a
-    time, so a kill loses one prompt, and resume from `attack_results*.jsonl`.
+    time, so a kill loses one prompt, and resume from `attack_results*.jsonl`. A global choice (one for every
+    prompt, e.g. RoSais-ranked routers) is saved at once and not remade on resume.
 
     Data-parallel runs split the searches: rank r searches every world-th open prompt and appends to
     its own `attack_results.rank<r>.jsonl`, so no two processes write one file.
@@ -68,7 +69,11 @@ def search_all(
             path.unlink()
     info.wait()
     if not attack.per_prompt:
-        results = attack.run(loaded, prompt_set.prompts, context)  # global choices: cheap, always recomputed
+        stored = _load_results(out_dir) if resume else {}
+        info.wait()  # every rank has read the stored choice before anyone rewrites it: all decide alike
+        if all(p.id in stored for p in prompt_set.prompts):  # one choice for every prompt, already made
+            return [stored[p.id] for p in prompt_set.prompts]
+        results = attack.run(loaded, prompt_set.prompts, context)
         if info.is_main:
             (out_dir / ATTACK_RESULTS).unlink(missing_ok=True)
             RecordWriter(out_dir / ATTACK_RESULTS).append(_record(r) for r in results)

@@ -18,6 +18,7 @@ from moe_defense.errors import DataError
 from moe_defense.judges import Judge, JudgeItem
 from moe_defense.models.chat import end_of_turn_ids
 from moe_defense.models.loading import LoadedModel
+from moe_defense.models.padding import pad
 from moe_defense.runner.generation import GenerationConfig, generate
 
 IGNORE = -100  # label of positions that carry no loss (prompt, padding)
@@ -118,21 +119,12 @@ def own_answers(
     return to_sequences(loaded, prompts, responses, max_response_tokens)
 
 
-def pad_right(rows: Sequence[torch.Tensor], value: int) -> torch.Tensor:
-    """Right padding: real tokens keep positions 0..n-1, the coordinates route artifacts use."""
-    width = max(int(r.numel()) for r in rows)
-    out = torch.full((len(rows), width), value, dtype=torch.long)
-    for i, row in enumerate(rows):
-        out[i, : row.numel()] = row
-    return out
-
-
 def collate(sequences: Sequence[TrainingSequence], pad_id: int) -> dict[str, torch.Tensor]:
     """input_ids / attention_mask / labels / prompt_lengths of a right-padded batch."""
-    ids = [s.input_ids for s in sequences]
+    input_ids, attention_mask = pad([s.input_ids for s in sequences], pad_id, "right")
     return {
-        "input_ids": pad_right(ids, pad_id),
-        "attention_mask": pad_right([torch.ones_like(i) for i in ids], 0),
-        "labels": pad_right([s.labels for s in sequences], IGNORE),
+        "input_ids": input_ids,
+        "attention_mask": attention_mask,
+        "labels": pad([s.labels for s in sequences], IGNORE, "right")[0],
         "prompt_lengths": torch.tensor([s.prompt_length for s in sequences]),
     }

@@ -14,6 +14,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from pathlib import Path
+from typing import Any
+
+import torch
 
 from moe_defense.attacks.rosais import rosais
 from moe_defense.defenses.base import Defended, Defense, DefenseContext, register_defense
@@ -45,8 +49,30 @@ class RouterHardening(Defense[HardeningConfig]):
 
     def apply(self, loaded: LoadedModel, context: DefenseContext) -> Defended:
         config, info, out = self.config, context.info, context.out
+        original = _OriginalTensors.of(loaded, config.trainable)
+        finished = out / "train" / TRAIN_FACTS  # written last: its presence means the hardened model is complete
+        if context.resume and finished.is_file():  # nothing of the training is rebuilt: no answers, no RoSais
+            training = json.loads(finished.read_text())
+            loaded = load_pretrained(str(out / HARDENED_MODEL), context.load_options)
+        else:
+            training = self._train(loaded, context)
+        diff = tensor_diff(
+            loaded.model, original.digests, original.trainable, set(loaded.adapter.router_tensors(loaded.model))
+        )
+        if info.is_main:
+            atomic_write(out / "tensor_diff.json", json.dumps(diff, indent=2) + "\n")
+            if not finished.is_file():
+                self._save(loaded, original, diff, out)
+                atomic_write(finished, json.dumps(training, indent=2) + "\n")
+        info.wait()
+        loaded = dataclasses.replace(loaded, spec=str(out / HARDENED_MODEL))  # the hardened phase's runs name it
+        return Defended(loaded, self._facts(loaded, training, diff, out))
+
+    def _train(self, loaded: LoadedModel, context: DefenseContext) -> dict[str, Any]:
+        """The training targets (the model's own refusals and benign answers), the RoSais-ranked routers the
+        mask_refusal term masks, then the training; its facts."""
+        config = self.config
         cap = config.max_response_tokens
-        original_fingerprint = loaded.fingerprint()
         harmful = own_refusals(
             loaded, context.harmful_train, context.judge, context.generation, cap, config.refusal_fallback
         )
@@ -55,80 +81,75 @@ class RouterHardening(Defense[HardeningConfig]):
         if config.loss.mask_refusal and config.mask_routers:
             importance = rosais(loaded, [s.prompt for s in harmful[:ROSAIS_PROMPTS]], progress=False)
             mask_layers = importance.ranking()[: config.mask_routers]
-        digests = tensor_digests(loaded.model)
-        originals = {
-            n: p.detach().cpu().clone() for n, p in trainable_parameters(loaded.model, config.trainable).items()
-        }
-        original_routers = {  # the PEFT export's base: the trained routers' copies above, plus the untrained buffers
-            n: originals[n] if n in originals else t.detach().cpu().clone()
-            for n, t in loaded.adapter.router_tensors(loaded.model).items()
-        }
         search = config.route_search.model_copy(update={"budget": context.budget, "seed": context.seed})
-        defense = config.model_copy(update={"route_search": search})
-        finished = out / "train" / TRAIN_FACTS  # written last: its presence means the hardened model is complete
-        if context.resume and finished.is_file():
-            training = json.loads(finished.read_text())
-            loaded = load_pretrained(str(out / HARDENED_MODEL), context.load_options)
-        else:
-            training = train_routers(
+        training = train_routers(
+            loaded,
+            harmful,
+            benign,
+            config.model_copy(update={"route_search": search}),
+            context.out / "train",
+            info=context.info,
+            mask_layers=mask_layers,
+            deepspeed=context.deepspeed,
+            resume=context.resume,
+            report_to=context.report_to,
+        )
+        training.update(
+            harmful_sequences=len(harmful),
+            benign_sequences=len(benign),
+            train_budget=context.budget,
+            mask_layers=mask_layers,
+        )
+        return training
+
+    def _save(self, loaded: LoadedModel, original: _OriginalTensors, diff: dict[str, Any], out: Path) -> None:
+        """The hardened checkpoint, the router patch and, for a router-only change, its PEFT adapter."""
+        router_only = diff["other_params_changed"] == 0
+        companion = "" if router_only else "expert_lora" if self.trainable == "routers+expert-lora" else "other"
+        save_hardened(loaded, out / HARDENED_MODEL)
+        save_router_patch(loaded, out / ROUTER_PATCH, original.fingerprint, companion)
+        if router_only and diff["router_params_changed"]:
+            export_peft_adapter(
                 loaded,
-                harmful,
-                benign,
-                defense,
-                out / "train",
-                info=info,
-                mask_layers=mask_layers,
-                deepspeed=context.deepspeed,
-                resume=context.resume,
-                report_to=context.report_to,
+                original.routers,
+                loaded.adapter.router_tensors(loaded.model),
+                out / ROUTER_ADAPTER,
+                {"patch": ROUTER_PATCH, "base_fingerprint": original.fingerprint},
             )
-            training.update(
-                harmful_sequences=len(harmful),
-                benign_sequences=len(benign),
-                train_budget=context.budget,
-                mask_layers=mask_layers,
-            )
-        diff = tensor_diff(loaded.model, digests, originals, set(loaded.adapter.router_tensors(loaded.model)))
-        if info.is_main:
-            atomic_write(out / "tensor_diff.json", json.dumps(diff, indent=2) + "\n")
-            if not finished.is_file():
-                router_only = diff["other_params_changed"] == 0
-                companion = (
-                    "" if router_only else "expert_lora" if config.trainable == "routers+expert-lora" else "other"
-                )
-                save_hardened(loaded, out / HARDENED_MODEL)
-                save_router_patch(loaded, out / ROUTER_PATCH, original_fingerprint, companion)
-                if router_only and diff["router_params_changed"]:
-                    export_peft_adapter(
-                        loaded,
-                        original_routers,
-                        loaded.adapter.router_tensors(loaded.model),
-                        out / ROUTER_ADAPTER,
-                        {"patch": ROUTER_PATCH, "base_fingerprint": original_fingerprint},
-                    )
-                atomic_write(finished, json.dumps(training, indent=2) + "\n")
-        info.wait()
-        loaded = dataclasses.replace(
-            loaded, spec=str(out / HARDENED_MODEL)
-        )  # the hardened phase's runs name what they test
-        facts = {
+
+    def _facts(self, loaded: LoadedModel, training: dict[str, Any], diff: dict[str, Any], out: Path) -> dict[str, Any]:
+        elements = max(1, diff["elements"])
+        if self.trainable == "routers+expert-lora":  # the shipped patch holds LoRA factors, not merged experts
+            router_numbers = sum(p.numel() for p in loaded.adapter.router_parameters(loaded.model).values())
+            patch_numbers = router_numbers + training.get("expert_lora_numbers", 0)
+        else:
+            patch_numbers = diff["changed_elements"]
+        return {
             "training": {k: v for k, v in training.items() if k != "log"},
             "router_params_changed": diff["router_params_changed"],
             "other_params_changed": diff["other_params_changed"],
             "router_patch_bytes": (out / ROUTER_PATCH).stat().st_size,
             "router_adapter_bytes": directory_bytes(out / ROUTER_ADAPTER),  # 0: no PEFT form (non-router changes)
-            "changed_fraction": round(diff["changed_elements"] / max(1, diff["elements"]), 6),
-            # what the shipped patch carries, per model element: a LoRA patch holds factors, not the merged experts
-            "patch_fraction": round(
-                (
-                    sum(p.numel() for p in loaded.adapter.router_parameters(loaded.model).values())
-                    + training.get("expert_lora_numbers", 0)
-                    if config.trainable == "routers+expert-lora"
-                    else diff["changed_elements"]
-                )
-                / max(1, diff["elements"]),
-                6,
-            ),
+            "changed_fraction": round(diff["changed_elements"] / elements, 6),
+            "patch_fraction": round(patch_numbers / elements, 6),  # what the shipped patch carries, per element
             "expert_lora_bytes": directory_bytes(out / "train" / EXPERT_LORA),
         }
-        return Defended(loaded, facts)
+
+
+@dataclasses.dataclass(frozen=True)
+class _OriginalTensors:
+    """What the tensor diff and the exported patch compare against: the model before training."""
+
+    fingerprint: str
+    digests: dict[str, str]
+    trainable: dict[str, torch.Tensor]  # copies of the tensors the scope trains
+    routers: dict[str, torch.Tensor]  # every router tensor (the PEFT export's base), trained or a buffer
+
+    @classmethod
+    def of(cls, loaded: LoadedModel, trainable: str) -> _OriginalTensors:
+        copies = {n: p.detach().cpu().clone() for n, p in trainable_parameters(loaded.model, trainable).items()}
+        routers = {
+            n: copies[n] if n in copies else t.detach().cpu().clone()
+            for n, t in loaded.adapter.router_tensors(loaded.model).items()
+        }
+        return cls(loaded.fingerprint(), tensor_digests(loaded.model), copies, routers)

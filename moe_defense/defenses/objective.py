@@ -34,7 +34,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 from moe_defense.attacks.artifacts import RouteArtifact
-from moe_defense.defenses.examples import IGNORE
+from moe_defense.defenses.examples import IGNORE, TrainingSequence, collate
 from moe_defense.defenses.zero3 import gathered
 from moe_defense.models.loading import LoadedModel
 from moe_defense.models.params import TrainableScope
@@ -151,6 +151,22 @@ def random_forcing(
             experts = torch.randperm(adapter.num_experts, generator=generator)[: adapter.top_k]
             routes[layers[cell % len(layers)]][row, cell // len(layers)] = experts
     return ForcedRoute(routes, scope="all")
+
+
+@torch.no_grad()
+def benign_nll(loaded: LoadedModel, sequences: list[TrainingSequence], batch_size: int = 32) -> float:
+    """Mean per-token NLL of the original model's benign answers under `loaded` (lower: closer)."""
+    total, count = 0.0, 0
+    pad = loaded.tokenizer.pad_token_id
+    for start in range(0, len(sequences), batch_size):
+        batch = {k: v.to(loaded.device) for k, v in collate(sequences[start : start + batch_size], pad).items()}
+        logits = loaded.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        tokens = int((batch["labels"][:, 1:] != IGNORE).sum())
+        if tokens:
+            # the training loss's mean, re-weighted to a sum
+            total += float(response_ce(logits, batch["labels"])) * tokens
+            count += tokens
+    return total / max(count, 1)
 
 
 @dataclass

@@ -24,6 +24,7 @@ from moe_defense.errors import ConfigError, JudgeError, ModelLoadError
 from moe_defense.judges.base import Judge, JudgeConfig, JudgeItem, Verdict
 from moe_defense.judges.http import Api, EndpointError, OpenAIClient
 from moe_defense.models.loading import DtypeName, torch_dtype
+from moe_defense.models.padding import pad
 
 
 @dataclass(frozen=True)
@@ -228,12 +229,7 @@ class LocalBackend(JudgeBackend):
         answers: list[str | BackendFailure] = []
         for start in range(0, len(prompts), self.batch_size):
             rows = [self._encode(p) for p in prompts[start : start + self.batch_size]]
-            width = max(len(r) for r in rows)
-            input_ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
-            attention = torch.zeros((len(rows), width), dtype=torch.long)
-            for i, row in enumerate(rows):
-                input_ids[i, width - len(row) :] = torch.tensor(row, dtype=torch.long)
-                attention[i, width - len(row) :] = 1
+            input_ids, attention = pad(rows, self.pad_id, "left")
             output = self.model.generate(
                 input_ids=input_ids.to(device),
                 attention_mask=attention.to(device),
@@ -241,7 +237,7 @@ class LocalBackend(JudgeBackend):
                 do_sample=False,
                 pad_token_id=self.pad_id,
             )
-            answers.extend(self.tokenizer.batch_decode(output[:, width:], skip_special_tokens=True))
+            answers.extend(self.tokenizer.batch_decode(output[:, input_ids.shape[1] :], skip_special_tokens=True))
         return answers
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import os
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from tqdm.auto import tqdm
@@ -214,32 +215,95 @@ def evaluate(
     from `refusal_judge`, which must be one of `judges` when the set holds benign prompts.
     """
     gen_config = gen_config or GenerationConfig()
-    names = [judge.name for judge in judges]
-    if not names or len(set(names)) != len(names):
-        raise ConfigError(f"evaluate needs at least one judge and each judge once (got {names}).")
-    prompts = prompt_set.prompts
-    ids = [p.id for p in prompts]
-    if len(set(ids)) != len(ids):
-        raise ConfigError(
-            f"prompt set {prompt_set.name!r} repeats prompt ids; results are keyed by id, so ids must be unique."
-        )
-    if refusal_judge not in names and any(is_benign(p) for p in prompts):
-        raise ConfigError(
-            f"prompt set {prompt_set.name!r} holds benign prompts, whose over-refusal is read from judge "
-            f"{refusal_judge!r}, "
-            f"which is not among the judges {names}: add it."
-        )
-    chunk_size = chunk_size or 4 * gen_config.batch_size
+    _check_inputs(prompt_set, judges, refusal_judge)
     info = info or process_info()
     run = RunDir(out_dir)
-    run_config = {
+    run_config = _run_config(loaded, prompt_set, judges, gen_config, attack_name, phase, extra_config)
+    run.check(run_config, resume=resume)
+    info.wait()  # nobody writes before every process has checked the directory as it was
+    if info.is_main:
+        run.write_config(run_config)
+    finished = run.finished()
+    shard = list(range(info.rank, len(prompt_set.prompts), info.world))
+    todo = [pos for pos in shard if (prompt_set.prompts[pos].id, attack_name) not in finished]
+    answer = _Answerer(
+        loaded, prompt_set.prompts, judges, gen_config, attack_name, phase,
+        route_for_batch, route_artifacts or {}, prompt_texts or {},
+    )  # fmt: skip
+    writer = run.writer(info.rank if info.world > 1 else None)
+    chunk_size = chunk_size or 4 * gen_config.batch_size
+    disable = not progress or not info.is_main
+    with tqdm(total=len(shard), initial=len(shard) - len(todo), desc="evaluate", unit="prompt", disable=disable) as bar:
+        for start in range(0, len(todo), chunk_size):
+            positions = todo[start : start + chunk_size]
+            writer.append(answer(positions))  # one chunk saved before the next starts
+            bar.update(len(positions))
+    info.wait()
+    if info.is_main:
+        names = [j.name for j in judges]
+        _write_summary(run, loaded, prompt_set, names, run_config["model_fingerprint"], refusal_judge)
+    info.wait()
+    return run.read_summary()
+
+
+@dataclass(frozen=True)
+class _Answerer:
+    """Answers and judges a chunk of prompts (positions in `prompts`) into their records."""
+
+    loaded: LoadedModel
+    prompts: Sequence[Prompt]
+    judges: Sequence[Judge]
+    gen_config: GenerationConfig
+    attack_name: str
+    phase: str
+    route_for_batch: RouteForBatch | None
+    route_artifacts: Mapping[str, Mapping[str, Any]]
+    prompt_texts: Mapping[str, str]
+
+    def __call__(self, positions: list[int]) -> list[dict[str, Any]]:
+        chunk = [self.prompts[pos] for pos in positions]
+        sent = [self.prompt_texts.get(p.id) for p in chunk]
+        replies = generate_replies(
+            self.loaded,
+            [p.text if s is None else s for p, s in zip(chunk, sent, strict=True)],
+            self.gen_config,
+            route_for_batch=_chunk_routes(self.route_for_batch, positions),
+            progress=False,
+        )
+        verdicts = judge_responses(self.judges, chunk, [reply.answer for reply in replies])  # never the reasoning
+        return [
+            make_record(
+                p,
+                r,
+                v,
+                attack=self.attack_name,
+                phase=self.phase,
+                route=self.route_artifacts.get(p.id),
+                attack_prompt=s,
+            )
+            for p, r, v, s in zip(chunk, replies, verdicts, sent, strict=True)
+        ]
+
+
+def _run_config(
+    loaded: LoadedModel,
+    prompt_set: PromptSet,
+    judges: Sequence[Judge],
+    gen_config: GenerationConfig,
+    attack_name: str,
+    phase: str,
+    extra_config: Mapping[str, Any] | None,
+) -> dict[str, Any]:
+    """Everything the records depend on: a resume must find it unchanged."""
+    ids = [p.id for p in prompt_set.prompts]
+    return {
         "verb": "evaluate",
         "model": loaded.spec,
         "model_fingerprint": loaded.fingerprint(),
         "prompt_set": {
             "name": prompt_set.name,
             "source": prompt_set.source,
-            "n_prompts": len(prompts),
+            "n_prompts": len(ids),
             "ids_sha256": hashlib.sha256("\n".join(ids).encode()).hexdigest()[:16],
         },
         "judges": [{"name": j.name, "config": j.config.model_dump(mode="json")} for j in judges],
@@ -248,53 +312,41 @@ def evaluate(
         "phase": phase,
         **(extra_config or {}),
     }
-    run.check(run_config, resume=resume)
-    info.wait()  # nobody writes before every process has checked the directory as it was
-    if info.is_main:
-        run.write_config(run_config)
-    writer = run.writer(info.rank if info.world > 1 else None)
-    finished = run.finished()
-    shard = list(range(info.rank, len(prompts), info.world))
-    todo = [pos for pos in shard if (ids[pos], attack_name) not in finished]
-    routes = route_artifacts or {}
-    sent = prompt_texts or {}
-    with tqdm(
-        total=len(shard),
-        initial=len(shard) - len(todo),
-        desc="evaluate",
-        unit="prompt",
-        disable=not progress or not info.is_main,
-    ) as bar:
-        for start in range(0, len(todo), chunk_size):
-            positions = todo[start : start + chunk_size]
-            chunk = [prompts[pos] for pos in positions]
-            route = _chunk_routes(route_for_batch, positions)
-            replies = generate_replies(
-                loaded, [sent.get(p.id, p.text) for p in chunk], gen_config, route_for_batch=route, progress=False
-            )
-            verdicts = judge_responses(judges, chunk, [reply.answer for reply in replies])  # never the reasoning
-            writer.append(
-                make_record(
-                    p, r, v, attack=attack_name, phase=phase, route=routes.get(p.id), attack_prompt=sent.get(p.id)
-                )
-                for p, r, v in zip(chunk, replies, verdicts, strict=True)
-            )
-            bar.update(len(chunk))
-    info.wait()
-    if info.is_main:
-        records = run.merge({prompt_id: pos for pos, prompt_id in enumerate(ids)})
-        summary = {
-            "model": loaded.spec,
-            "model_fingerprint": run_config["model_fingerprint"],
-            "prompt_set": prompt_set.name,
-            "n_prompts": len(prompts),
-            "judges": names,
-            "phases": summarize(records, names, refusal_judge),
-        }
-        run.write_summary(summary)
-        run.write_report(render_report(summary))
-    info.wait()
-    return run.read_summary()
+
+
+def _check_inputs(prompt_set: PromptSet, judges: Sequence[Judge], refusal_judge: str) -> None:
+    """Refuse what would give a wrong or unreadable summary, before any model runs."""
+    names = [judge.name for judge in judges]
+    if not names or len(set(names)) != len(names):
+        raise ConfigError(f"evaluate needs at least one judge and each judge once (got {names}).")
+    ids = [p.id for p in prompt_set.prompts]
+    if len(set(ids)) != len(ids):
+        raise ConfigError(
+            f"prompt set {prompt_set.name!r} repeats prompt ids; results are keyed by id, so ids must be unique."
+        )
+    if refusal_judge not in names and any(is_benign(p) for p in prompt_set.prompts):
+        raise ConfigError(
+            f"prompt set {prompt_set.name!r} holds benign prompts, whose over-refusal is read from judge "
+            f"{refusal_judge!r}, "
+            f"which is not among the judges {names}: add it."
+        )
+
+
+def _write_summary(
+    run: RunDir, loaded: LoadedModel, prompt_set: PromptSet, names: list[str], fingerprint: str, refusal_judge: str
+) -> None:
+    """Merge the ranks' records in prompt order, then the summary and report.md from them."""
+    records = run.merge({p.id: pos for pos, p in enumerate(prompt_set.prompts)})
+    summary = {
+        "model": loaded.spec,
+        "model_fingerprint": fingerprint,
+        "prompt_set": prompt_set.name,
+        "n_prompts": len(prompt_set.prompts),
+        "judges": names,
+        "phases": summarize(records, names, refusal_judge),
+    }
+    run.write_summary(summary)
+    run.write_report(render_report(summary))
 
 
 def _chunk_routes(route_for_batch: RouteForBatch | None, positions: list[int]) -> RouteForBatch | None:

@@ -17,6 +17,7 @@ from tqdm.auto import tqdm
 from moe_defense.data import format_chat
 from moe_defense.models import LoadedModel
 from moe_defense.models.chat import Reply
+from moe_defense.models.padding import pad
 from moe_defense.routing import Intervention, intervene
 
 # Given the rows of one batch (positions in the `texts` passed to `generate`, in batch-row order),
@@ -47,17 +48,6 @@ def encode_prompts(loaded: LoadedModel, texts: Sequence[str], system_prompt: str
         list(tokenizer(format_chat(tokenizer, text, system_prompt, options), add_special_tokens=False)["input_ids"])
         for text in texts
     ]
-
-
-def _left_pad(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Left padding keeps every prompt's last token at the end, where decoder-only generation continues."""
-    width = max(len(row) for row in rows)
-    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, row in enumerate(rows):
-        input_ids[i, width - len(row) :] = torch.tensor(row, dtype=torch.long)
-        attention_mask[i, width - len(row) :] = 1
-    return input_ids, attention_mask
 
 
 def generate(
@@ -99,7 +89,7 @@ def generate_replies(
     with tqdm(total=len(texts), desc="generate", unit="prompt", disable=not progress) as bar:
         for start in range(0, len(order), config.batch_size):
             rows = order[start : start + config.batch_size]
-            input_ids, attention_mask = _left_pad([encoded[i] for i in rows], pad_id)
+            input_ids, attention_mask = pad([encoded[i] for i in rows], pad_id, "left")
             interventions = route_for_batch(list(rows)) if route_for_batch is not None else ()
             with intervene(loaded, *interventions):
                 output = loaded.model.generate(

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import fcntl
 import json
 import os
 import subprocess
@@ -23,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from filelock import FileLock, Timeout
 
 from moe_defense.errors import ConfigError, DataError
 
@@ -254,16 +254,16 @@ class RunDir:
 
 @contextlib.contextmanager
 def exclusive(path: Path, wait: bool = True) -> Iterator[bool]:
-    """An advisory file lock (flock): yields True when held, False when another process holds it and
-    `wait` is off. The kernel drops it when the holder dies, so a killed run never leaves a stale lock."""
+    """An advisory file lock: yields True when held, False when another process holds it and `wait` is off.
+    The kernel drops it when the holder dies, so a killed run never leaves a stale lock."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
-        except BlockingIOError:
-            yield False
-            return
-        try:
-            yield True
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    lock = FileLock(path, timeout=-1 if wait else 0)
+    try:
+        lock.acquire()
+    except Timeout:
+        yield False
+        return
+    try:
+        yield True
+    finally:
+        lock.release()

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -11,6 +14,7 @@ import yaml
 
 from moe_defense.errors import ConfigError, DataError
 from moe_defense.runner import RunDir, atomic_write, default_out_dir, read_jsonl
+from moe_defense.runner.rundir import exclusive
 
 CONFIG = {"model": "tiny:mixtral", "generation": {"max_new_tokens": 4, "batch_size": 2}, "judges": ["keyword"]}
 
@@ -93,3 +97,29 @@ def test_atomic_write_keeps_the_old_file_when_interrupted(tmp_path, monkeypatch)
         atomic_write(path, "new")
     assert path.read_text() == "old"
     assert [p.name for p in tmp_path.iterdir()] == ["summary.json"]
+
+
+def test_exclusive_lock_is_held_once_and_freed_when_its_holder_dies(tmp_path):
+    lock = tmp_path / "cells" / "a.lock"
+    with exclusive(lock) as held:
+        assert held
+        with exclusive(lock, wait=False) as second:
+            assert not second  # another holder (here: another open file) waits or is turned away
+    script = textwrap.dedent(f"""
+        import pathlib, time
+        from moe_defense.runner.rundir import exclusive
+        with exclusive(pathlib.Path({str(lock)!r})):
+            print("held", flush=True)
+            time.sleep(60)
+    """)
+    holder = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with exclusive(lock, wait=False) as taken:
+            assert not taken
+        holder.kill()
+        holder.wait(timeout=30)
+        with exclusive(lock, wait=False) as taken:
+            assert taken  # a killed holder leaves no stale lock
+    finally:
+        holder.kill()
