@@ -14,8 +14,8 @@ import yaml
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, GenerationMixin
 
-import moe_defense.attacks.rosais as rosais_module
 from moe_defense.attacks.base import ATTACKS
+from moe_defense.attacks.rosais import rosais
 from moe_defense.cli import main
 from tests.processes import free_port, run_group
 
@@ -175,7 +175,7 @@ class _Calls:
         for name in ATTACKS:
             self._wrap(monkeypatch, ATTACKS.get(name), "run", "search")
         for module in [m for n, m in sys.modules.items() if n.startswith("moe_defense")]:
-            if getattr(module, "rosais", None) is rosais_module.rosais:  # every module that imported it
+            if getattr(module, "rosais", None) is rosais:  # every module that imported it
                 self._wrap(monkeypatch, module, "rosais", "rosais")
 
     def _wrap(self, monkeypatch, owner, attribute: str, key: str) -> None:
@@ -201,7 +201,7 @@ def test_resume_recomputes_nothing(harden_run, monkeypatch):
 
 def test_resume_counts_what_a_fresh_run_would_do(organism, tmp_path, monkeypatch):
     """The counter of the test above sees the work: a fresh run generates, searches and ranks routers."""
-    recipe = {**SMALL, "defenses": [], "verify": {"attacks": ["none", {"name": "router-mask", "sweep": {"n": [1]}}]}}
+    recipe = {**SMALL, "defenses": [], "train_budget": 2, "verify": {"attacks": ["none", {"name": "router-mask"}]}}
     calls = _Calls(monkeypatch)
     assert main(["harden", str(_recipe(tmp_path, **recipe)), "--out", str(tmp_path / "run")]) == 0
     assert calls.counts["generate"] > 0 and calls.counts["search"] > 0 and calls.counts["rosais"] > 0
