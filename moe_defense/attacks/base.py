@@ -164,6 +164,14 @@ class Attack(ABC, Generic[C]):
         """Weight changes held while the run answers (quantization); the model must be exactly as it was after."""
         yield
 
+    @property
+    def needs_supplied_routes(self) -> bool:
+        """The attack replays routes the run supplies (`AttackContext.routes`: another model's, a transfer test).
+
+        A suite runs it only where such routes are given, and a recipe only with a budget curve to supply them.
+        A property, not a class fact, because a config can decide it (route-replay with no artifacts file)."""
+        return False
+
     def label(self) -> str:
         """The name of this configured attack in summaries and reports."""
         if self.budget_field is None:
