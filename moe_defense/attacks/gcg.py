@@ -434,7 +434,11 @@ def _check_context(loaded: LoadedModel, problem: SuffixProblem, suffix_length: i
 
 
 def _allowed(loaded: LoadedModel, context: AttackContext) -> torch.Tensor:
-    return context.shared.setdefault("gcg_allowed_tokens", allowed_tokens(loaded.tokenizer))
+    """The suffix tokens of this model, computed once per suite phase (`SharedCache.suffix_tokens`)."""
+    shared = context.shared
+    if shared.suffix_tokens is None:
+        shared.suffix_tokens = allowed_tokens(loaded.tokenizer)
+    return shared.suffix_tokens
 
 
 @register_attack
@@ -509,9 +513,10 @@ class RouteGcg(Gcg):
     def _route(self, loaded: LoadedModel, prompt: Prompt, context: AttackContext) -> RouteArtifact:
         config = self.config
         if config.routes is not None:
-            cached = context.shared.setdefault(("route-gcg-routes", config.routes), {})
-            if not cached:
-                cached.update({a.prompt_id: a for a in read_artifacts(Path(config.routes))})
+            files = context.shared.route_files
+            if config.routes not in files:
+                files[config.routes] = {a.prompt_id: a for a in read_artifacts(Path(config.routes))}
+            cached = files[config.routes]
             if prompt.id not in cached:
                 raise ConfigError(f"routes {config.routes!r} hold no route for prompt {prompt.id!r}.")
             artifact = cached[prompt.id]
