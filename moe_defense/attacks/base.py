@@ -199,10 +199,6 @@ class Attack(ABC, Generic[C]):
         budget = getattr(self.config, self.budget_field)
         return f"{self.name}@{'inf' if budget is None else budget}"
 
-    def budget(self) -> dict[str, Any]:
-        """The budget knobs recorded beside every ASR this attack produces."""
-        return self.config.model_dump(mode="json")
-
     def summarize(self, results: Sequence[AttackResult]) -> dict[str, Any]:
         """Cost figures of the search beside the judged ASR: means of the numeric `extra` fields."""
         extras = [r.extra for r in results]
