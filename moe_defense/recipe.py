@@ -315,9 +315,7 @@ class Recipe(Strict):
                 raise ValueError(
                     "train_budget b80 needs a budget sweep in verify.attacks (e.g. fsour with sweep: {budget: [...]})"
                 )
-            replays = [
-                s.name for s in self.verify.attacks for _, a in s.build() if getattr(a, "needs_supplied_routes", False)
-            ]
+            replays = [s.name for s in self.verify.attacks for _, a in s.build() if a.needs_supplied_routes]
             if replays:
                 raise ValueError(
                     f"verify.attacks: {replays} replay the curve attack's routes, but the suite sweeps no budget"

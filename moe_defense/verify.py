@@ -109,11 +109,7 @@ class Suite:
         if self.utility is not None:
             self.rows[phase][UTILITY_TASKS] = self.utility.run(loaded, directory, info=self.info, resume=self.resume)
         context = AttackContext(generation=self.generation, benign=self.benign.prompts, routes=routes, info=self.info)
-        attacks = [
-            (label, a)
-            for label, a in self.attacks(phase)
-            if routes is not None or not getattr(a, "needs_supplied_routes", False)
-        ]
+        attacks = [(label, a) for label, a in self.attacks(phase) if routes is not None or not a.needs_supplied_routes]
         for label, attack in tqdm(
             attacks, desc=f"{phase}: attack suite", unit="attack", disable=not self.progress or not self.info.is_main
         ):

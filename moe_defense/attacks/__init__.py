@@ -18,6 +18,7 @@ from moe_defense.attacks.base import (
     AttackResult,
     AttackSpec,
     SearchCost,
+    SharedCache,
     register_attack,
 )
 from moe_defense.attacks.fsour import Fsour, FsourConfig
@@ -42,6 +43,7 @@ __all__ = [
     "RouterMaskAttack",
     "RouterMaskConfig",
     "SearchCost",
+    "SharedCache",
     "interventions_for",
     "read_artifacts",
     "register_attack",

@@ -17,7 +17,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from statistics import mean
-from typing import Any, ClassVar, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -28,6 +28,11 @@ from moe_defense.registry import ComponentSpec, Registry
 from moe_defense.routing import Intervention
 from moe_defense.runner.generation import GenerationConfig
 from moe_defense.runner.process import ProcessInfo, process_info
+
+if TYPE_CHECKING:  # annotations only: the concrete attacks import this module
+    import torch
+
+    from moe_defense.attacks.fsour.config import UncappedRoutes
 
 
 class AttackConfig(BaseModel):
@@ -103,19 +108,34 @@ class AttackResult:
 
 
 @dataclass
+class SharedCache:
+    """What the attacks of one suite phase compute once and reuse across their runs (the points of a sweep,
+    every prompt); one phase is one model, so it holds facts about that model only.
+
+    `uncapped_routes`: F-SOUR's uncapped route per search (see `UncappedRoutes`), so a budget sweep prunes one
+    uncapped search to every budget instead of searching it again. `suffix_tokens`: the token ids a GCG suffix
+    may use, one decode/encode pass over the whole vocabulary. `route_files`: route-GCG's routes file, by path,
+    then prompt id, read once for all prompts.
+    """
+
+    uncapped_routes: UncappedRoutes = field(default_factory=dict)
+    suffix_tokens: torch.Tensor | None = None
+    route_files: dict[str, dict[str, RouteArtifact]] = field(default_factory=dict)
+
+
+@dataclass
 class AttackContext:
     """What an attack may use beyond its config, given by whoever runs it.
 
-    `shared` is scratch space one suite phase shares between the runs of a sweep (F-SOUR keeps its
-    uncapped routes there, to prune them to every budget); it must only hold facts about this model.
-    `benign` are benign prompts of the run's language (contrast sets); `routes` is the artifacts file a
-    transfer replay reads when its config names none.
+    `shared` is what one suite phase computes once for all its attacks (`SharedCache`). `benign` are benign
+    prompts of the run's language (contrast sets); `routes` is the artifacts file a transfer replay reads when
+    its config names none.
     """
 
     generation: GenerationConfig = field(default_factory=GenerationConfig)
     benign: Sequence[Prompt] | None = None
     routes: Path | None = None
-    shared: dict[str, Any] = field(default_factory=dict)
+    shared: SharedCache = field(default_factory=SharedCache)
     info: ProcessInfo = field(default_factory=process_info)
 
 
@@ -164,16 +184,20 @@ class Attack(ABC, Generic[C]):
         """Weight changes held while the run answers (quantization); the model must be exactly as it was after."""
         yield
 
+    @property
+    def needs_supplied_routes(self) -> bool:
+        """The attack replays routes the run supplies (`AttackContext.routes`: another model's, a transfer test).
+
+        A suite runs it only where such routes are given, and a recipe only with a budget curve to supply them.
+        A property, not a class fact, because a config can decide it (route-replay with no artifacts file)."""
+        return False
+
     def label(self) -> str:
         """The name of this configured attack in summaries and reports."""
         if self.budget_field is None:
             return self.name
         budget = getattr(self.config, self.budget_field)
         return f"{self.name}@{'inf' if budget is None else budget}"
-
-    def budget(self) -> dict[str, Any]:
-        """The budget knobs recorded beside every ASR this attack produces."""
-        return self.config.model_dump(mode="json")
 
     def summarize(self, results: Sequence[AttackResult]) -> dict[str, Any]:
         """Cost figures of the search beside the judged ASR: means of the numeric `extra` fields."""

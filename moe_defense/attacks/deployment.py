@@ -24,7 +24,7 @@ from moe_defense.attacks.expert_silence import benign_prompts, expert_usage
 from moe_defense.data.prompts import Prompt, PromptSet
 from moe_defense.errors import ConfigError
 from moe_defense.models.loading import LoadedModel
-from moe_defense.routing import ExpertCapacity, ExpertMask, Intervention, RouterNoise, TopK
+from moe_defense.routing import ExpertCapacity, ExpertMask, Intervention, RouterNoise, TopK, intervene
 from moe_defense.runner.generation import encode_prompts
 
 # Long enough for any prompt plus answer the runner generates (as expert-silence).
@@ -283,19 +283,31 @@ class CapacityDrop(_Deployment):
     config_class = CapacityDropConfig
     budget_field = "factor"
 
-    def __init__(self, config: CapacityDropConfig | None = None) -> None:
-        super().__init__(config)
-        self._applied: list[ExpertCapacity] = []
+    def run(self, loaded: LoadedModel, prompts: Sequence[Prompt], context: AttackContext) -> list[AttackResult]:
+        """Each prompt's pass under the capacity, counting what it drops into its result's `extra`.
+
+        The summary is read from those results, which a run directory keeps, so a resumed run reports the
+        same figures as one that answered every prompt. Capacity is per sequence, so the count is the one the
+        prompt pass of generation sees, whatever the batch."""
+        self.check(loaded)
+        rows = encode_prompts(loaded, [p.text for p in prompts], context.generation.system_prompt)
+        results = []
+        for prompt, row in zip(prompts, rows, strict=True):
+            capacity = ExpertCapacity(self.config.factor)
+            with torch.no_grad(), intervene(loaded, capacity):
+                loaded.model(input_ids=torch.tensor(row, device=loaded.device)[None])
+            counts = {"dropped_assignments": capacity.dropped, "prompt_assignments": capacity.assigned}
+            results.append(AttackResult(prompt_id=prompt.id, artifact=None, extra=counts))
+        return results
 
     def interventions(self, loaded: LoadedModel, results: Sequence[AttackResult]) -> list[Intervention]:
-        capacity = ExpertCapacity(self.config.factor)
-        self._applied.append(capacity)
-        return [capacity]
+        return [ExpertCapacity(self.config.factor)]
 
     def summarize(self, results: Sequence[AttackResult]) -> dict[str, Any]:
         """The share of prompt-pass assignments dropped, over every prompt this attack answered."""
-        assigned = sum(c.assigned for c in self._applied)
-        return {"dropped_fraction": round(sum(c.dropped for c in self._applied) / assigned, 4)} if assigned else {}
+        assigned = sum(r.extra["prompt_assignments"] for r in results)
+        dropped = sum(r.extra["dropped_assignments"] for r in results)
+        return {"dropped_fraction": round(dropped / assigned, 4)} if assigned else {}
 
 
 # --- router noise -----------------------------------------------------------------------------

@@ -210,66 +210,35 @@ class Scores:
     induced_reachable: torch.Tensor | None  # (R,) route-GCG: the same over the pairs after the suffix
 
 
-class SuffixSearch:
-    """One GCG search for one prompt; `route` (with `route_weight`) turns it into route-GCG."""
+class SuffixScorer:
+    """The GCG objective of candidate suffixes for one prompt, and its gradient w.r.t. a one-hot suffix.
+
+    The text before the suffix runs once: its KV cache (and, for route-GCG, its routing) serves every scoring.
+    Every pass is counted in `cost`, every suffix scored in `queries` (what `query_budget` caps); `route` (with
+    `route_weight`) adds route-GCG's router cross-entropy.
+    """
 
     def __init__(
         self,
         loaded: LoadedModel,
         problem: SuffixProblem,
         config: GcgConfig,
-        allowed: torch.Tensor,
         route: RouteTarget | None = None,
         route_weight: float = 0.0,
     ) -> None:
-        self.loaded, self.problem, self.config, self.allowed = loaded, problem, config, allowed
+        self.loaded, self.problem, self.config = loaded, problem, config
         self.route, self.route_weight = route, route_weight
         self.layers = sorted(route.pairs) if route is not None else []
         self.model = loaded.model
         self.device = loaded.device
-        self.generator = torch.Generator().manual_seed(config.seed)
         self.queries = 0  # candidate suffixes scored (what query_budget caps)
         self.cost = SearchCost()  # the prefix forward, every scoring forward and every gradient
-        self.steps = 0
-        self.stopped = "steps"
         self.prefix_cache = DynamicCache(config=self.model.config)  # filled in place by the prefix forward
         with torch.no_grad():
             _, routes = self._forward(input_ids=problem.before.to(self.device)[None], cache=self.prefix_cache)
         self.cost.forward(1, len(problem.before))
         self.prefix_routes = routes or {}  # the prefix's routing: the same for every suffix
-        self.suffix = self._initial_suffix()
-        scores = self.score(self.suffix[None])
-        self.best = self._pick(scores, 0)
-        self.initial = self.best
-        self.history = [self.best["loss"]]  # best loss after each step
 
-    def _pick(self, scores: Scores, row: int) -> dict[str, Any]:
-        return {
-            "loss": float(scores.loss[row]),
-            "target_nll": float(scores.target_nll[row]),
-            "greedy": bool(scores.greedy[row]),
-            "induced": None if scores.induced is None else float(scores.induced[row]),
-            "induced_reachable": None if scores.induced_reachable is None else float(scores.induced_reachable[row]),
-        }
-
-    def _initial_suffix(self) -> torch.Tensor:
-        for _ in range(100):
-            draw = torch.randint(len(self.allowed), (self.config.suffix_length,), generator=self.generator)
-            suffix = self.allowed[draw]
-            if self.stable(suffix[None]).all():
-                return suffix
-        raise RoutingError("no random suffix of allowed tokens re-tokenises stably with this tokenizer.")
-
-    def stable(self, suffixes: torch.Tensor) -> torch.Tensor:
-        """(R,) bool: the decoded prompt re-tokenises to exactly the ids the search scores."""
-        tokenizer = self.loaded.tokenizer
-        texts = [self.problem.rendered(tokenizer, s) for s in suffixes]
-        encoded = tokenizer(texts, add_special_tokens=False)["input_ids"]
-        head = self.problem.before.tolist()
-        tail = self.problem.after.tolist()
-        return torch.tensor([enc == head + s.tolist() + tail for enc, s in zip(encoded, suffixes, strict=True)])
-
-    # --- objective -------------------------------------------------------------------------
     def _objective(self, logits: torch.Tensor, router: dict[int, LayerRoute] | None) -> Scores:
         """`logits`: (R, L + 1, V), the last L + 1 positions; `router`: the recorded routes (route-GCG)."""
         predicted = logits[:, :-1].float()
@@ -333,12 +302,12 @@ class SuffixSearch:
             }
         )
 
-    def gradient(self) -> torch.Tensor:
+    def gradient(self, suffix: torch.Tensor) -> torch.Tensor:
         """(m, V) d loss / d one-hot suffix, on the whole sequence (the prefix included, so routes see it)."""
         embedding = self.model.get_input_embeddings()
         weight = embedding.weight
         one_hot = torch.zeros(self.config.suffix_length, weight.shape[0], dtype=weight.dtype, device=weight.device)
-        one_hot.scatter_(1, self.suffix.to(weight.device)[:, None], 1.0)
+        one_hot.scatter_(1, suffix.to(weight.device)[:, None], 1.0)
         one_hot.requires_grad_(True)
         problem = self.problem
         with torch.enable_grad():
@@ -357,7 +326,73 @@ class SuffixSearch:
         self.cost.backward(1, embeds.shape[1])
         return grad
 
-    # --- search ----------------------------------------------------------------------------
+
+class SuffixSearch:
+    """One GCG search for one prompt: single-token swaps proposed by the gradient, the best scored one kept,
+    stopped as the config says; `route` (with `route_weight`) turns it into route-GCG."""
+
+    def __init__(
+        self,
+        loaded: LoadedModel,
+        problem: SuffixProblem,
+        config: GcgConfig,
+        allowed: torch.Tensor,
+        route: RouteTarget | None = None,
+        route_weight: float = 0.0,
+    ) -> None:
+        self.loaded, self.problem, self.config, self.allowed = loaded, problem, config, allowed
+        self.generator = torch.Generator().manual_seed(config.seed)
+        self.scorer = SuffixScorer(loaded, problem, config, route, route_weight)
+        self.steps = 0
+        self.stopped = "steps"
+        self.suffix = self._initial_suffix()
+        scores = self.score(self.suffix[None])
+        self.best = self._pick(scores, 0)
+        self.initial = self.best
+        self.history = [self.best["loss"]]  # best loss after each step
+
+    @property
+    def cost(self) -> SearchCost:
+        return self.scorer.cost
+
+    @property
+    def queries(self) -> int:
+        return self.scorer.queries
+
+    def score(self, suffixes: torch.Tensor) -> Scores:
+        """The objective of R candidate suffixes (`SuffixScorer.score`)."""
+        return self.scorer.score(suffixes)
+
+    def gradient(self) -> torch.Tensor:
+        """(m, V) d loss / d one-hot of the current suffix (`SuffixScorer.gradient`)."""
+        return self.scorer.gradient(self.suffix)
+
+    def _pick(self, scores: Scores, row: int) -> dict[str, Any]:
+        return {
+            "loss": float(scores.loss[row]),
+            "target_nll": float(scores.target_nll[row]),
+            "greedy": bool(scores.greedy[row]),
+            "induced": None if scores.induced is None else float(scores.induced[row]),
+            "induced_reachable": None if scores.induced_reachable is None else float(scores.induced_reachable[row]),
+        }
+
+    def _initial_suffix(self) -> torch.Tensor:
+        for _ in range(100):
+            draw = torch.randint(len(self.allowed), (self.config.suffix_length,), generator=self.generator)
+            suffix = self.allowed[draw]
+            if self.stable(suffix[None]).all():
+                return suffix
+        raise RoutingError("no random suffix of allowed tokens re-tokenises stably with this tokenizer.")
+
+    def stable(self, suffixes: torch.Tensor) -> torch.Tensor:
+        """(R,) bool: the decoded prompt re-tokenises to exactly the ids the search scores."""
+        tokenizer = self.loaded.tokenizer
+        texts = [self.problem.rendered(tokenizer, s) for s in suffixes]
+        encoded = tokenizer(texts, add_special_tokens=False)["input_ids"]
+        head = self.problem.before.tolist()
+        tail = self.problem.after.tolist()
+        return torch.tensor([enc == head + s.tolist() + tail for enc, s in zip(encoded, suffixes, strict=True)])
+
     def candidates(self, grad: torch.Tensor, width: int) -> torch.Tensor:
         """(<= width, m) distinct single-token swaps from the top-k tokens per position, each stable."""
         allowed_grad = torch.full_like(grad, math.inf)
@@ -434,7 +469,11 @@ def _check_context(loaded: LoadedModel, problem: SuffixProblem, suffix_length: i
 
 
 def _allowed(loaded: LoadedModel, context: AttackContext) -> torch.Tensor:
-    return context.shared.setdefault("gcg_allowed_tokens", allowed_tokens(loaded.tokenizer))
+    """The suffix tokens of this model, computed once per suite phase (`SharedCache.suffix_tokens`)."""
+    shared = context.shared
+    if shared.suffix_tokens is None:
+        shared.suffix_tokens = allowed_tokens(loaded.tokenizer)
+    return shared.suffix_tokens
 
 
 @register_attack
@@ -509,9 +548,10 @@ class RouteGcg(Gcg):
     def _route(self, loaded: LoadedModel, prompt: Prompt, context: AttackContext) -> RouteArtifact:
         config = self.config
         if config.routes is not None:
-            cached = context.shared.setdefault(("route-gcg-routes", config.routes), {})
-            if not cached:
-                cached.update({a.prompt_id: a for a in read_artifacts(Path(config.routes))})
+            files = context.shared.route_files
+            if config.routes not in files:
+                files[config.routes] = {a.prompt_id: a for a in read_artifacts(Path(config.routes))}
+            cached = files[config.routes]
             if prompt.id not in cached:
                 raise ConfigError(f"routes {config.routes!r} hold no route for prompt {prompt.id!r}.")
             artifact = cached[prompt.id]

@@ -111,6 +111,7 @@ def run_attack(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     prompt_set = attack.evaluated(prompt_set, context)
+    config = attack.config.model_dump(mode="json")  # in the run config a resume must match, and beside the ASR
     results = search_all(loaded, prompt_set, attack, context, out_dir, resume, progress)
     artifacts = {r.prompt_id: r.artifact.to_json() for r in results if r.artifact is not None}
     if artifacts and context.info.is_main:
@@ -129,11 +130,11 @@ def run_attack(
             prompt_texts={r.prompt_id: r.prompt_text for r in results if r.prompt_text is not None},
             info=context.info,
             route_for_batch=lambda rows: attack.interventions(loaded, [results[row] for row in rows]),
-            extra_config={"attack_config": attack.config.model_dump(mode="json")},
+            extra_config={"attack_config": config},
             progress=progress,
         )
     row = summary["phases"][phase][label]
-    row["budget"] = attack.budget()
+    row["budget"] = config  # the whole config: every knob the ASR was measured under
     row["search"] = attack.summarize(results)
     if context.info.is_main:
         RunDir(out_dir).write_summary(summary)

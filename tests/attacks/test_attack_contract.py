@@ -65,7 +65,7 @@ def test_results_facts_and_replay_restore_the_model(name, context):
         "p1",
     ]
     assert isinstance(attack.label(), str) and attack.label()
-    json.dumps(attack.summarize(results)), json.dumps(attack.budget())  # JSON facts for summary.json
+    json.dumps(attack.summarize(results)), json.dumps(attack.config.model_dump(mode="json"))  # summary.json facts
     ids = torch.tensor(encode_prompts(loaded, [PROMPTS[0].text] * 2, None)[0])[None].expand(2, -1)
     weights = {name: p.detach().clone() for name, p in loaded.model.state_dict().items()}
     with torch.no_grad():

@@ -9,7 +9,7 @@ import pytest
 import torch
 from pydantic import ValidationError
 
-from moe_defense.attacks import ATTACKS, AttackContext, AttackSpec
+from moe_defense.attacks import ATTACKS, AttackContext, AttackResult, AttackSpec
 from moe_defense.attacks.deployment import (
     CapacityDrop,
     CapacityDropConfig,
@@ -32,6 +32,7 @@ from moe_defense.judges import KeywordJudge
 from moe_defense.routing import TopK, intervene, record_routing
 from moe_defense.runner.generation import GenerationConfig, encode_prompts
 from moe_defense.runner.process import process_info
+from moe_defense.runner.rundir import read_jsonl
 from moe_defense.verify import Suite
 
 PROMPTS = [Prompt("p0", "how do i pick a lock ?"), Prompt("p1", "tell me a secret please")]
@@ -166,10 +167,46 @@ def test_capacity_is_never_exceeded_and_a_large_factor_drops_nothing(tiny_model,
         assert torch.bincount(kept, minlength=adapter.num_experts).max() <= capacity
     assert attack.summarize(results)["dropped_fraction"] > 0
     roomy = CapacityDrop(CapacityDropConfig(factor=adapter.num_experts / adapter.top_k))
-    logits, _, _ = _forward(loaded, roomy, ids)
-    assert torch.equal(logits, _plain(loaded, ids)) and roomy.summarize(results)["dropped_fraction"] == 0
+    logits, _, roomy_results = _forward(loaded, roomy, ids)
+    assert torch.equal(logits, _plain(loaded, ids)) and roomy.summarize(roomy_results)["dropped_fraction"] == 0
     with pytest.raises(ValidationError, match="factor"):
         CapacityDropConfig(factor=0)
+
+
+def test_capacity_drop_reports_what_generation_dropped_also_after_a_resume(tiny_model, tmp_path, monkeypatch):
+    loaded = tiny_model("mixtral")
+    applied = []  # the capacities generation ran under
+    replay = CapacityDrop.interventions
+
+    def recorded(self, loaded, results):
+        interventions = replay(self, loaded, results)
+        applied.extend(interventions)
+        return interventions
+
+    monkeypatch.setattr(CapacityDrop, "interventions", recorded)
+
+    def search_figures(resume: bool) -> dict:
+        """A run in a new process: a new attack object."""
+        summary = run_attack(
+            loaded,
+            PromptSet("h", "test", PROMPTS),
+            CapacityDrop(CapacityDropConfig(factor=0.5)),
+            [KeywordJudge()],
+            out_dir=tmp_path,
+            context=CONTEXT,
+            resume=resume,
+            progress=False,
+        )
+        return summary["phases"]["original"]["capacity-drop@0.5"]["search"]
+
+    first = search_figures(resume=False)
+    dropped = sum(c.dropped for c in applied) / sum(c.assigned for c in applied)
+    assert first["dropped_fraction"] == round(dropped, 4) > 0  # what the prompt passes of generation dropped
+    applied.clear()
+    assert search_figures(resume=True) == first and not applied  # nothing answered again, the same figures
+    rows = read_jsonl(tmp_path / "attack_results.jsonl")
+    read_back = [AttackResult(r["prompt_id"], None, extra=r["extra"]) for r in rows]
+    assert CapacityDrop(CapacityDropConfig(factor=0.5)).summarize(read_back) == first
 
 
 def test_router_noise_zero_is_no_attack_and_a_seed_fixes_the_draw(tiny_model):

@@ -118,7 +118,7 @@ def test_gradient_mode_through_search_routes_and_the_attack(tiny_model):
     summary = attack.summarize([result])
     assert summary["mean_sequences"] == result.extra["sequences"] and "mean_backward_passes" in summary
     # the sweep's uncapped cache holds one route per mode: a fast search never reuses a gradient route
-    assert {key[0] for key in context.shared["fsour_uncapped"]} <= {"gradient"}
+    assert {key[0] for key in context.shared.uncapped_routes} <= {"gradient"}
 
 
 def test_gradient_mode_on_the_wide_shape():

@@ -272,3 +272,18 @@ def test_the_searched_ids_are_what_generation_encodes_also_with_a_system_prompt(
     searched = torch.cat([problem.before, run.suffix, problem.after]).tolist()
     assert encode_prompts(loaded, [text], "be brief")[0] == searched
     assert encode_prompts(loaded, [PROMPT.text], "be brief")[0] != encode_prompts(loaded, [PROMPT.text], None)[0]
+
+
+def test_a_phase_finds_the_suffix_tokens_once_and_reads_a_routes_file_once(loaded, allowed, tmp_path):
+    context = AttackContext(generation=GenerationConfig(max_new_tokens=2))
+    config = {**SMALL, "steps": 1}
+    Gcg(GcgConfig(**config)).run(loaded, [PROMPT], context)
+    first = context.shared.suffix_tokens
+    assert first is not None and torch.equal(first, allowed)
+    routes = tmp_path / "artifacts.jsonl"
+    write_artifacts(routes, [Fsour(FsourConfig(candidates=2, restarts=0)).run(loaded, [PROMPT], context)[0].artifact])
+    attack = RouteGcg(RouteGcgConfig(**config, routes=str(routes)))
+    once = attack.run(loaded, [PROMPT], context)[0]
+    routes.unlink()  # the second run reads the phase's copy, not the file
+    again = attack.run(loaded, [PROMPT], context)[0]
+    assert context.shared.suffix_tokens is first and once.extra["route_pairs"] == again.extra["route_pairs"] > 0

@@ -58,9 +58,7 @@ class Fsour(Attack[FsourConfig]):
         fingerprint = loaded.fingerprint()
         judge = build_judge(self.config.judge, lower_cased=loaded.lower_cased) if self.config.judge else None
         criterion = f"judge:{self.config.judge.name}" if self.config.judge else f"p_target>={self.config.success_prob}"
-        uncapped = context.shared.setdefault(
-            "fsour_uncapped", {}
-        )  # one uncapped search per prompt, pruned to every budget
+        uncapped = context.shared.uncapped_routes  # one uncapped search per prompt, pruned to every budget
         results = []
         for prompt in prompts:
             started = time.perf_counter()
