@@ -22,13 +22,13 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from moe_defense.attacks import AttackSpec
+from moe_defense.choices import DtypeName, ReasoningChoice
 from moe_defense.data import PROMPT_SETS, PromptSet, load_prompts
 from moe_defense.defenses import DefenseSpec
 from moe_defense.defenses.base import check_composition
 from moe_defense.defenses.zero3 import check_zero3_config
 from moe_defense.errors import ConfigError, require_extra
 from moe_defense.judges.factory import JudgeSpec
-from moe_defense.models.chat import ReasoningChoice
 from moe_defense.registry import validated
 from moe_defense.runner.generation import GenerationConfig
 from moe_defense.target import HardeningTarget
@@ -226,7 +226,7 @@ class Recipe(Strict):
         "(<think>...</think>, also DeepSeek-R1), gpt-oss (harmony channels), none; auto: read off the chat template",
     )
     seed: int = Field(0, description="seed of sampling, searches and training")
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+    dtype: DtypeName = Field(
         "auto",
         description="weights dtype (auto: the checkpoint's own). Frozen weights stay in it; trained tensors and "
         "their optimizer state are fp32 (master weights) under autocast",
