@@ -18,10 +18,10 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from moe_defense.defenses import DefenseSpec
-from moe_defense.errors import ConfigError, describe_validation
+from moe_defense.errors import ConfigError
 from moe_defense.pipeline import Harden
 from moe_defense.recipe import Recipe, compose_defenses, find_recipe, load_recipe, merge
 from moe_defense.registry import validated
@@ -78,10 +78,9 @@ def load_grid(path: str | Path, reduced: bool = False) -> tuple[GridConfig, dict
     for name, row in grid.defenses.items():
         for seed in grid.seeds:
             payload = {**base, "seed": seed, "defenses": compose_defenses(row, base["defenses"])}
-            try:
-                cells[(name, seed)] = Recipe.model_validate(payload, context={"recipe_dir": path.parent})
-            except ValidationError as error:
-                raise ConfigError(f"grid {path}, defense {name!r}: {describe_validation(error)}") from error
+            cells[(name, seed)] = validated(
+                Recipe, payload, f"grid {path}, defense {name!r}", context={"recipe_dir": path.parent}
+            )
     return grid, cells
 
 
