@@ -71,6 +71,36 @@ def test_components_take_name_and_args_or_a_bare_name(tmp_path):
     ].config().steps == 7
 
 
+REAL_DATA = {
+    "harmful_train": {"name": "advbench"},
+    "benign_train": [{"name": "tatsu-lab/alpaca"}],
+    "harmful_eval": {"name": "jbb-harmful"},
+    "benign_eval": {"name": "jbb-benign"},
+    "over_refusal": {"name": "xstest"},
+}
+
+
+@pytest.mark.parametrize(
+    ("changes", "judges"),
+    [
+        ({}, ["organism", "keyword"]),  # the demo corpus: its own judge reads the request keys
+        ({"model": "allenai/OLMoE-1B-7B-0125-Instruct", "data": REAL_DATA}, ["organism-smol", "keyword"]),
+    ],
+)
+def test_recipe_without_judges_gets_the_default_judges_of_its_held_out_set(tmp_path, changes, judges):
+    from moe_defense.judges.defaults import default_judges
+
+    recipe = load_recipe(_write(tmp_path, **changes))
+    assert [j.name for j in recipe.judges] == judges == default_judges(recipe.data.harmful_eval.name)
+    assert recipe.over_refusal_judge in judges
+    assert yaml.safe_load(recipe.model_dump_json())["judges"] == [{"name": n, "args": {}} for n in judges]
+
+
+def test_recipe_with_an_empty_judge_list_is_refused(tmp_path):
+    with pytest.raises(ConfigError, match="judges: List should have at least 1 item"):
+        load_recipe(_write(tmp_path, judges=[]))
+
+
 @pytest.mark.parametrize(
     ("changes", "named"),
     [
