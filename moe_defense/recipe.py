@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import importlib.resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
@@ -116,6 +116,8 @@ class DataRef(Strict):
 
 class RecipeData(Strict):
     """Training data (train splits) and evaluation data (held-out splits)."""
+
+    EVAL_SETS: ClassVar[tuple[str, ...]] = ("harmful_eval", "benign_eval", "over_refusal")  # what --limit cuts
 
     harmful_train: DataRef = Field(description="harmful prompts whose refusals are hardened")
     benign_train: list[DataRef] = Field(min_length=1, description="benign prompts whose answers are kept")

@@ -253,6 +253,30 @@ def test_cli_dtype_choices_are_the_loadable_dtypes():
     assert DTYPE_CHOICES == ("auto", *DTYPES)
 
 
+def test_harden_limit_cuts_every_held_out_set_and_keeps_the_training_sets(tmp_path, monkeypatch):
+    from moe_defense.cli import build_parser, harden_overrides
+
+    path = _write(tmp_path, data={**MINIMAL["data"], "benign_eval": {"name": "demo-benign", "limit": 50}})
+    argv = ["harden", str(path), "--limit", "3", "--out", str(tmp_path / "run")]
+    recipe = load_recipe(path, harden_overrides(build_parser(argv).parse_args(argv)))
+    data = recipe.data
+    assert [getattr(data, role).limit for role in ("harmful_eval", "benign_eval", "over_refusal")] == [3, 3, 3]
+    assert data.harmful_train.limit is None and data.benign_train[0].limit is None
+    assert len(data.harmful_eval.load(recipe.seed)) == 3 < len(load_recipe(path).data.harmful_eval.load(0))
+    unlimited = build_parser(argv[:2]).parse_args(argv[:2])
+    assert load_recipe(path, harden_overrides(unlimited)).data == load_recipe(path).data  # the recipe's own limits
+    with pytest.raises(ConfigError, match="data.harmful_eval.limit"):
+        load_recipe(path, harden_overrides(build_parser(argv).parse_args([*argv[:2], "--limit", "0"])))
+    seen = {}
+
+    def record(recipe, out, **kwargs):
+        seen.update(recipe=recipe)
+        raise KeyboardInterrupt  # stop before any model loads
+
+    monkeypatch.setattr("moe_defense.pipeline.Harden", record)
+    assert main(argv) == 130 and seen["recipe"].data.over_refusal.limit == 3
+
+
 def test_harden_cli_chat_options_override_the_recipe(tmp_path, monkeypatch):
     seen = {}
 
