@@ -109,6 +109,13 @@ def test_ablate_seed_replaces_the_grids_seeds(tmp_path, monkeypatch):
         build_parser(["ablate"]).parse_args(["ablate", str(DEMO_GRID), "--seed", "one"])
 
 
+def test_report_on_a_grid_with_a_damaged_grid_yaml_is_one_error(tmp_path, capsys):
+    grid = {**yaml.safe_load(DEMO_GRID.read_text()), "seedz": [0]}
+    (tmp_path / "grid.yaml").write_text(yaml.safe_dump({"grid": grid, "reduced": True}))
+    assert main(["report", str(tmp_path)]) == 1
+    assert f"grid {tmp_path / 'grid.yaml'}: seedz" in capsys.readouterr().err
+
+
 def test_cli_rejects_a_bad_grid_before_any_model_loads(tmp_path, capsys):
     out = tmp_path / "grid-run"
     assert main(["ablate", str(_grid(tmp_path, verify={"attacks": ["teleport"]}, reduced={})), "--out", str(out)]) == 1

@@ -191,11 +191,13 @@ def _report(args: argparse.Namespace) -> int:
     import yaml
 
     from moe_defense.ablate import GridConfig, aggregate
+    from moe_defense.registry import validated
     from moe_defense.report import render
 
     directory = Path(args.directory)
-    if (directory / "grid.yaml").is_file():
-        aggregate(directory, GridConfig.model_validate(yaml.safe_load((directory / "grid.yaml").read_text())["grid"]))
+    grid_file = directory / "grid.yaml"
+    if grid_file.is_file():
+        aggregate(directory, validated(GridConfig, yaml.safe_load(grid_file.read_text())["grid"], f"grid {grid_file}"))
     path = render(directory)
     print(f"wrote {path} and {path.with_suffix('.html')}")
     return 0
