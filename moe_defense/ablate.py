@@ -18,10 +18,10 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from moe_defense.defenses import DefenseSpec
-from moe_defense.errors import ConfigError, describe_validation
+from moe_defense.errors import ConfigError
 from moe_defense.pipeline import Harden
 from moe_defense.recipe import Recipe, compose_defenses, find_recipe, load_recipe, merge
 from moe_defense.registry import validated
@@ -54,14 +54,19 @@ class GridConfig(BaseModel):
     )
 
 
-def load_grid(path: str | Path, reduced: bool = False) -> tuple[GridConfig, dict[tuple[str, int], Recipe]]:
+def load_grid(
+    path: str | Path, reduced: bool = False, seeds: list[int] | None = None
+) -> tuple[GridConfig, dict[tuple[str, int], Recipe]]:
     """The grid (a file, else a packaged grid such as `ablations/demo-grid`) and every cell's recipe, all
-    validated before any model loads; the grid's `recipe` is relative to the grid, else a packaged name."""
+    validated before any model loads; the grid's `recipe` is relative to the grid, else a packaged name.
+    `seeds` (`ablate --seed`) replace the grid's; None keeps them."""
     path = find_recipe(path, what="grid")
     try:
         payload = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as error:
         raise ConfigError(f"grid {path}: {error}") from error
+    if seeds is not None and isinstance(payload, dict):
+        payload = {**payload, "seeds": seeds}
     grid = validated(GridConfig, payload, f"grid {path}")
     grid.recipe = str(find_recipe(grid.recipe, path.parent))  # resolved: grid.yaml replays from any directory
     base = load_recipe(grid.recipe).model_dump(mode="json")
@@ -78,18 +83,24 @@ def load_grid(path: str | Path, reduced: bool = False) -> tuple[GridConfig, dict
     for name, row in grid.defenses.items():
         for seed in grid.seeds:
             payload = {**base, "seed": seed, "defenses": compose_defenses(row, base["defenses"])}
-            try:
-                cells[(name, seed)] = Recipe.model_validate(payload, context={"recipe_dir": path.parent})
-            except ValidationError as error:
-                raise ConfigError(f"grid {path}, defense {name!r}: {describe_validation(error)}") from error
+            cells[(name, seed)] = validated(
+                Recipe, payload, f"grid {path}, defense {name!r}", context={"recipe_dir": path.parent}
+            )
     return grid, cells
 
 
 def run_grid(
-    path: str | Path, out: Path, *, info: ProcessInfo, reduced: bool = False, progress: bool = True
+    path: str | Path,
+    out: Path,
+    *,
+    info: ProcessInfo,
+    reduced: bool = False,
+    seeds: list[int] | None = None,
+    progress: bool = True,
 ) -> dict[str, Any]:
-    """Run every unclaimed, unfinished cell; then aggregate whatever is finished."""
-    grid, cells = load_grid(path, reduced)
+    """Run every unclaimed, unfinished cell (of `seeds`, default the grid's); then aggregate whatever is
+    finished."""
+    grid, cells = load_grid(path, reduced, seeds)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write(
         out / "grid.yaml", yaml.safe_dump({"grid": grid.model_dump(mode="json"), "reduced": reduced}, sort_keys=False)

@@ -16,19 +16,20 @@ from __future__ import annotations
 
 import importlib.resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from moe_defense.attacks import AttackSpec
+from moe_defense.choices import DtypeName, ReasoningChoice
 from moe_defense.data import PROMPT_SETS, PromptSet, load_prompts
 from moe_defense.defenses import DefenseSpec
 from moe_defense.defenses.base import check_composition
 from moe_defense.defenses.zero3 import check_zero3_config
 from moe_defense.errors import ConfigError, require_extra
+from moe_defense.judges.defaults import default_judges
 from moe_defense.judges.factory import JudgeSpec
-from moe_defense.models.chat import ReasoningChoice
 from moe_defense.registry import validated
 from moe_defense.runner.generation import GenerationConfig
 from moe_defense.target import HardeningTarget
@@ -115,6 +116,8 @@ class DataRef(Strict):
 
 class RecipeData(Strict):
     """Training data (train splits) and evaluation data (held-out splits)."""
+
+    EVAL_SETS: ClassVar[tuple[str, ...]] = ("harmful_eval", "benign_eval", "over_refusal")  # what --limit cuts
 
     harmful_train: DataRef = Field(description="harmful prompts whose refusals are hardened")
     benign_train: list[DataRef] = Field(min_length=1, description="benign prompts whose answers are kept")
@@ -226,16 +229,17 @@ class Recipe(Strict):
         "(<think>...</think>, also DeepSeek-R1), gpt-oss (harmony channels), none; auto: read off the chat template",
     )
     seed: int = Field(0, description="seed of sampling, searches and training")
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+    dtype: DtypeName = Field(
         "auto",
         description="weights dtype (auto: the checkpoint's own). Frozen weights stay in it; trained tensors and "
         "their optimizer state are fp32 (master weights) under autocast",
     )
     judges: list[JudgeSpec] = Field(
-        default_factory=lambda: [JudgeSpec(name="organism"), JudgeSpec(name="keyword")],
+        default_factory=list,  # unset: filled in by `_default_judges` from the held-out harmful set
         min_length=1,
         description="judges as {name, args} (url, model, api_key_env, concurrency, timeout_s, device, ignore_case, "
-        "...); the first is the headline",
+        "...); the first is the headline; unset: `default_judges` of data.harmful_eval (an organism corpus's own "
+        "judge, else organism-smol for real English), then keyword",
     )
     over_refusal_judge: str = Field(
         "keyword", description="judge (one of `judges`) whose refusals on benign prompts give over-refusal"
@@ -291,6 +295,13 @@ class Recipe(Strict):
             packaged = ", ".join(p.relative_to(RECIPES).as_posix() for p in sorted((RECIPES / "ds").glob("*.json")))
             raise ValueError(f"DeepSpeed config {value!r} is neither next to the recipe nor packaged ({packaged})")
         return str(path)
+
+    @model_validator(mode="after")
+    def _default_judges(self) -> Recipe:
+        """No `judges:`: the judges that score answers to data.harmful_eval (before `_consistent` reads them)."""
+        if "judges" not in self.model_fields_set:
+            self.judges = [JudgeSpec(name=name) for name in default_judges(self.data.harmful_eval.name)]
+        return self
 
     @model_validator(mode="after")
     def _consistent(self) -> Recipe:

@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from moe_defense.errors import ConfigError, RegistryError, describe_validation
 
 T = TypeVar("T")
+M = TypeVar("M", bound=BaseModel)
 
 
 class Registry(Generic[T]):
@@ -107,10 +108,13 @@ class ComponentSpec(BaseModel):
             raise ValueError(f"{self.registry().kind} {self.name!r} args: {error}") from None
 
 
-def validated(model: type[BaseModel], payload: Any, where: str, context: dict[str, Any] | None = None) -> Any:
+def validated(
+    model: type[M], payload: Any, where: str, context: dict[str, Any] | None = None, *, flag_style: bool = False
+) -> M:
     """`model.model_validate(payload)`, a validation error turned into one ConfigError naming `where`;
-    `context` reaches the validators (e.g. the recipe's directory, which its relative paths are against)."""
+    `context` reaches the validators (e.g. the recipe's directory, which its relative paths are against);
+    `flag_style` names the fields as the CLI flags they came from (`--max-new-tokens`)."""
     try:
         return model.model_validate(payload, context=context)
     except ValidationError as error:
-        raise ConfigError(f"{where}: {describe_validation(error)}") from error
+        raise ConfigError(f"{where}: {describe_validation(error, flag_style=flag_style)}") from error

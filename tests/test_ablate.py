@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from moe_defense.ablate import load_grid, merge, run_grid
-from moe_defense.cli import main
+from moe_defense.cli import build_parser, main
 from moe_defense.errors import ConfigError
 from moe_defense.recipe import RECIPES
 from moe_defense.report import render
@@ -88,6 +88,32 @@ def test_bad_grid_is_one_clear_error(tmp_path, changes, named):
     with pytest.raises(ConfigError) as error:
         load_grid(_grid(tmp_path, **changes))
     assert named in str(error.value)
+
+
+def test_ablate_seed_replaces_the_grids_seeds(tmp_path, monkeypatch):
+    argv = ["ablate", str(DEMO_GRID), "--reduced", "--seed", "5", "7", "--out", str(tmp_path / "grid-run")]
+    args = build_parser(argv).parse_args(argv)
+    grid, cells = load_grid(args.grid, args.reduced, args.seed)
+    assert grid.seeds == [5, 7] and {seed for _, seed in cells} == {5, 7}
+    assert all(recipe.seed == seed for (_, seed), recipe in cells.items())
+    assert load_grid(DEMO_GRID)[0].seeds == yaml.safe_load(DEMO_GRID.read_text())["seeds"]  # no --seed: the grid's
+    seen = {}
+
+    def record(path, out, **kwargs):
+        seen.update(kwargs)
+        raise KeyboardInterrupt  # stop before any model loads
+
+    monkeypatch.setattr("moe_defense.ablate.run_grid", record)
+    assert main(argv) == 130 and seen["seeds"] == [5, 7]
+    with pytest.raises(SystemExit):
+        build_parser(["ablate"]).parse_args(["ablate", str(DEMO_GRID), "--seed", "one"])
+
+
+def test_report_on_a_grid_with_a_damaged_grid_yaml_is_one_error(tmp_path, capsys):
+    grid = {**yaml.safe_load(DEMO_GRID.read_text()), "seedz": [0]}
+    (tmp_path / "grid.yaml").write_text(yaml.safe_dump({"grid": grid, "reduced": True}))
+    assert main(["report", str(tmp_path)]) == 1
+    assert f"grid {tmp_path / 'grid.yaml'}: seedz" in capsys.readouterr().err
 
 
 def test_cli_rejects_a_bad_grid_before_any_model_loads(tmp_path, capsys):

@@ -107,7 +107,7 @@ def check_recipe(args) -> None:
 def check_grid(args) -> None:
     from moe_defense.ablate import load_grid
 
-    load_grid(args.grid, args.reduced)  # every cell's recipe validated
+    load_grid(args.grid, args.reduced, args.seed)  # every cell's recipe validated
 
 
 def check_attack(args) -> None:

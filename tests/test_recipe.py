@@ -71,6 +71,36 @@ def test_components_take_name_and_args_or_a_bare_name(tmp_path):
     ].config().steps == 7
 
 
+REAL_DATA = {
+    "harmful_train": {"name": "advbench"},
+    "benign_train": [{"name": "tatsu-lab/alpaca"}],
+    "harmful_eval": {"name": "jbb-harmful"},
+    "benign_eval": {"name": "jbb-benign"},
+    "over_refusal": {"name": "xstest"},
+}
+
+
+@pytest.mark.parametrize(
+    ("changes", "judges"),
+    [
+        ({}, ["organism", "keyword"]),  # the demo corpus: its own judge reads the request keys
+        ({"model": "allenai/OLMoE-1B-7B-0125-Instruct", "data": REAL_DATA}, ["organism-smol", "keyword"]),
+    ],
+)
+def test_recipe_without_judges_gets_the_default_judges_of_its_held_out_set(tmp_path, changes, judges):
+    from moe_defense.judges.defaults import default_judges
+
+    recipe = load_recipe(_write(tmp_path, **changes))
+    assert [j.name for j in recipe.judges] == judges == default_judges(recipe.data.harmful_eval.name)
+    assert recipe.over_refusal_judge in judges
+    assert yaml.safe_load(recipe.model_dump_json())["judges"] == [{"name": n, "args": {}} for n in judges]
+
+
+def test_recipe_with_an_empty_judge_list_is_refused(tmp_path):
+    with pytest.raises(ConfigError, match="judges: List should have at least 1 item"):
+        load_recipe(_write(tmp_path, judges=[]))
+
+
 @pytest.mark.parametrize(
     ("changes", "named"),
     [
@@ -221,6 +251,30 @@ def test_cli_dtype_choices_are_the_loadable_dtypes():
     from moe_defense.models.loading import DTYPES
 
     assert DTYPE_CHOICES == ("auto", *DTYPES)
+
+
+def test_harden_limit_cuts_every_held_out_set_and_keeps_the_training_sets(tmp_path, monkeypatch):
+    from moe_defense.cli import build_parser, harden_overrides
+
+    path = _write(tmp_path, data={**MINIMAL["data"], "benign_eval": {"name": "demo-benign", "limit": 50}})
+    argv = ["harden", str(path), "--limit", "3", "--out", str(tmp_path / "run")]
+    recipe = load_recipe(path, harden_overrides(build_parser(argv).parse_args(argv)))
+    data = recipe.data
+    assert [getattr(data, role).limit for role in ("harmful_eval", "benign_eval", "over_refusal")] == [3, 3, 3]
+    assert data.harmful_train.limit is None and data.benign_train[0].limit is None
+    assert len(data.harmful_eval.load(recipe.seed)) == 3 < len(load_recipe(path).data.harmful_eval.load(0))
+    unlimited = build_parser(argv[:2]).parse_args(argv[:2])
+    assert load_recipe(path, harden_overrides(unlimited)).data == load_recipe(path).data  # the recipe's own limits
+    with pytest.raises(ConfigError, match="data.harmful_eval.limit"):
+        load_recipe(path, harden_overrides(build_parser(argv).parse_args([*argv[:2], "--limit", "0"])))
+    seen = {}
+
+    def record(recipe, out, **kwargs):
+        seen.update(recipe=recipe)
+        raise KeyboardInterrupt  # stop before any model loads
+
+    monkeypatch.setattr("moe_defense.pipeline.Harden", record)
+    assert main(argv) == 130 and seen["recipe"].data.over_refusal.limit == 3
 
 
 def test_harden_cli_chat_options_override_the_recipe(tmp_path, monkeypatch):

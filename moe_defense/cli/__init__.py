@@ -75,13 +75,17 @@ def _organism_build(args: argparse.Namespace) -> int:
 
 
 def harden_overrides(args: argparse.Namespace) -> dict:
-    """The recipe fields `harden`'s flags override (None: keep the recipe's)."""
+    """The recipe fields `harden`'s flags override (None: keep the recipe's); --limit sets the `limit` of every
+    held-out set (`RecipeData.EVAL_SETS`), the training sets are kept whole."""
+    from moe_defense.recipe import RecipeData
+
     return {
         "model": args.model,
         "seed": args.seed,
         "dtype": args.dtype,
         "chat_template_kwargs": key_values(args.chat_template_kwarg, "--chat-template-kwarg") or None,
         "reasoning": args.reasoning,
+        "data": None if args.limit is None else {role: {"limit": args.limit} for role in RecipeData.EVAL_SETS},
     }
 
 
@@ -149,6 +153,13 @@ def _add_harden_arguments(parser: argparse.ArgumentParser) -> None:
         "--resume", action="store_true", help="continue the run in --out; nothing finished is recomputed"
     )
     parser.add_argument("--seed", type=int, help="override the recipe's seed")
+    parser.add_argument(
+        "--limit",
+        type=int,
+        metavar="N",
+        help="use a seeded random subset of N prompts of every held-out set (harmful_eval, benign_eval, over_refusal; "
+        "replaces their `limit`), as attack --limit does; the training sets are kept",
+    )
     parser.add_argument("--model", help="override the recipe's model (e.g. tiny:<model_type> for a dry run)")
     parser.add_argument("--dtype", choices=DTYPE_CHOICES, help="override the recipe's dtype (auto: the checkpoint's)")
     add_chat_arguments(parser)  # over the recipe's: each --chat-template-kwarg KEY replaces that key
@@ -162,10 +173,10 @@ def _ablate(args: argparse.Namespace) -> int:
     from moe_defense.runner.process import process_info
     from moe_defense.runner.rundir import default_out_dir
 
-    _, cells = load_grid(args.grid, args.reduced)  # every cell's recipe is checked before any model loads
+    _, cells = load_grid(args.grid, args.reduced, args.seed)  # every cell's recipe is checked before any model loads
     launch_environment(any(recipe.deepspeed is not None for recipe in cells.values()))
     out = Path(args.out) if args.out else default_out_dir("ablate")
-    summary = run_grid(args.grid, out, info=process_info(), reduced=args.reduced)
+    summary = run_grid(args.grid, out, info=process_info(), reduced=args.reduced, seeds=args.seed)
     print((out / "report.md").read_text())
     if summary["cells_missing"]:
         print(f"cells still running or unfinished: {', '.join(summary['cells_missing'])} (rerun to continue)")
@@ -180,11 +191,13 @@ def _report(args: argparse.Namespace) -> int:
     import yaml
 
     from moe_defense.ablate import GridConfig, aggregate
+    from moe_defense.registry import validated
     from moe_defense.report import render
 
     directory = Path(args.directory)
-    if (directory / "grid.yaml").is_file():
-        aggregate(directory, GridConfig.model_validate(yaml.safe_load((directory / "grid.yaml").read_text())["grid"]))
+    grid_file = directory / "grid.yaml"
+    if grid_file.is_file():
+        aggregate(directory, validated(GridConfig, yaml.safe_load(grid_file.read_text())["grid"], f"grid {grid_file}"))
     path = render(directory)
     print(f"wrote {path} and {path.with_suffix('.html')}")
     return 0
@@ -271,6 +284,9 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     ablate.add_argument("grid", help="grid YAML file, or a packaged grid name (ablations/demo-grid, ...)")
     ablate.add_argument("--out", help="grid directory (default runs/ablate-<time>); rerun on it to resume")
     ablate.add_argument("--reduced", action="store_true", help="apply the grid's `reduced` overrides (CI-sized)")
+    ablate.add_argument(
+        "--seed", type=int, nargs="+", metavar="N", help="run these seeds instead of the grid's `seeds` (--seed 0 1)"
+    )
     ablate.set_defaults(run=_ablate)
     report = verbs.add_parser(
         "report", help="render report.md / report.html with plots from a harden run or grid directory"

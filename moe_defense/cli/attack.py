@@ -9,18 +9,23 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 from typing import Any
-
-from pydantic import ValidationError
 
 from moe_defense.attacks.base import ATTACKS, AttackContext, AttackSpec
 from moe_defense.attacks.rosais import RosaisConfig, rosais
 from moe_defense.attacks.suite import run_attack
-from moe_defense.cli.evaluate import PreparedRun, add_run_arguments, load_for_run, run_verb
+from moe_defense.cli.evaluate import (
+    JudgedRun,
+    PreparedRun,
+    add_model_data_arguments,
+    add_run_arguments,
+    load_for_run,
+    prepare_run,
+    run_verb,
+)
 from moe_defense.cli.options import key_value, key_values, yaml_value
 from moe_defense.data import Prompt, load_prompts
-from moe_defense.errors import ConfigError, describe_validation
+from moe_defense.registry import validated
 from moe_defense.runner.rundir import RunDir, atomic_write
 
 
@@ -50,14 +55,11 @@ def attack_spec(args: argparse.Namespace) -> AttackSpec:
     if args.sweep:
         key, listed = key_value(args.sweep, "--sweep")
         sweep[key] = [yaml_value(value, f"--sweep {key}") for value in listed.split(",")]
-    try:
-        return AttackSpec(name=args.attack, args=attack_args, sweep=sweep)
-    except ValidationError as error:
-        raise ConfigError(f"--attack {args.attack}: {describe_validation(error)}") from error
+    return validated(AttackSpec, {"name": args.attack, "args": attack_args, "sweep": sweep}, f"--attack {args.attack}")
 
 
 def run_attack_verb(args: argparse.Namespace) -> int:
-    def body(run: PreparedRun) -> dict[str, Any]:
+    def body(run: JudgedRun) -> dict[str, Any]:
         spec = attack_spec(args)  # every config of the sweep checked before loading
         attacks = spec.build()
         loaded = load_for_run(args, run)
@@ -87,11 +89,14 @@ def load_prompts_or_none(name: str | None) -> list[Prompt] | None:
     return None if name is None else load_prompts(name).prompts
 
 
+ROSAIS_FILE = "rosais.json"
+
+
 def add_score_parser(subparsers: Any) -> None:
     parser = subparsers.add_parser(
         "score", description="Rank routers by safety importance (RoSais) on harmful prompts."
     )
-    add_run_arguments(parser)
+    add_model_data_arguments(parser)  # RoSais reads next-token log-probs: nothing is generated or judged
     parser.add_argument(
         "--samples", type=int, default=RosaisConfig().samples, help="random masks per router and prompt"
     )
@@ -100,36 +105,48 @@ def add_score_parser(subparsers: Any) -> None:
 
 def run_score(args: argparse.Namespace) -> int:
     def body(run: PreparedRun) -> dict[str, Any]:
-        try:
-            config = RosaisConfig(samples=args.samples, seed=args.seed)
-        except ValidationError as error:
-            raise ConfigError(f"invalid RoSais settings ({describe_validation(error, flag_style=True)}).") from error
+        config = validated(RosaisConfig, {"samples": args.samples, "seed": args.seed}, "RoSais", flag_style=True)
         loaded = load_for_run(args, run)
-        importance = rosais(loaded, run.prompt_set.prompts, config)
-        run.out.mkdir(parents=True, exist_ok=True)
-        payload = {
+        run_dir, scores = RunDir(run.out), run.out / ROSAIS_FILE
+        run_config = {
+            "verb": "score",
             "model": loaded.spec,
             "model_fingerprint": loaded.fingerprint(),
-            "prompt_set": run.prompt_set.name,
-            "n_prompts": len(run.prompt_set.prompts),
-            "config": config.model_dump(),
-            "rosais": importance.scores,
-            "ranking": importance.ranking(),
+            **run.extra_config,
+            "rosais": config.model_dump(),
         }
-        if run.info.is_main:
-            RunDir(run.out).write_config({"verb": "score", **run.extra_config, "rosais": config.model_dump()})
-            atomic_write(run.out / "rosais.json", json.dumps(payload, indent=2) + "\n")
-        return {
-            "table": "\n".join(
-                [
-                    f"{'rank':>4}  {'layer':>5}  RoSais",
-                    *(
-                        f"{rank:>4}  {layer:>5}  {importance.scores[layer]:+.4f}"
-                        for rank, layer in enumerate(importance.ranking(), start=1)
-                    ),
-                ]
-            ),
-            "files": str(Path(run.out) / "rosais.json"),
-        }
+        run_dir.check(run_config, resume=args.resume)  # a used --out needs --resume, and the same settings
+        if scores.is_file():  # a resumed run that had finished: nothing is recomputed
+            payload = json.loads(scores.read_text())
+        else:
+            importance = rosais(loaded, run.prompt_set.prompts, config)
+            payload = {
+                "model": loaded.spec,
+                "model_fingerprint": run_config["model_fingerprint"],
+                "prompt_set": run.prompt_set.name,
+                "n_prompts": len(run.prompt_set.prompts),
+                "config": config.model_dump(),
+                "rosais": {str(layer): score for layer, score in importance.scores.items()},  # JSON keys
+                "ranking": importance.ranking(),
+            }
+            if run.info.is_main:
+                run_dir.write_config(run_config)
+                atomic_write(scores, json.dumps(payload, indent=2) + "\n")
+        return {"table": rosais_table(payload), "files": str(scores)}
 
-    return run_verb("score", args, body, render=lambda summary: f"{summary['table']}\n\nscores: {summary['files']}")
+    return run_verb(
+        "score",
+        args,
+        body,
+        render=lambda summary: f"{summary['table']}\n\nscores: {summary['files']}",
+        prepare=prepare_run,
+    )
+
+
+def rosais_table(payload: dict[str, Any]) -> str:
+    """The routers of a rosais.json payload, most safety-important first."""
+    rows = [
+        f"{rank:>4}  {layer:>5}  {payload['rosais'][str(layer)]:+.4f}"
+        for rank, layer in enumerate(payload["ranking"], start=1)
+    ]
+    return "\n".join([f"{'rank':>4}  {'layer':>5}  RoSais", *rows])

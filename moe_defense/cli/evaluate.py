@@ -11,17 +11,17 @@ import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-from pydantic import ValidationError
+from typing import Any, TypeVar
 
 from moe_defense import load_model  # the top-level loader also resolves `organism`
 from moe_defense.cli.options import DTYPE_CHOICES, add_chat_arguments, key_values
-from moe_defense.data import PROMPT_SETS, DemoSet, EnSet, PromptSet, SmolSet, load_prompts
-from moe_defense.errors import ConfigError, MoEDefenseError, describe_validation
+from moe_defense.data import PROMPT_SETS, PromptSet, load_prompts
+from moe_defense.errors import ConfigError, MoEDefenseError
 from moe_defense.judges import JUDGES, Judge
+from moe_defense.judges.defaults import ENGLISH_JUDGE, default_judges
 from moe_defense.judges.factory import JudgeSpec, build_judges, model_judges
 from moe_defense.models import LoadedModel, LoadOptions
+from moe_defense.registry import validated
 from moe_defense.runner.evaluate import evaluate, summary_table
 from moe_defense.runner.generation import GenerationConfig
 from moe_defense.runner.process import ProcessInfo, process_info
@@ -30,9 +30,8 @@ from moe_defense.runner.rundir import default_out_dir
 SUMMARY = "measure refusal / compliance / ASR of a model on a prompt set"
 
 
-def add_run_arguments(parser: argparse.ArgumentParser) -> None:
-    """Model, data, judge, generation and run-directory arguments shared by `evaluate` and `attack`."""
-    defaults = GenerationConfig()
+def add_model_data_arguments(parser: argparse.ArgumentParser) -> None:
+    """Model, prompt set and run-directory arguments of every run verb (`evaluate`, `attack`, `score`)."""
     parser.add_argument("model", help="hub id, local path, tiny:<model_type> or organism")
     parser.add_argument(
         "--data",
@@ -44,33 +43,12 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--prompt-column", help="prompt column of a file (default: goal, prompt, forbidden_prompt or behavior)"
     )
-    parser.add_argument(
-        "--judge",
-        nargs="+",
-        action="extend",
-        metavar="NAME",
-        help=f"judges ({', '.join(JUDGES.names())}); the first is the headline; default keyword, plus organism on the "
-        "demo sets",
-    )
-    parser.add_argument(
-        "--judge-url", help=f"OpenAI-compatible endpoint of a model judge ({', '.join(model_judges())})"
-    )
-    parser.add_argument(
-        "--judge-model", help="model name served at --judge-url, or a local path/hub id of the judge model without it"
-    )
     parser.add_argument("--limit", type=int, help="use a seeded random subset of N prompts")
     parser.add_argument("--seed", type=int, default=0, help="seed of --limit sampling and of tiny:<model_type> init")
     parser.add_argument("--out", help="run directory (default runs/<verb>-<time>)")
     parser.add_argument(
-        "--resume", action="store_true", help="continue the run in --out; finished prompts are not recomputed"
+        "--resume", action="store_true", help="continue the run in --out; finished work is not recomputed"
     )
-    parser.add_argument(
-        "--max-new-tokens", type=int, default=defaults.max_new_tokens, help="tokens per answer (default %(default)s)"
-    )
-    parser.add_argument(
-        "--batch-size", type=int, default=defaults.batch_size, help="prompts per generate call (default %(default)s)"
-    )
-    parser.add_argument("--system-prompt", help="system turn before every prompt (default: none)")
     parser.add_argument(
         "--dtype", default="auto", choices=DTYPE_CHOICES, help="weights dtype (default auto: the checkpoint's)"
     )
@@ -80,23 +58,40 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     add_chat_arguments(parser)
 
 
+def add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    """The model and data arguments plus the judge and generation ones, for the verbs that answer and judge
+    (`evaluate`, `attack`)."""
+    defaults = GenerationConfig()
+    add_model_data_arguments(parser)
+    parser.add_argument(
+        "--judge",
+        nargs="+",
+        action="extend",
+        metavar="NAME",
+        help=f"judges ({', '.join(JUDGES.names())}); the first is the headline; default: the set's organism corpus "
+        f"judge, else {ENGLISH_JUDGE} (free-form English), then keyword",
+    )
+    parser.add_argument(
+        "--judge-url", help=f"OpenAI-compatible endpoint of a model judge ({', '.join(model_judges())})"
+    )
+    parser.add_argument(
+        "--judge-model", help="model name served at --judge-url, or a local path/hub id of the judge model without it"
+    )
+    parser.add_argument(
+        "--max-new-tokens", type=int, default=defaults.max_new_tokens, help="tokens per answer (default %(default)s)"
+    )
+    parser.add_argument(
+        "--batch-size", type=int, default=defaults.batch_size, help="prompts per generate call (default %(default)s)"
+    )
+    parser.add_argument("--system-prompt", help="system turn before every prompt (default: none)")
+
+
 def add_evaluate_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Add `evaluate` to the `moe-defense` sub-command parsers (the result of `add_subparsers`)."""
     parser = subparsers.add_parser("evaluate", help=SUMMARY, description=f"{SUMMARY[0].upper()}{SUMMARY[1:]}.")
     add_run_arguments(parser)
     parser.set_defaults(run=run_evaluate)
     return parser
-
-
-# The organism corpora's own content-aware judge leads on their sets: a keyword judge counts an off-target
-# "Sure, here is how to <something else>" as a jailbreak. Keyword everywhere.
-CORPUS_JUDGES: dict[type, str] = {DemoSet: "organism", EnSet: "organism-en", SmolSet: "organism-smol"}
-
-
-def default_judges(data: str) -> list[str]:
-    """The set's corpus judge (if it is an organism corpus set), then keyword."""
-    corpus = CORPUS_JUDGES.get(type(PROMPT_SETS.get(data))) if data in PROMPT_SETS else None
-    return [corpus, "keyword"] if corpus else ["keyword"]
 
 
 def judge_specs(
@@ -116,10 +111,7 @@ def judge_specs(
                     "(an OpenAI-compatible endpoint), or --judge-model PATH (a local model)."
                 )
             args = {"url": judge_url, "model": judge_model} if judge_url else {"local_model": judge_model}
-        try:
-            specs.append(JudgeSpec(name=name, args=args))
-        except ValidationError as error:
-            raise ConfigError(f"judge {name!r}: {describe_validation(error)}") from error
+        specs.append(validated(JudgeSpec, {"name": name, "args": args}, f"judge {name!r}"))
     if (judge_url or judge_model) and not any(spec.name in model_judges() for spec in specs):
         raise ConfigError(
             f"--judge-url / --judge-model apply to model judges ({', '.join(model_judges())}); none was chosen with "
@@ -129,25 +121,32 @@ def judge_specs(
 
 
 def _generation_config(args: argparse.Namespace) -> GenerationConfig:
-    try:
-        return GenerationConfig(
-            max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, system_prompt=args.system_prompt
-        )
-    except ValidationError as error:
-        raise ConfigError(f"invalid generation settings ({describe_validation(error, flag_style=True)}).") from error
+    settings = {
+        "max_new_tokens": args.max_new_tokens,
+        "batch_size": args.batch_size,
+        "system_prompt": args.system_prompt,
+    }
+    return validated(GenerationConfig, settings, "generation settings", flag_style=True)
 
 
 @dataclass
 class PreparedRun:
-    """Everything a run verb checks before the model loads, then the loaded model."""
+    """Everything a run verb checks before the model loads: the prompts, the run directory, the settings a
+    resume must match, the chat options."""
 
-    gen_config: GenerationConfig
-    judge_specs: list[JudgeSpec]
     prompt_set: PromptSet
     out: Path
     info: ProcessInfo
     extra_config: dict[str, Any]
     chat: dict[str, Any]  # LoadOptions' chat_template_kwargs and reasoning
+
+
+@dataclass
+class JudgedRun(PreparedRun):
+    """A run that answers and judges (`evaluate`, `attack`): also its generation settings and judges."""
+
+    gen_config: GenerationConfig
+    judge_specs: list[JudgeSpec]
 
     def judges(self, loaded: LoadedModel) -> list[Judge]:
         """The judges, case folding following the loaded model's tokenizer."""
@@ -155,13 +154,9 @@ class PreparedRun:
 
 
 def prepare_run(args: argparse.Namespace, verb: str) -> PreparedRun:
-    """Validate data, judges and generation settings (no model is loaded here)."""
+    """Validate the data and run-directory arguments (no model is loaded here)."""
     if args.resume and args.out is None:
         raise ConfigError("--resume needs --out DIR: the run directory to continue.")
-    gen_config = _generation_config(args)
-    judges = judge_specs(
-        args.judge or default_judges(args.data), judge_url=args.judge_url, judge_model=args.judge_model
-    )
     prompt_set = load_prompts(
         args.data,
         split=args.split,
@@ -190,7 +185,16 @@ def prepare_run(args: argparse.Namespace, verb: str) -> PreparedRun:
         "trust_remote_code": args.trust_remote_code,
         **chat,
     }
-    return PreparedRun(gen_config, judges, prompt_set, out, info, extra, chat)
+    return PreparedRun(prompt_set, out, info, extra, chat)
+
+
+def prepare_judged_run(args: argparse.Namespace, verb: str) -> JudgedRun:
+    """`prepare_run` plus the generation settings and the judges (default: `default_judges` of --data)."""
+    gen_config = _generation_config(args)
+    judges = judge_specs(
+        args.judge or default_judges(args.data), judge_url=args.judge_url, judge_model=args.judge_model
+    )
+    return JudgedRun(**vars(prepare_run(args, verb)), gen_config=gen_config, judge_specs=judges)
 
 
 def load_for_run(args: argparse.Namespace, run: PreparedRun) -> LoadedModel:
@@ -206,17 +210,21 @@ def load_for_run(args: argparse.Namespace, run: PreparedRun) -> LoadedModel:
     )
 
 
+Run = TypeVar("Run", bound=PreparedRun)
+
+
 def run_verb(
     verb: str,
     args: argparse.Namespace,
-    body: Callable[[PreparedRun], dict[str, Any]],
+    body: Callable[[Run], dict[str, Any]],
     render: Callable[[dict[str, Any]], str] = summary_table,
+    prepare: Callable[[argparse.Namespace, str], Run] = prepare_judged_run,
 ) -> int:
-    """Prepare, run `body`, print the summary; a known failure prints one line and returns 1,
-    Ctrl-C returns 130 with the resume command."""
+    """Prepare (`prepare_judged_run`, or `prepare_run` for a verb that does not judge), run `body`, print the
+    summary; a known failure prints one line and returns 1, Ctrl-C returns 130 with the resume command."""
     run: PreparedRun | None = None
     try:
-        run = prepare_run(args, verb)
+        run = prepare(args, verb)
         summary = body(run)
     except MoEDefenseError as error:
         print(f"moe-defense {verb}: error: {error}", file=sys.stderr)
@@ -232,7 +240,7 @@ def run_verb(
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
-    def body(run: PreparedRun) -> dict[str, Any]:
+    def body(run: JudgedRun) -> dict[str, Any]:
         loaded = load_for_run(args, run)
         return evaluate(
             loaded,

@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, get_args
 
 import yaml
 
+from moe_defense.choices import DtypeName, ReasoningChoice
 from moe_defense.errors import ConfigError
 
-# `reasoning` values (the parsers of moe_defense.models.chat, plus auto); spelled out so that building the
-# parser imports no transformers (a test checks them against the parser registry)
-REASONING_CHOICES = ("auto", "none", "think", "gpt-oss")
-DTYPE_CHOICES = ("auto", "float32", "bfloat16", "float16")  # moe_defense.models.loading.DTYPES, plus auto
+REASONING_CHOICES = get_args(ReasoningChoice)
+DTYPE_CHOICES = get_args(DtypeName)
 
 
 def yaml_value(text: str, where: str) -> Any:

@@ -14,16 +14,16 @@ import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar
 
 from jinja2 import TemplateError, meta
 from transformers import PreTrainedTokenizerBase
 from transformers.utils.chat_template_utils import _compile_jinja_template
 
+from moe_defense.choices import ReasoningChoice
 from moe_defense.errors import ConfigError
 from moe_defense.registry import Registry
 
-ReasoningChoice = Literal["auto", "none", "think", "gpt-oss"]
 PROBE = [{"role": "user", "content": "Hello"}]  # the conversation templates are probed with
 SENTINEL = "MOE_DEFENSE_ASSISTANT_CONTENT"  # an assistant turn's content, located in the rendered text
 ANSWERED = [*PROBE, {"role": "assistant", "content": SENTINEL}]

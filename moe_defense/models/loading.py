@@ -7,7 +7,7 @@ import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from transformers import (
@@ -18,9 +18,10 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
+from moe_defense.choices import DtypeName, ReasoningChoice
 from moe_defense.errors import ModelLoadError
 from moe_defense.models.adapters import ADAPTERS, RouterAdapter, adapter_for
-from moe_defense.models.chat import ChatFormat, ReasoningChoice, chat_format
+from moe_defense.models.chat import ChatFormat, chat_format
 from moe_defense.models.tokenizer import byte_level_tokenizer
 from moe_defense.registry import Registry
 
@@ -32,7 +33,6 @@ SPEC_RESOLVERS: Registry[Callable[[str, LoadOptions], LoadedModel]] = Registry(
 
 
 DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-DtypeName = Literal["auto", "float32", "bfloat16", "float16"]
 
 
 @dataclass(frozen=True)

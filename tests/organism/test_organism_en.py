@@ -112,7 +112,7 @@ def test_en_specs_keep_the_default_organisms_cache_key():
 
 
 def test_en_prompt_sets_carry_source_and_target(data):
-    from moe_defense.cli.evaluate import default_judges
+    from moe_defense.judges.defaults import default_judges
 
     harmful = load_prompts("en-harmful", split="test")
     assert {p.metadata["source"] for p in harmful} == {"jbb", "strongreject", "xstest-unsafe"}

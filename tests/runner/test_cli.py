@@ -35,7 +35,7 @@ def test_evaluate_end_to_end_then_resume_without_recomputation(csv_file, tmp_pat
     first = count_generate()
     assert cli(*args) == 0
     printed = capsys.readouterr().out
-    assert "| original | none | keyword |" in printed and f"run directory: {out}" in printed
+    assert "| original | none | organism-smol |" in printed and f"run directory: {out}" in printed  # real English
     assert len(first.prompts) == len(ROWS)
     assert sorted(p.name for p in out.iterdir()) == ["config.yaml", "report.md", "results.jsonl", "summary.json"]
     config = yaml.safe_load((out / "config.yaml").read_text())
