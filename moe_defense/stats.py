@@ -1,4 +1,4 @@
-"""95% intervals for rates: Wilson for one run's counts, Student t over seeds.
+"""95% intervals for rates: Wilson for one run's counts, Student t over seeds; how a missing figure prints.
 
 Every ASR and rate moe-defense reports carries its n and one of these; at n = 16 a Wilson interval
 is about +-0.2 wide, which is the honest size of a difference between two such runs.
@@ -75,3 +75,13 @@ def over_seeds(values: Sequence[float | None]) -> dict[str, Any]:
         "ci95": [round(max(0.0, centre - half), 4), round(min(1.0, centre + half), 4)],
         "n": len(known),
     }
+
+
+MISSING = "n/a"  # a figure with nothing behind it (no sample scored, or not defined for the row): never printed as 0
+
+
+def fmt(value: Any) -> str:
+    """A figure as tables print it (floats to 3 decimals); None or NaN prints as `MISSING`."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return MISSING
+    return f"{value:.3f}" if isinstance(value, float) else str(value)

@@ -33,7 +33,7 @@ from moe_defense.routing import Intervention
 from moe_defense.runner.generation import GenerationConfig, RouteForBatch, generate_replies
 from moe_defense.runner.process import ProcessInfo, process_info
 from moe_defense.runner.rundir import RunDir
-from moe_defense.stats import wilson
+from moe_defense.stats import fmt, wilson
 
 BENIGN_KINDS = frozenset({"benign", "lookalike"})  # demo corpus kinds a model should answer
 STATUS_ORDER = ("scored", "unscored", "error")  # a record's status is its worst judge verdict
@@ -144,12 +144,6 @@ def summarize(
     return phases
 
 
-def _fmt(value: Any) -> str:
-    if value is None:
-        return "-"
-    return f"{value:.3f}" if isinstance(value, float) else str(value)
-
-
 def summary_table(summary: Mapping[str, Any]) -> str:
     """A markdown table of the summary rows, one per phase x attack (printed by the CLI, kept in report.md)."""
     lines = [
@@ -159,8 +153,8 @@ def summary_table(summary: Mapping[str, Any]) -> str:
     for phase, attacks in summary["phases"].items():
         for attack, row in attacks.items():
             lines.append(
-                f"| {phase} | {attack} | {row['judge']} | {_fmt(row['asr'])} | {row['n_success']} / {row['n_scored']} "
-                f"| {row['n_judge_errors']} | {row['n_prompts']} | {_fmt(row.get('over_refusal'))} |"
+                f"| {phase} | {attack} | {row['judge']} | {fmt(row['asr'])} | {row['n_success']} / {row['n_scored']} "
+                f"| {row['n_judge_errors']} | {row['n_prompts']} | {fmt(row.get('over_refusal'))} |"
             )
     return "\n".join(lines)
 
@@ -181,7 +175,7 @@ def render_report(summary: Mapping[str, Any]) -> str:
             for pair in row.get("agreement", []):
                 parts.append(
                     f"\n- agreement {phase}/{attack}: {pair['judge_a']} vs {pair['judge_b']}: "
-                    f"{_fmt(pair['agreement'])} over {pair['n_both_scored']} items (kappa {_fmt(pair['kappa'])})"
+                    f"{fmt(pair['agreement'])} over {pair['n_both_scored']} items (kappa {fmt(pair['kappa'])})"
                 )
     return "\n".join(parts) + "\n"
 
