@@ -17,7 +17,7 @@ from typing import Any
 
 from moe_defense.pipeline import Harden
 from moe_defense.recipe import Recipe, compose_defenses
-from moe_defense.report import ladder_report
+from moe_defense.report import FULL_CHECKPOINT, ROUTER_PATCH, ROUTER_PATCH_AND_EXPERT_LORA, ladder_report, ship_kind
 from moe_defense.runner.process import ProcessInfo
 from moe_defense.runner.rundir import RunDir, atomic_write
 from moe_defense.target import assess
@@ -36,19 +36,15 @@ def rung_recipes(recipe: Recipe) -> dict[str, Recipe]:
 
 
 def shipped(summary: dict[str, Any], directory: Path) -> dict[str, Any]:
-    """What to ship from a rung: the router patch when only routers changed, the router patch and the expert
-    adapter for routers+expert-lora, else the whole checkpoint."""
-    router_only = summary["other_params_changed"] == 0 and summary["router_params_changed"] > 0
+    """What to ship from a rung (`ship_kind` decides, as in the rung's own report) and where it lies."""
+    kind = ship_kind(summary)
     guard = summary.get("route_guard") is not None or summary.get("route_reviewers", 0) > 0
-    if summary["trainable"] == "routers+expert-lora":
-        artifact, kind = (
-            f"{directory / 'router_patch.safetensors'} + {directory / 'train' / 'expert_lora'}",
-            ("router patch + expert LoRA adapter"),
-        )
-    elif router_only:
-        artifact, kind = str(directory / "router_patch.safetensors"), "router patch"
-    else:
-        artifact, kind = str(directory / "hardened_model"), "full checkpoint"
+    patch = directory / "router_patch.safetensors"
+    artifact = {
+        ROUTER_PATCH_AND_EXPERT_LORA: f"{patch} + {directory / 'train' / 'expert_lora'}",
+        ROUTER_PATCH: str(patch),
+        FULL_CHECKPOINT: str(directory / "hardened_model"),
+    }[kind]
     return {
         "artifact": artifact,
         "kind": kind,
