@@ -22,6 +22,8 @@ from datasets import Dataset
 from pydantic import Field
 from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.integrations import TensorBoardCallback, is_deepspeed_zero3_enabled
+from transformers.integrations.deepspeed import deepspeed_load_checkpoint
+from transformers.trainer import SCHEDULER_NAME
 from transformers.trainer_utils import get_last_checkpoint
 
 from moe_defense.attacks.artifacts import RouteArtifact
@@ -31,6 +33,7 @@ from moe_defense.defenses.checkpoint import (
     directory_bytes,
     restore_trainable,
     save_trainable,
+    saved_trainable,
     state_bytes,
     tensor_digest,
     trained_parameters,
@@ -163,6 +166,32 @@ class HardeningTrainer(Trainer):
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model: torch.nn.Module | None = None) -> None:
         restore_trainable(self.model, Path(resume_from_checkpoint))
+
+    def _save_optimizer_and_scheduler(self, output_dir: str) -> None:
+        """Under DeepSpeed, the engine's checkpoint without the frozen weights (transformers excludes them only
+        for PEFT models): the trained tensors, their ZeRO optimizer state, the engine's own; the Trainer's
+        scheduler, which the engine does not hold, beside it as the Trainer saves it."""
+        if not self.is_deepspeed_enabled:
+            super()._save_optimizer_and_scheduler(output_dir)
+            return
+        from accelerate.utils import DeepSpeedSchedulerWrapper
+
+        self.model_wrapped.save_checkpoint(output_dir, exclude_frozen_parameters=True)
+        if self.args.should_save and not isinstance(self.lr_scheduler, DeepSpeedSchedulerWrapper):
+            torch.save(self.lr_scheduler.state_dict(), Path(output_dir) / SCHEDULER_NAME)
+
+    def _prepare_for_training(self, max_steps, train_dataloader, resume_from_checkpoint):
+        """Under DeepSpeed, resumes the engine from that router-sized checkpoint with a lenient module load (the
+        frozen weights are the freshly loaded model's own), once the checkpoint is known to hold every tensor
+        that trains (transformers loads strictly except for PEFT models)."""
+        if not (self.is_deepspeed_enabled and resume_from_checkpoint):
+            return super()._prepare_for_training(max_steps, train_dataloader, resume_from_checkpoint)
+        prepared = super()._prepare_for_training(max_steps, train_dataloader, None)
+        saved_trainable(self.model, Path(resume_from_checkpoint))  # raises where it trained other tensors
+        deepspeed_load_checkpoint(self.model_wrapped, resume_from_checkpoint, load_module_strict=False)
+        self._load_optimizer_and_scheduler(resume_from_checkpoint)
+        self._load_scaler(resume_from_checkpoint)
+        return prepared
 
     def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
         if "loss" in logs and self._term_count:
