@@ -330,10 +330,15 @@ def training_arguments(
 
 
 def _trainable_model(loaded: LoadedModel, config: HardeningConfig) -> tuple[torch.nn.Module, list[torch.nn.Parameter]]:
-    """The model the Trainer trains (`loaded.model`, or its expert-LoRA wrapper) and its trained tensors, held in
-    fp32 master weights."""
+    """The model the Trainer trains (`loaded.model`, or its expert-LoRA wrapper, initialised from `config.seed`)
+    and its trained tensors, held in fp32 master weights."""
     set_trainable(loaded.model, config.trainable)
-    model = attach_expert_lora(loaded, config.lora_rank) if config.trainable == "routers+expert-lora" else loaded.model
+    model = loaded.model
+    if config.trainable == "routers+expert-lora":
+        devices = sorted({p.device.index for p in model.parameters() if p.device.type == "cuda"})
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(config.seed)  # the factors' random init: the same in every process, a resumed one too
+            model = attach_expert_lora(loaded, config.lora_rank)
     trained = list(trained_parameters(model).values())
     master_weights(trained)
     return model, trained
