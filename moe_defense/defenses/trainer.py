@@ -182,8 +182,8 @@ class HardeningTrainer(Trainer):
 
     def _prepare_for_training(self, max_steps, train_dataloader, resume_from_checkpoint):
         """Under DeepSpeed, resumes the engine from that router-sized checkpoint with a lenient module load (the
-        frozen weights are the freshly loaded model's own), once the checkpoint is known to hold every tensor
-        that trains (transformers loads strictly except for PEFT models)."""
+        frozen weights are the freshly loaded model's own; transformers loads strictly except for PEFT models),
+        once its `trainable.safetensors` shows it trained exactly this run's tensors."""
         if not (self.is_deepspeed_enabled and resume_from_checkpoint):
             return super()._prepare_for_training(max_steps, train_dataloader, resume_from_checkpoint)
         prepared = super()._prepare_for_training(max_steps, train_dataloader, None)
