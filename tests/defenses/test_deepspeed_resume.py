@@ -36,11 +36,13 @@ def test_killed_and_resumed_deepspeed_run_equals_the_uninterrupted_one(tmp_path,
     straight, interrupted = tmp_path / "straight", tmp_path / "interrupted"
     for out, mode in ((straight, "straight"), (interrupted, "killed"), (interrupted, "resumed")):
         result = _launch(out, config, mode)
+        output = f"{mode}: {result.stdout[-3000:]}{result.stderr[-3000:]}"
         if mode == "killed":  # every rank killed itself once checkpoint-2 was complete
-            assert result.returncode != 0 and not list(out.glob("killed.rank*.json"))
-            assert [p.name for p in (out / "train" / "trainer").glob("checkpoint-*")] == ["checkpoint-2"]
+            assert result.returncode != 0 and not list(out.glob("killed.rank*.json")), output
+            checkpoints = [p.name for p in (out / "train" / "trainer").glob("checkpoint-*")]
+            assert checkpoints == ["checkpoint-2"], output
         else:
-            assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+            assert result.returncode == 0, output
     uninterrupted, resumed = _ranks(straight, "straight"), _ranks(interrupted, "resumed")
     assert all(rank["resumed_from"].endswith("checkpoint-2") and rank["steps"] == 4 for rank in resumed)
     assert uninterrupted[0]["routers"] == uninterrupted[1]["routers"]
