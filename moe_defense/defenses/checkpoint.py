@@ -101,8 +101,9 @@ def save_trainable(model: torch.nn.Module, directory: Path) -> int:
     return path.stat().st_size
 
 
-def restore_trainable(model: torch.nn.Module, directory: Path) -> None:
-    """The trained tensors of a checkpoint back into the live model (the frozen ones never left it)."""
+def saved_trainable(model: torch.nn.Module, directory: Path) -> dict[str, torch.Tensor]:
+    """A checkpoint's trained tensors, checked to be exactly those `model` trains now (a checkpoint of another
+    configuration is refused)."""
     path = directory / TRAINABLE_STATE
     if not path.is_file():
         raise ConfigError(f"checkpoint {directory} has no {TRAINABLE_STATE}: it cannot be resumed. Start a new run.")
@@ -114,6 +115,12 @@ def restore_trainable(model: torch.nn.Module, directory: Path) -> None:
             f"checkpoint {directory} trained other tensors than this run (missing {missing[:3]}, extra {extra[:3]}): "
             "it was written by another configuration. Start a new run directory."
         )
+    return saved
+
+
+def restore_trainable(model: torch.nn.Module, directory: Path) -> None:
+    """The trained tensors of a checkpoint back into the live model (the frozen ones never left it)."""
+    saved = saved_trainable(model, directory)
     with torch.no_grad():
-        for name, parameter in live.items():
+        for name, parameter in trained_parameters(model).items():
             parameter.copy_(saved[name].to(parameter.device, parameter.dtype))

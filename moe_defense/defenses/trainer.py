@@ -22,6 +22,8 @@ from datasets import Dataset
 from pydantic import Field
 from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.integrations import TensorBoardCallback, is_deepspeed_zero3_enabled
+from transformers.integrations.deepspeed import deepspeed_load_checkpoint
+from transformers.trainer import SCHEDULER_NAME
 from transformers.trainer_utils import get_last_checkpoint
 
 from moe_defense.attacks.artifacts import RouteArtifact
@@ -31,6 +33,7 @@ from moe_defense.defenses.checkpoint import (
     directory_bytes,
     restore_trainable,
     save_trainable,
+    saved_trainable,
     state_bytes,
     tensor_digest,
     trained_parameters,
@@ -163,6 +166,32 @@ class HardeningTrainer(Trainer):
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model: torch.nn.Module | None = None) -> None:
         restore_trainable(self.model, Path(resume_from_checkpoint))
+
+    def _save_optimizer_and_scheduler(self, output_dir: str) -> None:
+        """Under DeepSpeed, the engine's checkpoint without the frozen weights (transformers excludes them only
+        for PEFT models): the trained tensors, their ZeRO optimizer state, the engine's own; the Trainer's
+        scheduler, which the engine does not hold, beside it as the Trainer saves it."""
+        if not self.is_deepspeed_enabled:
+            super()._save_optimizer_and_scheduler(output_dir)
+            return
+        from accelerate.utils import DeepSpeedSchedulerWrapper
+
+        self.model_wrapped.save_checkpoint(output_dir, exclude_frozen_parameters=True)
+        if self.args.should_save and not isinstance(self.lr_scheduler, DeepSpeedSchedulerWrapper):
+            torch.save(self.lr_scheduler.state_dict(), Path(output_dir) / SCHEDULER_NAME)
+
+    def _prepare_for_training(self, max_steps, train_dataloader, resume_from_checkpoint):
+        """Under DeepSpeed, resumes the engine from that router-sized checkpoint with a lenient module load (the
+        frozen weights are the freshly loaded model's own; transformers loads strictly except for PEFT models),
+        once its `trainable.safetensors` shows it trained exactly this run's tensors."""
+        if not (self.is_deepspeed_enabled and resume_from_checkpoint):
+            return super()._prepare_for_training(max_steps, train_dataloader, resume_from_checkpoint)
+        prepared = super()._prepare_for_training(max_steps, train_dataloader, None)
+        saved_trainable(self.model, Path(resume_from_checkpoint))  # raises where it trained other tensors
+        deepspeed_load_checkpoint(self.model_wrapped, resume_from_checkpoint, load_module_strict=False)
+        self._load_optimizer_and_scheduler(resume_from_checkpoint)
+        self._load_scaler(resume_from_checkpoint)
+        return prepared
 
     def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
         if "loss" in logs and self._term_count:
@@ -300,6 +329,178 @@ def training_arguments(
     )
 
 
+def _trainable_model(loaded: LoadedModel, config: HardeningConfig) -> tuple[torch.nn.Module, list[torch.nn.Parameter]]:
+    """The model the Trainer trains (`loaded.model`, or its expert-LoRA wrapper, initialised from `config.seed`)
+    and its trained tensors, held in fp32 master weights."""
+    set_trainable(loaded.model, config.trainable)
+    model = loaded.model
+    if config.trainable == "routers+expert-lora":
+        devices = sorted({p.device.index for p in model.parameters() if p.device.type == "cuda"})
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(config.seed)  # the factors' random init: the same in every process, a resumed one too
+            model = attach_expert_lora(loaded, config.lora_rank)
+    trained = list(trained_parameters(model).values())
+    master_weights(trained)
+    return model, trained
+
+
+def _resume_point(out_dir: Path, resume: bool, info: ProcessInfo) -> str | None:
+    """The last Trainer checkpoint to continue from (`resume` only); without one the route pool starts empty,
+    since routes found after step 0 of an earlier run would change this one."""
+    trainer_dir = out_dir / "trainer"
+    checkpoint = get_last_checkpoint(str(trainer_dir)) if resume and trainer_dir.exists() else None
+    if checkpoint is None and info.is_main:
+        (out_dir / ROUTE_POOL).unlink(missing_ok=True)
+    info.wait()
+    return checkpoint
+
+
+def _uses_routes(config: HardeningConfig) -> bool:
+    """Whether a loss term trains against unsafe routes (otherwise no route is searched)."""
+    return bool(config.loss.adversarial_refusal or config.loss.recovery)
+
+
+def _route_refresh(
+    loaded: LoadedModel,
+    harmful: Sequence[TrainingSequence],
+    pool: RoutePool,
+    config: HardeningConfig,
+    info: ProcessInfo,
+    precision: torch.dtype,
+) -> RouteRefresh:
+    """The refresh callback of `config` (every 0: never, where no term uses routes)."""
+    every = config.refresh_every if _uses_routes(config) else 0
+    return RouteRefresh(
+        loaded,
+        harmful,
+        pool,
+        config.route_search,
+        every,
+        config.refresh_prompts,
+        info,
+        curriculum=config.budget_curriculum,
+        total_refreshes=(config.steps - 1) // every if every else 0,
+        precision=precision,
+    )
+
+
+def _hardening_trainer(
+    model: torch.nn.Module,
+    loaded: LoadedModel,
+    harmful: Sequence[TrainingSequence],
+    benign: Sequence[TrainingSequence],
+    config: HardeningConfig,
+    args: TrainingArguments,
+    objective: HardeningObjective,
+    pool: RoutePool,
+    refresh: RouteRefresh,
+    precision: torch.dtype,
+) -> HardeningTrainer:
+    """The Trainer over row indices (one row: a harmful and a benign sequence), refreshing routes as it goes."""
+    rows = Dataset.from_dict({"row": list(range(max(len(harmful), len(benign))))})
+    return HardeningTrainer(
+        model=model,
+        args=args,
+        train_dataset=rows,
+        data_collator=lambda features: {"row": torch.tensor([f["row"] for f in features])},
+        callbacks=[refresh],
+        loaded=loaded,
+        objective=objective,
+        harmful=harmful,
+        benign=benign,
+        pool=pool,
+        seed=config.seed,
+        recovery=recovery_sequences(loaded, harmful) if config.loss.recovery else (),
+        precision=precision,
+    )
+
+
+def _add_callbacks(
+    trainer: HardeningTrainer,
+    config: HardeningConfig,
+    refresh: RouteRefresh,
+    info: ProcessInfo,
+    callbacks: Sequence[TrainerCallback],
+    zero3: bool,
+) -> HardeningState:
+    """The checkpointed hardening state, ZeRO-3's router checks and isolated refreshes, then the caller's
+    callbacks; returns the state, to restore before a resumed run."""
+    loaded = trainer.loaded
+    if zero3 and config.trainable != "routers":
+        raise ConfigError(f"ZeRO-3 supports trainable: routers only (got {config.trainable!r}); use ZeRO-2")
+    state = HardeningState(trainer, trainer.pool, info)
+    if zero3:
+        trainer.add_callback(PersistentRouters(loaded.adapter.router_parameters(loaded.model)))
+        refresh.isolation = lambda: local_forwards(trainer.model_wrapped, loaded.model)  # the engine, once training
+    for callback in (state, *callbacks):
+        trainer.add_callback(callback)
+    return state
+
+
+def _finish_training(
+    trainer: HardeningTrainer,
+    model: torch.nn.Module,
+    trained: Sequence[torch.nn.Parameter],
+    config: HardeningConfig,
+    out_dir: Path,
+    *,
+    info: ProcessInfo,
+    zero3: bool,
+) -> int:
+    """`loaded.model` back to a plain, frozen model in eval mode with the trained tensors in the weights' dtype
+    (stored and verified as it ships); returns the trained LoRA factor entries (0 without expert LoRA)."""
+    loaded = trainer.loaded
+    if zero3:
+        unpartition(trainer.model_wrapped, loaded.model)
+    cast_to(trained, trainer.precision)
+    lora = config.trainable == "routers+expert-lora"
+    lora_numbers = adapter_numbers(model) if lora else 0
+    if lora:  # the factors merge into the expert weights: loaded.model is a plain model again
+        merge_expert_lora(model, out_dir / EXPERT_LORA if info.is_main else None)
+    loaded.model.eval()
+    for parameter in loaded.model.parameters():
+        parameter.requires_grad_(False)
+    return lora_numbers
+
+
+def _training_facts(
+    trainer: HardeningTrainer,
+    out_dir: Path,
+    refresh: RouteRefresh,
+    info: ProcessInfo,
+    *,
+    resumed_from: str | None,
+    seconds: float,
+    initial_seconds: float,
+    lora_numbers: int,
+) -> dict[str, Any]:
+    """What `train_routers` returns (and hardening writes to train.json); gathers the router digests of all ranks."""
+    loaded = trainer.loaded
+    history = [entry for entry in trainer.state.log_history if "loss" in entry]
+    last_checkpoint = get_last_checkpoint(str(out_dir / "trainer"))
+    digests = info.gather(router_digest(loaded))
+    return {
+        "steps": trainer.state.global_step,
+        "resumed_from": resumed_from,
+        "seconds": round(seconds, 1),
+        "initial_route_search_seconds": round(initial_seconds, 1),
+        "refreshes": refresh.refreshes,
+        "refresh_seconds": round(refresh.seconds, 1),
+        "routes_in_pool": len(trainer.pool),
+        "expert_lora_numbers": lora_numbers,  # trained LoRA factor entries (0 without expert LoRA)
+        "world_size": info.world,
+        # a Trainer checkpoint holds the trained tensors + optimizer/scheduler/RNG state, never the frozen model
+        "checkpoint_bytes": directory_bytes(Path(last_checkpoint)) if last_checkpoint else 0,
+        "model_bytes": state_bytes(loaded.model),
+        # the training's tensorboard run (report_to tensorboard), where the verified figures are added
+        "tensorboard_dir": next(
+            (c.logging_dir for c in trainer.callback_handler.callbacks if isinstance(c, TensorBoardCallback)), None
+        ),
+        "router_digest_per_rank": digests,  # equal on every rank: data-parallel replicas stayed in sync
+        "log": history,
+    }
+
+
 def train_routers(
     loaded: LoadedModel,
     harmful: Sequence[TrainingSequence],
@@ -322,93 +523,30 @@ def train_routers(
     started = time.perf_counter()
     precision = weights_dtype(loaded.model)  # the frozen weights stay in it; trained tensors train in fp32
     check_precision(precision)
-    reference = Reference(loaded, config.trainable)
-    set_trainable(loaded.model, config.trainable)
-    lora = config.trainable == "routers+expert-lora"
-    model = attach_expert_lora(loaded, config.lora_rank) if lora else loaded.model
-    trained = list(trained_parameters(model).values())
-    master_weights(trained)
-    pool_path = out_dir / ROUTE_POOL
-    checkpoint = get_last_checkpoint(str(out_dir / "trainer")) if resume and (out_dir / "trainer").exists() else None
-    if checkpoint is None and info.is_main:
-        pool_path.unlink(missing_ok=True)  # nothing to continue from: routes found after step 0 would change the run
-    info.wait()
-    pool = RoutePool(config.routes_per_prompt, pool_path, write=info.is_main)
+    reference = Reference(loaded, config.trainable)  # the original routers, before anything trains
+    model, trained = _trainable_model(loaded, config)
+    checkpoint = _resume_point(out_dir, resume, info)
+    pool = RoutePool(config.routes_per_prompt, out_dir / ROUTE_POOL, write=info.is_main)
     objective = HardeningObjective(loaded, config.loss, reference, mask_layers, config.spread_pairs)
-    uses_routes = bool(config.loss.adversarial_refusal or config.loss.recovery)
-    every = config.refresh_every if uses_routes else 0
-    refresh = RouteRefresh(
-        loaded,
-        harmful,
-        pool,
-        config.route_search,
-        every,
-        config.refresh_prompts,
-        info,
-        curriculum=config.budget_curriculum,
-        total_refreshes=(config.steps - 1) // every if every else 0,
-        precision=precision,
-    )
-    if config.initial_routes == "search" and not len(pool) and uses_routes:
+    refresh = _route_refresh(loaded, harmful, pool, config, info, precision)
+    if config.initial_routes == "search" and not len(pool) and _uses_routes(config):
         refresh.search(0)  # step 0: routes found on the original model, for the first chunk of prompts
     initial_seconds = time.perf_counter() - started
-    rows = Dataset.from_dict({"row": list(range(max(len(harmful), len(benign))))})
-    trainer = HardeningTrainer(
-        model=model,
-        args=training_arguments(config, out_dir / "trainer", deepspeed, precision=precision, report_to=report_to),
-        train_dataset=rows,
-        data_collator=lambda features: {"row": torch.tensor([f["row"] for f in features])},
-        callbacks=[refresh],
-        loaded=loaded,
-        objective=objective,
-        harmful=harmful,
-        benign=benign,
-        pool=pool,
-        seed=config.seed,
-        recovery=recovery_sequences(loaded, harmful) if config.loss.recovery else (),
-        precision=precision,
-    )
+    args = training_arguments(config, out_dir / "trainer", deepspeed, precision=precision, report_to=report_to)
+    trainer = _hardening_trainer(model, loaded, harmful, benign, config, args, objective, pool, refresh, precision)
     zero3 = is_deepspeed_zero3_enabled()  # set by the TrainingArguments above; partitioned from the first step
-    if zero3 and config.trainable != "routers":
-        raise ConfigError(f"ZeRO-3 supports trainable: routers only (got {config.trainable!r}); use ZeRO-2")
-    state = HardeningState(trainer, pool, info)
-    if zero3:
-        trainer.add_callback(PersistentRouters(loaded.adapter.router_parameters(loaded.model)))
-        refresh.isolation = lambda: local_forwards(trainer.model_wrapped, loaded.model)  # the engine, once training
-    for callback in (state, *callbacks):
-        trainer.add_callback(callback)
+    state = _add_callbacks(trainer, config, refresh, info, callbacks, zero3)
     if checkpoint is not None:
         state.restore(checkpoint)
     trainer.train(resume_from_checkpoint=checkpoint)
-    if zero3:
-        unpartition(trainer.model_wrapped, loaded.model)
-    cast_to(trained, precision)  # stored and verified in the checkpoint's dtype, as it ships
-    lora_numbers = adapter_numbers(model) if lora else 0
-    if lora:  # the factors merge into the expert weights: loaded.model is a plain model again
-        merge_expert_lora(model, out_dir / EXPERT_LORA if info.is_main else None)
-    loaded.model.eval()
-    for parameter in loaded.model.parameters():
-        parameter.requires_grad_(False)
-    history = [entry for entry in trainer.state.log_history if "loss" in entry]
-    last_checkpoint = get_last_checkpoint(str(out_dir / "trainer"))
-    digests = info.gather(router_digest(loaded))
-    return {
-        "steps": trainer.state.global_step,
-        "resumed_from": checkpoint,
-        "seconds": round(time.perf_counter() - started, 1),
-        "initial_route_search_seconds": round(initial_seconds, 1),
-        "refreshes": refresh.refreshes,
-        "refresh_seconds": round(refresh.seconds, 1),
-        "routes_in_pool": len(pool),
-        "expert_lora_numbers": lora_numbers,  # trained LoRA factor entries (0 without expert LoRA)
-        "world_size": info.world,
-        # a Trainer checkpoint holds the trained tensors + optimizer/scheduler/RNG state, never the frozen model
-        "checkpoint_bytes": directory_bytes(Path(last_checkpoint)) if last_checkpoint else 0,
-        "model_bytes": state_bytes(loaded.model),
-        # the training's tensorboard run (report_to tensorboard), where the verified figures are added
-        "tensorboard_dir": next(
-            (c.logging_dir for c in trainer.callback_handler.callbacks if isinstance(c, TensorBoardCallback)), None
-        ),
-        "router_digest_per_rank": digests,  # equal on every rank: data-parallel replicas stayed in sync
-        "log": history,
-    }
+    lora_numbers = _finish_training(trainer, model, trained, config, out_dir, info=info, zero3=zero3)
+    return _training_facts(
+        trainer,
+        out_dir,
+        refresh,
+        info,
+        resumed_from=checkpoint,
+        seconds=time.perf_counter() - started,
+        initial_seconds=initial_seconds,
+        lora_numbers=lora_numbers,
+    )
