@@ -29,3 +29,11 @@ def test_a_heavy_verb_asked_for_is_built_in_full():
     for verb, argv in argvs.items():
         args = build_parser(argv).parse_args(argv)
         assert args.verb == verb and args.run.__module__ == HEAVY_VERBS[verb][0]
+
+
+def test_organism_build_with_an_architecture_its_preset_cannot_build_is_a_clear_error(capsys):
+    from moe_defense.cli import main
+
+    assert main(["organism", "build", "--preset", "smol", "--arch", "olmoe"]) == 1
+    error = capsys.readouterr().err
+    assert "upcycles into" in error and "olmoe" in error and "Traceback" not in error

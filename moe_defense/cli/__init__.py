@@ -46,6 +46,8 @@ def _organism_build(args: argparse.Namespace) -> int:
         config = OrganismConfig.for_preset(args.preset, args.arch, seed=args.seed)
     except ValidationError as error:
         raise ConfigError(f"organism settings: {describe_validation(error)}") from error
+    except ValueError as error:  # an architecture the preset does not build
+        raise ConfigError(f"organism settings: {error}") from error
     if args.out:
         out = Path(args.out)
         if out.exists() and any(out.iterdir()):
