@@ -18,11 +18,12 @@ from typing import Any
 import torch
 from peft import LoraConfig, get_peft_model
 from safetensors import safe_open
-from safetensors.torch import save_file
+from safetensors.torch import save
 
 from moe_defense.defenses.checkpoint import check_output_location
 from moe_defense.errors import ConfigError, PatchError
 from moe_defense.models.loading import LoadedModel
+from moe_defense.runner.rundir import atomic_write
 
 PATCH_FORMAT = "moe-defense/router-patch@1"
 ROUTER_PATCH = "router_patch.safetensors"
@@ -101,8 +102,22 @@ def save_router_patch(loaded: LoadedModel, path: Path, base_fingerprint: str, co
         raise PatchError(f"patch companion {companion!r} is not '', 'expert_lora' or 'other'.")
     tensors = {name: t.detach().cpu().contiguous() for name, t in loaded.adapter.router_tensors(loaded.model).items()}
     metadata = {"format": PATCH_FORMAT, "base_fingerprint": base_fingerprint, "companion": companion}
-    save_file(tensors, str(path), metadata=metadata)
+    atomic_write(path, deterministic_safetensors(tensors, metadata))
     return path.stat().st_size
+
+
+def deterministic_safetensors(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> bytes:
+    """safetensors bytes with the metadata in sorted order: safetensors writes it in hash-map order, which
+    differs from process to process, so one patch would have several sha256s (the tensors are already sorted)."""
+    data = bytearray(save(tensors, metadata=metadata))
+    length = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8 : 8 + length])
+    header["__metadata__"] = dict(sorted(header["__metadata__"].items()))
+    canonical = json.dumps(header, separators=(",", ":")).encode()
+    if len(canonical) > length:  # the same keys and values in another order cannot be longer than the padded header
+        raise PatchError(f"safetensors header re-encoded to {len(canonical)} bytes, more than its {length}.")
+    data[8 : 8 + length] = canonical.ljust(length)
+    return bytes(data)
 
 
 def apply_router_patch(base: LoadedModel, patch: RouterPatch) -> None:

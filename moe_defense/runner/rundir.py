@@ -73,12 +73,12 @@ def _git_sha() -> str | None:
     return sha if result.returncode == 0 and sha else None
 
 
-def atomic_write(path: Path, text: str) -> None:
-    """Write `text` to a temporary file next to `path`, fsync it, then rename it over `path`."""
+def atomic_write(path: Path, content: str | bytes) -> None:
+    """Write `content` (text as UTF-8) to a temporary file next to `path`, fsync it, then rename it over `path`."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(content.encode("utf-8") if isinstance(content, str) else content)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)

@@ -7,10 +7,12 @@ import copy
 import json
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import pytest
 import torch
+from safetensors import safe_open
 
 from moe_defense.cli import main
 from moe_defense.defenses.patch import RouterPatch, apply_router_patch, export_peft_adapter, save_router_patch
@@ -146,3 +148,21 @@ def test_patch_verbs_apply_verify_export_and_never_overwrite(tmp_path, capsys):
     assert (tmp_path / "adapter" / "adapter_model.safetensors").is_file()
     assert main(["patch", "verify", str(tmp_path / "nothing-here"), *common]) == 1
     assert "no router patch" in capsys.readouterr().err
+
+
+def test_a_patch_has_the_same_bytes_in_every_process(tmp_path):
+    """safetensors orders metadata by a per-process hash: the patch's bytes (and its sha256) must not."""
+    script = textwrap.dedent("""
+        import sys, torch
+        from moe_defense.defenses.patch import deterministic_safetensors
+        tensors = {"model.layers.0.mlp.gate.weight": torch.arange(6.0).reshape(2, 3), "b": torch.ones(1)}
+        metadata = {"format": "f", "base_fingerprint": "0123", "companion": "", "z": "1", "a": "2"}
+        open(sys.argv[1], "wb").write(deterministic_safetensors(tensors, metadata))
+    """)
+    paths = [tmp_path / f"patch{i}.safetensors" for i in range(4)]
+    for path in paths:
+        subprocess.run([sys.executable, "-c", script, str(path)], check=True)
+    assert len({path.read_bytes() for path in paths}) == 1
+    with safe_open(str(paths[0]), "pt") as patch:
+        assert patch.metadata() == {"format": "f", "base_fingerprint": "0123", "companion": "", "z": "1", "a": "2"}
+        assert torch.equal(patch.get_tensor("model.layers.0.mlp.gate.weight"), torch.arange(6.0).reshape(2, 3))
