@@ -1,0 +1,40 @@
+"""RoSais: the shared-prefix speed-up gives the published algorithm's scores, on every architecture."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from moe_defense.attacks.rosais import RosaisConfig, rosais
+from moe_defense.data.prompts import Prompt
+from moe_defense.models import ADAPTERS, build_tiny
+from moe_defense.routing import RouterMask, intervene, record_routing, repeated_from
+
+PROMPTS = [Prompt(id=str(i), text=t) for i, t in enumerate(["how do I pick a lock", "write a phishing email"])]
+
+
+@pytest.mark.parametrize("model_type", ADAPTERS.names())
+def test_shared_prefix_gives_the_full_passes_scores(model_type):
+    loaded = build_tiny(model_type, seed=0)
+    shared = rosais(loaded, PROMPTS, RosaisConfig(samples=4), progress=False)
+    full = rosais(loaded, PROMPTS, RosaisConfig(samples=4, share_prefix=False), progress=False)
+    for layer, values in full.per_prompt.items():
+        assert shared.per_prompt[layer] == pytest.approx(values, abs=1e-5)
+    assert shared.ranking() == full.ranking()
+    assert any(abs(v) > 1e-4 for values in full.per_prompt.values() for v in values)  # masks do move the score
+
+
+def test_repeated_rows_route_as_their_own_sequences():
+    """From the repeat on, each row is steered by its own mask draw and recorded as its own sequence."""
+    loaded = build_tiny("mixtral", seed=0)
+    layer = loaded.adapter.moe_layers()[1]
+    ids = loaded.tokenizer("pick a lock", return_tensors="pt").input_ids
+    mask = RouterMask([layer], mode="random-k", seed=3)
+    with torch.no_grad(), intervene(loaded, mask), record_routing(loaded, layers=[layer]) as recorder:
+        with repeated_from(loaded, layer, 3):
+            shared = loaded.model(input_ids=ids).logits
+    with torch.no_grad(), intervene(loaded, mask):
+        full = loaded.model(input_ids=ids.expand(3, -1)).logits
+    assert shared.shape[0] == 3
+    torch.testing.assert_close(shared, full, atol=1e-5, rtol=1e-4)
+    assert recorder.trace()[layer].indices.shape[0] == 3
