@@ -38,3 +38,21 @@ def test_repeated_rows_route_as_their_own_sequences():
     assert shared.shape[0] == 3
     torch.testing.assert_close(shared, full, atol=1e-5, rtol=1e-4)
     assert recorder.trace()[layer].indices.shape[0] == 3
+
+
+def test_a_router_mask_sweep_ranks_the_routers_once(monkeypatch):
+    import moe_defense.attacks.router_mask as router_mask
+    from moe_defense.attacks import AttackContext
+    from moe_defense.attacks.router_mask import RouterMaskAttack, RouterMaskConfig
+
+    calls = []
+    monkeypatch.setattr(router_mask, "rosais", lambda *a, **k: calls.append(1) or rosais(*a, **k))
+    loaded = build_tiny("mixtral", seed=0)
+    context = AttackContext()
+    chosen = [
+        RouterMaskAttack(RouterMaskConfig(n=n, rosais=RosaisConfig(samples=2))).run(loaded, PROMPTS, context)
+        for n in (1, 2)
+    ]
+    assert len(calls) == 1
+    top1, top2 = chosen[0][0].extra["masked_layers"], chosen[1][0].extra["masked_layers"]
+    assert len(top1) == 1 and len(top2) == 2 and set(top1) <= set(top2)  # the same ranking, cut at each n
