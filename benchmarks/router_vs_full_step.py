@@ -3,9 +3,11 @@
 Each side runs in its own process (HF Trainer + DeepSpeed, config `--deepspeed`), so peak memory is
 not shared: on GPU the CUDA peak, on CPU the rise of the process's peak RSS (VmHWM) from the moment
 training starts (DeepSpeed initialisation, gradients, optimizer state and activations).
-Targets (hardening issue): router-only <= 0.6x wall and <= 0.5x peak memory of a full step.
+Targets (real-shape speed issue, on organism-smol): router-only <= 0.3x the wall and <= 0.2x the peak memory
+of a full step.
 
     python benchmarks/router_vs_full_step.py [--hidden 512 --experts 8 --layers 4 --batch 4 --seq 64 --steps 8]
+    python benchmarks/router_vs_full_step.py --model organism-smol --batch 8 --seq 64 --steps 6 --warmup 2
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+WALL_TARGET, MEMORY_TARGET = 0.3, 0.2  # router-only step / all-parameter step
 
 
 def _peak_rss_reset() -> None:
@@ -40,23 +43,28 @@ def child(args: argparse.Namespace) -> None:
     from datasets import Dataset
     from transformers import Trainer, TrainerCallback, TrainingArguments
 
+    import moe_defense
     from moe_defense.models import build_tiny
     from moe_defense.models.params import set_trainable
 
-    loaded = build_tiny(
-        "mixtral",
-        seed=0,
-        hidden_size=args.hidden,
-        intermediate_size=2 * args.hidden,
-        num_local_experts=args.experts,
-        num_hidden_layers=args.layers,
-        num_attention_heads=8,
-        num_key_value_heads=8,
-    )
+    if args.model:
+        loaded = moe_defense.load_model(args.model)
+    else:
+        loaded = build_tiny(
+            "mixtral",
+            seed=0,
+            hidden_size=args.hidden,
+            intermediate_size=2 * args.hidden,
+            num_local_experts=args.experts,
+            num_hidden_layers=args.layers,
+            num_attention_heads=8,
+            num_key_value_heads=8,
+        )
     loaded.model.train()
     trainable = set_trainable(loaded.model, args.child)
     generator = torch.Generator().manual_seed(0)
-    ids = torch.randint(3, 250, (args.batch * (args.steps + 1), args.seq), generator=generator)
+    vocab = min(len(loaded.tokenizer), loaded.model.config.vocab_size)
+    ids = torch.randint(3, vocab, (args.batch * (args.steps + 1), args.seq), generator=generator)
     data = Dataset.from_dict({"input_ids": ids.tolist(), "labels": ids.tolist()})
     step_seconds: list[float] = []
 
@@ -106,6 +114,9 @@ def child(args: argparse.Namespace) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--model", default=None, help="a model spec (e.g. organism-smol); default: the tiny Mixtral below"
+    )
     parser.add_argument("--hidden", type=int, default=512)
     parser.add_argument("--experts", type=int, default=8)
     parser.add_argument("--layers", type=int, default=4)
@@ -137,8 +148,9 @@ def main() -> None:
             {
                 "router_vs_full_step_wall_ratio": round(wall, 3),
                 "router_vs_full_peak_memory_ratio": round(memory, 3),
-                "wall_target_met": wall <= 0.6,
-                "memory_target_met": memory <= 0.5,
+                "model": args.model or "tiny:mixtral",
+                "wall_target_met": wall <= WALL_TARGET,
+                "memory_target_met": memory <= MEMORY_TARGET,
                 "router_step_ms": round(results["routers"]["step_seconds_median"] * 1000, 1),
                 "full_step_ms": round(results["all"]["step_seconds_median"] * 1000, 1),
                 "router_peak_mib": round(results["routers"]["peak_bytes"] / 2**20, 1),

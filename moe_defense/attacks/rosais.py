@@ -2,7 +2,8 @@
 
 For router l and question Q, S random masks (-inf outside a random top-k subset, on the prompt
 tokens) are drawn as S rows of one batch; the score is max_s [log p(aff | Q, masked l) - log p(aff | Q)],
-averaged over questions. Forward passes only.
+averaged over questions. Forward passes only: the layers before l run once for the S samples
+(`routing.repeated_from`), and only the last position's logits are computed.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from tqdm import tqdm
 
 from moe_defense.data.prompts import Prompt
 from moe_defense.models.loading import LoadedModel
-from moe_defense.routing import RouterMask, intervene
+from moe_defense.routing import RouterMask, intervene, repeated_from
 from moe_defense.runner.generation import encode_prompts
 
 
@@ -32,6 +33,11 @@ class RosaisConfig(BaseModel):
         description="words whose first token marks an affirmative start",
     )
     seed: int = Field(0, description="seed of the random masks")
+    share_prefix: bool = Field(
+        True,
+        description="run the layers before the masked router once for the S samples (the same scores up to "
+        "float rounding, about half the work); off: S full passes, as the published code does",
+    )
 
 
 @dataclass(frozen=True)
@@ -65,8 +71,8 @@ def rosais(
     device = loaded.device
 
     def affirmative_log_prob(ids: torch.Tensor, *interventions) -> torch.Tensor:
-        with intervene(loaded, *interventions):
-            logits = loaded.model(input_ids=ids).logits[:, -1].float()
+        with intervene(loaded, *interventions):  # only the last position's logits are read
+            logits = loaded.model(input_ids=ids, logits_to_keep=1).logits[:, -1].float()
         return torch.logsumexp(logits.log_softmax(-1)[:, targets], dim=-1)
 
     layers = loaded.adapter.moe_layers()
@@ -75,9 +81,13 @@ def rosais(
     for index, row in enumerate(tqdm(encoded, desc="rosais", unit="prompt", disable=not progress)):
         ids = torch.tensor(row, device=device)[None]
         base = float(affirmative_log_prob(ids)[0])
-        batch = ids.expand(config.samples, -1)
         for layer in layers:
             mask = RouterMask([layer], mode="random-k", seed=config.seed * 100_003 + index * 1_009 + layer)
-            per_prompt[layer].append(float(affirmative_log_prob(batch, mask).max()) - base)
+            if config.share_prefix:  # the S masked samples share layers < `layer`
+                with repeated_from(loaded, layer, config.samples):
+                    masked = affirmative_log_prob(ids, mask)
+            else:
+                masked = affirmative_log_prob(ids.expand(config.samples, -1), mask)
+            per_prompt[layer].append(float(masked.max()) - base)
     scores = {layer: sum(values) / len(values) for layer, values in per_prompt.items()}
     return RouterImportance(scores=scores, per_prompt=per_prompt)

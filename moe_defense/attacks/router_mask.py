@@ -51,7 +51,7 @@ class RouterMaskAttack(Attack[RouterMaskConfig]):
             return "random-routes"
         return f"router-mask-{'top' if self.config.selection == 'rosais' else 'random'}{self.config.n}"
 
-    def choose_layers(self, loaded: LoadedModel, prompts: Sequence[Prompt]) -> list[int]:
+    def choose_layers(self, loaded: LoadedModel, prompts: Sequence[Prompt], context: AttackContext) -> list[int]:
         layers = loaded.adapter.moe_layers()
         if self.config.layers is not None:
             return [loaded.adapter.layer_of(layer) for layer in self.config.layers]
@@ -60,10 +60,14 @@ class RouterMaskAttack(Attack[RouterMaskConfig]):
         n = min(self.config.n, len(layers))
         if self.config.selection == "random":
             return sorted(random.Random(self.config.seed).sample(layers, n))
-        return sorted(rosais(loaded, prompts, self.config.rosais, progress=False).ranking()[:n])
+        key = (self.config.rosais.model_dump_json(), tuple(p.id for p in prompts))
+        rankings = context.shared.router_rankings  # one ranking for every n of a sweep
+        if key not in rankings:
+            rankings[key] = rosais(loaded, prompts, self.config.rosais, progress=False).ranking()
+        return sorted(rankings[key][:n])
 
     def run(self, loaded: LoadedModel, prompts: Sequence[Prompt], context: AttackContext) -> list[AttackResult]:
-        layers = self.choose_layers(loaded, prompts)
+        layers = self.choose_layers(loaded, prompts, context)
         return [AttackResult(prompt_id=p.id, artifact=None, extra={"masked_layers": layers}) for p in prompts]
 
     def interventions(self, loaded: LoadedModel, results: Sequence[AttackResult]) -> list[Intervention]:

@@ -12,6 +12,9 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
+from typing import Any
+
+from torch import nn
 
 from moe_defense.models.loading import LoadedModel
 from moe_defense.routing.controller import controller_for
@@ -48,6 +51,7 @@ __all__ = [
     "TopK",
     "intervene",
     "record_routing",
+    "repeated_from",
 ]
 
 
@@ -74,3 +78,28 @@ def record_routing(
     recorder = RoutingRecorder(layers=layers, keep_logits=keep_logits, detach=detach)
     with controller_for(loaded.model, loaded.adapter).attach("recorder", recorder):
         yield recorder
+
+
+@contextmanager
+def repeated_from(loaded: LoadedModel, layer: int, rows: int) -> Iterator[None]:
+    """Forward passes of one sequence run the decoder layers before `layer` once and `rows` copies from `layer` on.
+
+    Rows that differ only in how routers from `layer` on are steered (RoSais's random masks of one router) share
+    everything the earlier layers compute: computing it once saves that share of the work. The routing
+    coordinates grow with the batch, so interventions at `layer` and later see `rows` sequences."""
+    controller = controller_for(loaded.model, loaded.adapter)
+
+    def repeat(_module: nn.Module, args: tuple, kwargs: dict[str, Any]) -> tuple[tuple, dict[str, Any]]:
+        step = controller.step
+        if step is not None:
+            controller.step = StepInfo(step.token_index.repeat(rows, 1), step.prompt_lengths.repeat(rows))
+        if args:
+            return (args[0].repeat(rows, 1, 1), *args[1:]), kwargs
+        return args, {**kwargs, "hidden_states": kwargs["hidden_states"].repeat(rows, 1, 1)}
+
+    module = loaded.adapter.decoder_layers(loaded.model)[layer]
+    handle = module.register_forward_pre_hook(repeat, with_kwargs=True)
+    try:
+        yield
+    finally:
+        handle.remove()
