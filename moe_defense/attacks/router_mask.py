@@ -63,7 +63,7 @@ class RouterMaskAttack(Attack[RouterMaskConfig]):
         key = (self.config.rosais.model_dump_json(), tuple(p.id for p in prompts))
         rankings = context.shared.router_rankings  # one ranking for every n of a sweep
         if key not in rankings:
-            rankings[key] = rosais(loaded, prompts, self.config.rosais, progress=False).ranking()
+            rankings[key] = rosais(loaded, prompts, self.config.rosais, progress=context.info.is_main).ranking()
         return sorted(rankings[key][:n])
 
     def run(self, loaded: LoadedModel, prompts: Sequence[Prompt], context: AttackContext) -> list[AttackResult]:
