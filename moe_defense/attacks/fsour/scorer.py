@@ -69,12 +69,6 @@ class RouteScorer:
             per_position[:, low:high] = predicted.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
         return per_position
 
-    def logits_from(self, first_position: int) -> tuple[int, int]:
-        """(`logits_to_keep`, the position its first logit belongs to) for a pass over positions from
-        `first_position`: only positions that predict a target token need the vocabulary projection."""
-        first_needed = max(self.problem.prompt_length - 1, first_position)
-        return self.ids.shape[1] - first_needed, first_needed
-
     def target_log_probs(self, logits: torch.Tensor, first_position: int) -> torch.Tensor:
         """Sum of the target log-probs that `logits` (rows = positions from `first_position`) predict."""
         return self.position_log_probs(logits, first_position).sum(-1)
@@ -85,11 +79,10 @@ class RouteScorer:
         rows = next(iter(routes.values())).shape[0]
         if rows > self.max_rows:
             return torch.cat([self.score_full(chunk) for chunk in self._row_chunks(routes)])
-        keep, first = self.logits_from(0)
         with intervene(self.loaded, *self.interventions(routes, rows)):
-            logits = self.loaded.model(input_ids=self.ids.expand(rows, -1), logits_to_keep=keep).logits
+            logits = self.loaded.model(input_ids=self.ids.expand(rows, -1)).logits
         self.cost.forward(rows, self.ids.shape[1])
-        return self.target_log_probs(logits, first)
+        return self.target_log_probs(logits, 0)
 
     @torch.no_grad()
     def score_from(self, token: int, candidates: Route, current: Route) -> torch.Tensor:
@@ -103,13 +96,11 @@ class RouteScorer:
         cache = copy.deepcopy(cache)
         cache.crop(token - self.ids.shape[1])
         cache.batch_repeat_interleave(rows)
-        keep, first = self.logits_from(token)
         with intervene(self.loaded, *self.interventions(candidates, rows)):
-            inputs = self.ids[:, token:].expand(rows, -1)
-            logits = self.loaded.model(input_ids=inputs, cache=cache, logits_to_keep=keep).logits
+            logits = self.loaded.model(input_ids=self.ids[:, token:].expand(rows, -1), cache=cache).logits
         self.cost.forward(rows, self.ids.shape[1] - token)  # the cached prefix is not recomputed
         per_position = torch.cat(
-            [fixed[:, :token].expand(rows, -1), self.position_log_probs(logits, first)[:, token:]], dim=1
+            [fixed[:, :token].expand(rows, -1), self.position_log_probs(logits, token)[:, token:]], dim=1
         )
         self._last_scored = (candidates, cache, per_position)
         return per_position.sum(-1)
@@ -132,11 +123,10 @@ class RouteScorer:
         if self.current is None:
             cache = DynamicCache(config=self.loaded.model.config)
             cache.activate_past_recording()  # sliding-window layers keep what `crop` needs to roll back
-            keep, first = self.logits_from(0)
             with torch.no_grad(), intervene(self.loaded, *self.interventions(route, 1)):
-                output = self.loaded.model(input_ids=self.ids, cache=cache, use_cache=True, logits_to_keep=keep)
+                output = self.loaded.model(input_ids=self.ids, cache=cache, use_cache=True)
             self.cost.forward(1, self.ids.shape[1])
-            self.current = (output.cache, self.position_log_probs(output.logits, first))
+            self.current = (output.cache, self.position_log_probs(output.logits, 0))
         return self.current
 
     def _row_chunks(self, routes: Route) -> list[Route]:
@@ -167,9 +157,8 @@ class RouteScorer:
             ),
             record_routing(self.loaded, layers=layers, keep_logits=keep_logits) as recorder,
         ):
-            keep, first = self.logits_from(0)
-            logits = self.loaded.model(input_ids=self.ids, logits_to_keep=keep).logits
-            grads = torch.autograd.grad(self.target_log_probs(logits, first).sum(), [biases[l] for l in layers])
+            logits = self.loaded.model(input_ids=self.ids).logits
+            grads = torch.autograd.grad(self.target_log_probs(logits, 0).sum(), [biases[l] for l in layers])
         self.cost.forward(1, self.ids.shape[1], weight=weight)
         self.cost.backward(1, self.ids.shape[1], weight=weight)
         return torch.stack([g[0] for g in grads]), recorder.trace()
