@@ -34,7 +34,6 @@ from moe_defense.models import LoadedModel, LoadOptions
 from moe_defense.recipe import Recipe
 from moe_defense.report import write_harden_report
 from moe_defense.routing.guard import guarded
-from moe_defense.runner.generation import generate
 from moe_defense.runner.process import ProcessInfo
 from moe_defense.runner.rundir import RunDir, atomic_write, config_differences, exclusive
 from moe_defense.summary import harden_summary
@@ -42,13 +41,14 @@ from moe_defense.tracking import log_verification
 from moe_defense.utility_tasks import UtilityTasks
 from moe_defense.verify import Suite
 
-ORIGINAL_ROWS = "original_rows.json"  # the original phase (rows, routing, benign answers) + its settings
+ORIGINAL_ROWS = "original_rows.json"  # the original phase (rows, routing, benign NLL) + its settings
 
 
 @dataclasses.dataclass(frozen=True)
 class OriginalPhase:
     """What a harden run keeps of the original model: the suite's routing statistics and its benign eval
-    answers with their NLL, the reference the hardened model's benign NLL is measured against."""
+    answers (the suite's benign row) with their NLL, the reference the hardened model's benign NLL is
+    measured against."""
 
     routing: dict[str, Any]
     benign_answers: list[str]
@@ -179,7 +179,7 @@ class Harden:
         return None if budgets is None else self.original_dir / budgets.headline.label / ARTIFACTS
 
     def original_phase(self, loaded: LoadedModel, suite: Suite) -> OriginalPhase:
-        """The suite on the original model, once, and its answers to the benign eval set (the benign NLL's
+        """The suite on the original model, once, and the NLL of its benign row's answers (the benign NLL's
         reference): later runs sharing `original_dir` read them, provided they agree on everything they depend on."""
         marker = self.original_dir / ORIGINAL_ROWS
         settings = original_settings(self.recipe)
@@ -195,14 +195,18 @@ class Harden:
                         "use another --out."
                     )
                 suite.rows["original"] = stored["rows"]
-                return OriginalPhase(stored["routing"], stored["benign_answers"], stored["benign_nll"])
+                return OriginalPhase(stored["routing"], suite.benign_answers(self.original_dir), stored["benign_nll"])
             suite.run(loaded, "original", self.original_dir)
             routing = suite.routing_stats(loaded, self.original_dir)
-            texts = [p.text for p in self.sets["benign_eval"].prompts]
-            answers = generate(loaded, texts, self.recipe.generation, progress=self.progress and self.info.is_main)
+            answers = suite.benign_answers(self.original_dir)
             phase = OriginalPhase(routing, answers, benign_nll(loaded, self._benign_sequences(loaded, answers)))
             if self.info.is_main:
-                stored = {"settings": settings, "rows": suite.rows["original"], **dataclasses.asdict(phase)}
+                stored = {
+                    "settings": settings,
+                    "rows": suite.rows["original"],
+                    "routing": routing,
+                    "benign_nll": phase.benign_nll,
+                }
                 atomic_write(marker, json.dumps(stored, default=str) + "\n")
             return phase
 

@@ -144,6 +144,11 @@ class Suite:
         )
         self.rows[phase][label] = summary["phases"][phase][label]
 
+    def benign_answers(self, directory: Path) -> list[str]:
+        """The benign row's answers under `directory`, in the benign set's order: what the phase already generated."""
+        answers = {record["prompt_id"]: record["response"] for record in RunDir(directory / "benign").records()}
+        return [answers[p.id] for p in self.benign.prompts]
+
     def routing_stats(self, loaded: LoadedModel, directory: Path) -> dict[str, Any]:
         """RoSais per router and expert usage on harmful vs benign prompts, for the report's plots."""
         path = directory / "routing_stats.json"
