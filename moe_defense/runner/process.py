@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import functools
 import os
 from dataclasses import dataclass
@@ -62,5 +63,8 @@ def process_info() -> ProcessInfo:
 
     cpu = not torch.cuda.is_available()
     state = PartialState(cpu=cpu, backend="gloo" if cpu else None)
+    # a process group left to interpreter shutdown can abort a finished run ("terminate called without an
+    # active exception", exit status 250 after the last step): destroy it while the interpreter is whole
+    atexit.register(state.destroy_process_group)
     device = None if state.device.type == "cpu" else str(state.device)
     return ProcessInfo(rank=state.process_index, world=state.num_processes, device=device, state=state)
