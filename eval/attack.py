@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 
 from moe_defense.cli import main
+from moe_defense.runner.process import exit_process
 
 if __name__ == "__main__":
-    sys.exit(main(["attack", *sys.argv[1:]]))
+    exit_process(main(["attack", *sys.argv[1:]]))

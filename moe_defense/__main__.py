@@ -1,7 +1,5 @@
 """`python -m moe_defense VERB ...`: the `moe-defense` command."""
 
-import sys
+from moe_defense.cli import run
 
-from moe_defense.cli import main
-
-sys.exit(main())
+run()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import sys
 
 from moe_defense.cli import main
+from moe_defense.runner.process import exit_process
 
 if __name__ == "__main__":
     argv = sys.argv[1:]
@@ -15,4 +16,4 @@ if __name__ == "__main__":
     if "--recipe" in argv:
         i = argv.index("--recipe")
         argv = [argv[i + 1], *argv[:i], *argv[i + 2 :]]
-    sys.exit(main(["harden", *argv]))
+    exit_process(main(["harden", *argv]))

@@ -7,6 +7,7 @@ import importlib
 import json
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 from moe_defense.cli.options import DTYPE_CHOICES, add_chat_arguments, key_values
 from moe_defense.cli.patch import add_patch_parser
@@ -314,5 +315,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
+def run() -> NoReturn:
+    """The `moe-defense` command: `main`, then the process ends as a launched rank must (`exit_process`)."""
+    from moe_defense.runner.process import exit_process
+
+    exit_process(main())
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    run()

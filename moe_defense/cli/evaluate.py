@@ -24,7 +24,7 @@ from moe_defense.models import LoadedModel, LoadOptions
 from moe_defense.registry import validated
 from moe_defense.runner.evaluate import evaluate, summary_table
 from moe_defense.runner.generation import GenerationConfig
-from moe_defense.runner.process import ProcessInfo, process_info
+from moe_defense.runner.process import ProcessInfo, exit_process, process_info
 from moe_defense.runner.rundir import default_out_dir
 
 SUMMARY = "measure refusal / compliance / ASR of a model on a prompt set"
@@ -265,4 +265,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_process(main())

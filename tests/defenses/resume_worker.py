@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from moe_defense.cli.launch import launch_environment
-from moe_defense.runner.process import process_info
+from moe_defense.runner.process import exit_process, process_info
 
 launch_environment(deepspeed=True)
 INFO = process_info()
@@ -86,3 +86,4 @@ def main(out: Path, deepspeed: Path, mode: str) -> None:
 if __name__ == "__main__":
     paths = [a for a in sys.argv[1:] if not a.startswith("--local_rank")]  # the deepspeed launcher adds it
     main(Path(paths[0]), Path(paths[1]), paths[2])
+    exit_process(0)

@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 from moe_defense.cli.launch import launch_environment
-from moe_defense.runner.process import process_info
+from moe_defense.runner.process import exit_process, process_info
 
 launch_environment(deepspeed=True)
 INFO = process_info()
@@ -56,3 +56,4 @@ def main(out: Path, deepspeed: Path) -> None:
 if __name__ == "__main__":
     paths = [a for a in sys.argv[1:] if not a.startswith("--local_rank")]  # the deepspeed launcher adds it
     main(Path(paths[0]), Path(paths[1]))
+    exit_process(0)
