@@ -13,11 +13,19 @@ from typing import Literal
 
 @dataclass(frozen=True)
 class CurvePoint:
-    """One verified budget of the curve attack: its forced-pair budget (None: no cap), label and ASR."""
+    """One verified budget of the curve: its forced-pair budget (None: no cap), label and ASR.
+
+    `routes_from`: the attack whose routes at this budget a transfer replay replays (default: `label`; a
+    worst-case point's label names no single attack)."""
 
     budget: int | None
     label: str
     asr: float | None
+    routes_from: str | None = None
+
+    @property
+    def routes_label(self) -> str:
+        return self.routes_from or self.label
 
 
 @dataclass(frozen=True)

@@ -176,7 +176,7 @@ class Harden:
 
     def _headline_routes(self, budgets: BudgetPolicy | None) -> Path | None:
         """The original model's routes at the headline budget: what a transfer replay replays."""
-        return None if budgets is None else self.original_dir / budgets.headline.label / ARTIFACTS
+        return None if budgets is None else self.original_dir / budgets.headline.routes_label / ARTIFACTS
 
     def original_phase(self, loaded: LoadedModel, suite: Suite) -> OriginalPhase:
         """The suite on the original model, once, and the NLL of its benign row's answers (the benign NLL's

@@ -189,8 +189,8 @@ class VerifyConfig(Strict):
                     f"attack {spec.name!r}: seeds derive from the recipe's seed (new ones on the hardened model); "
                     "drop its seed"
                 )
-        curve = next((spec for spec in attacks if spec.is_curve), None)
-        if curve is not None:  # the ASR-vs-budget curve; other strength sweeps (sigma, capacity factor) are free
+        curves = [spec for spec in attacks if spec.is_curve]
+        for curve in curves:  # the ASR-vs-budget curve; other strength sweeps (sigma, capacity factor) are free
             budgets = curve.sweep[curve.component_class().budget_field]
             capped = [b for b in budgets if b is not None]
             if (
@@ -202,6 +202,11 @@ class VerifyConfig(Strict):
                     f"attack {curve.name!r}: budgets must be ascending integers >= 1, optionally ending with null "
                     "(no cap)"
                 )
+        if len({tuple(curve.sweep[curve.component_class().budget_field]) for curve in curves}) > 1:
+            raise ValueError(
+                "attacks sweeping forced-pair budgets must sweep the same ones: the curve's point at each budget is "
+                f"the worst of them (got {[curve.sweep for curve in curves]})"
+            )
         labels = [label for spec in attacks for label, _ in spec.build()]
         repeated = sorted({label for label in labels if labels.count(label) > 1})
         if repeated:
@@ -210,7 +215,8 @@ class VerifyConfig(Strict):
 
     @property
     def curve(self) -> AttackSpec | None:
-        """The attack whose budget sweep is the ASR-vs-budget curve (None: the suite has none)."""
+        """The first attack sweeping forced-pair budgets: the training's route search (None: the suite has none).
+        With several, the curve's points are their worst case (`Suite.curve`)."""
         return next((spec for spec in self.attacks if spec.is_curve), None)
 
 

@@ -83,6 +83,7 @@ def harden_summary(
         "expert_lora_bytes": facts.get("expert_lora_bytes", 0),  # changed elements / all elements of the model
         "training": facts.get("training", {"steps": 0, "seconds": 0.0, "refreshes": 0, "routes_in_pool": 0}),
         "route_guard": facts.get("route_guard"),
+        "worst_cases": {group.label: list(group.members) for group in suite.worst_cases("original")},
         "attacks": [label for label in rows["original"] if label not in UTILITY_ROWS]
         + [label for label in rows["hardened"] if label not in UTILITY_ROWS and label not in rows["original"]],
         "phases": rows,

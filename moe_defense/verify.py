@@ -31,6 +31,7 @@ from moe_defense.runner.process import ProcessInfo
 from moe_defense.runner.rundir import RunDir, atomic_write
 from moe_defense.utility_tasks import ROW as UTILITY_TASKS
 from moe_defense.utility_tasks import UtilityTasks
+from moe_defense.worst_case import WorstCase, worst_case_row, worst_cases
 
 ADAPTIVE_SEED_OFFSET = 1000  # searches on the hardened model use seeds the original's never did
 UTILITY_ROWS = ("benign", "over-refusal", UTILITY_TASKS)  # the suite's utility rows, beside the attacks
@@ -68,27 +69,39 @@ class Suite:
             for pair in spec.build(seed=phase_seed(self.seed, phase, spec.component_class()))
         ]
 
+    def worst_cases(self, phase: str) -> list[WorstCase]:
+        """The groups of attackers sharing a budget (see `worst_case`): one worst-case row each."""
+        return worst_cases(self.attacks(phase))
+
     def curve(self, phase: str = "original") -> list[CurvePoint]:
-        """The curve attack's points (budget, label, ASR) from `phase`'s rows; [] when the suite has none."""
+        """The ASR-vs-budget curve (budget, label, ASR) from `phase`'s rows; [] when the suite has none.
+
+        Its budgets are the curve attack's sweep; at a budget where several attackers ran, its point is their
+        worst case (`worst@b`), whose transfer replay replays the first curve attack's routes."""
         spec = next((s for s in self.specs if s.is_curve), None)
         if spec is None:
             return []
         budget_field = spec.component_class().budget_field
-        return [
-            CurvePoint(getattr(a.config, budget_field), label, self.rows[phase].get(label, {}).get("asr"))
-            for label, a in spec.build(seed=phase_seed(self.seed, phase, spec.component_class()))
-        ]
+        worst = {member: group for group in self.worst_cases(phase) for member in group.members}
+        points = []
+        for label, attack in spec.build(seed=phase_seed(self.seed, phase, spec.component_class())):
+            shown = worst[label].label if label in worst else label
+            budget = getattr(attack.config, budget_field)
+            points.append(CurvePoint(budget, shown, self.rows[phase].get(shown, {}).get("asr"), routes_from=label))
+        return points
 
     def robustness(self, phase: str, directory: Path) -> dict[str, Any] | None:
-        """Per-prompt minimal budgets over every verified point of the curve attack in `directory`, by the
-        headline judge, and the survival curve on the curve's capped budgets; None when the suite has no curve."""
+        """Per-prompt minimal budgets over every verified point of the curve (each attacker of a worst case) in
+        `directory`, by the headline judge, and the survival curve on the curve's capped budgets; None when the
+        suite has no curve."""
         points = self.curve(phase)
         if not points:
             return None
+        members = {group.label: group.members for group in self.worst_cases(phase)}
         judge = self.judges[0].name
         outcomes = []
-        for point in points:
-            for record in RunDir(directory / point.label).records():
+        for label in (m for point in points for m in members.get(point.label, (point.label,))):
+            for record in RunDir(directory / label).records():
                 verdict = record["verdicts"].get(judge, {})
                 route = RouteArtifact.from_json(record["route"]) if record.get("route") else None
                 outcomes.append(
@@ -126,7 +139,24 @@ class Suite:
                 progress=self.progress,
             )
             self.rows[phase][label] = summary["phases"][phase][label]
+        self._add_worst_cases(phase, directory)
         return self.rows[phase]
+
+    def _add_worst_cases(self, phase: str, directory: Path) -> None:
+        """One row per group of attackers sharing a budget whose members all ran, from their records."""
+        judge = self.judges[0].name
+        for group in self.worst_cases(phase):
+            if not all(member in self.rows[phase] for member in group.members):
+                continue
+            verdicts = {
+                member: {
+                    str(r["prompt_id"]): r["verdicts"].get(judge)
+                    for r in RunDir(directory / member).records()
+                    if not r["benign"]
+                }
+                for member in group.members
+            }
+            self.rows[phase][group.label] = worst_case_row(group, verdicts, judge)
 
     def _evaluate(self, loaded: LoadedModel, phase: str, directory: Path, label: str, prompt_set: PromptSet) -> None:
         summary = evaluate(

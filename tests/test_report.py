@@ -25,6 +25,7 @@ from moe_defense.report import (
     write_harden_report,
 )
 from moe_defense.report.cells import seed_mean
+from moe_defense.report.harden import worst_case_lines
 from moe_defense.runner import summary_table
 from moe_defense.stats import fmt
 
@@ -196,6 +197,14 @@ def test_headline_table_pairs_phases_with_intervals_and_n():
     assert "| fsour-transfer | n/a (n=0) | - |" in lines  # scored nothing before; never ran after
     assert "| benign compliance | 1.00 [0.75, 1.00] n=8 | 0.88 [0.62, 1.00] n=8 |" in lines
     assert lines[-1] == "| benign nll | 0.541 | 0.600 |"
+
+
+def test_the_report_says_which_attackers_each_worst_case_row_counts():
+    assert worst_case_lines(harden_summary()) == []  # no attackers share a budget: no line
+    summary = {**harden_summary(), "worst_cases": {"worst@8": ["fsour@8", "fsour-gradient@8"]}}
+    assert worst_case_lines(summary) == [
+        "- worst case per prompt (flipped when any attacker flipped it): worst@8 = fsour@8 or fsour-gradient@8"
+    ]
 
 
 def test_deployment_table_lists_only_changes_that_answered_benign_prompts():

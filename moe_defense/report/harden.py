@@ -68,6 +68,17 @@ def headline_line(summary: dict[str, Any]) -> str:
     )
 
 
+def worst_case_lines(summary: dict[str, Any]) -> list[str]:
+    """What each worst-case row counts: a prompt any of its attackers flipped (none: no attackers share a budget)."""
+    groups = summary.get("worst_cases") or {}
+    if not groups:
+        return []
+    return [
+        "- worst case per prompt (flipped when any attacker flipped it): "
+        + "; ".join(f"{label} = {' or '.join(members)}" for label, members in groups.items())
+    ]
+
+
 def overview_lines(summary: dict[str, Any]) -> list[str]:
     """The bullets above the tables: what changed, B80, the headline, minimal budgets, shipping, training."""
     b80 = budget_tick(summary["budget_b80"]) if summary["b80_reached"] else f"not reached ({summary['b80_note']})"
@@ -80,6 +91,7 @@ def overview_lines(summary: dict[str, Any]) -> list[str]:
         f"- B80 (smallest budget with original ASR >= threshold): {b80}; trained against routes of budget "
         f"{summary['train_budget']}",
         headline_line(summary),
+        *worst_case_lines(summary),
         minimal_budget_line(summary),
         shipping_line(summary),
         f"- training: {training['steps']} steps in {training['seconds']} s ({training['refreshes']} route "
