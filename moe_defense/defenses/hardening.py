@@ -22,6 +22,7 @@ import torch
 from moe_defense.attacks.rosais import rosais
 from moe_defense.defenses.base import Defended, Defense, DefenseContext, register_defense
 from moe_defense.defenses.checkpoint import directory_bytes, save_hardened, tensor_diff, tensor_digests
+from moe_defense.defenses.deployment_changes import deployment_changes
 from moe_defense.defenses.examples import own_answers, own_refusals
 from moe_defense.defenses.lora import EXPERT_LORA
 from moe_defense.defenses.patch import ROUTER_ADAPTER, ROUTER_PATCH, export_peft_adapter, save_router_patch
@@ -70,7 +71,7 @@ class RouterHardening(Defense[HardeningConfig]):
 
     def _train(self, loaded: LoadedModel, context: DefenseContext) -> dict[str, Any]:
         """The training targets (the model's own refusals and benign answers), the RoSais-ranked routers the
-        mask_refusal term masks, then the training; its facts."""
+        mask_refusal term masks, the deployment changes' choices, then the training; its facts."""
         config = self.config
         cap = config.max_response_tokens
         harmful = own_refusals(
@@ -81,6 +82,9 @@ class RouterHardening(Defense[HardeningConfig]):
         if config.loss.mask_refusal and config.mask_routers:
             importance = rosais(loaded, [s.prompt for s in harmful[:ROSAIS_PROMPTS]], progress=False)
             mask_layers = importance.ranking()[: config.mask_routers]
+        changes = deployment_changes(
+            loaded, config.deployment_changes, context.benign_train, context.generation, context.info
+        )
         search = config.route_search.model_copy(update={"budget": context.budget, "seed": context.seed})
         training = train_routers(
             loaded,
@@ -90,6 +94,7 @@ class RouterHardening(Defense[HardeningConfig]):
             context.out / "train",
             info=context.info,
             mask_layers=mask_layers,
+            changes=changes,
             deepspeed=context.deepspeed,
             resume=context.resume,
             report_to=context.report_to,
@@ -99,6 +104,7 @@ class RouterHardening(Defense[HardeningConfig]):
             benign_sequences=len(benign),
             train_budget=context.budget,
             mask_layers=mask_layers,
+            deployment_changes=[change.label for change in changes],
         )
         return training
 

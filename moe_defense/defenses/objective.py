@@ -9,13 +9,18 @@
          + w_out   * KL(original || current) next-token, benign answers          output retention
          + w_pout  * the same KL, both models under the same random forced routes  utility under perturbation
          + w_route * KL(original || current) router distributions, benign        routing drift (SafeMoE-style)
+         + w_dep   * CE(refusal | harmful prompt, a sampled deployment change)   refusal a server keeps
+         + w_dout  * the output KL, both models under the same deployment change utility a server keeps
 
 Why recovery: an unsafe route forces the prompt and the target's first ~10 answer positions; later
 positions are routed by the router again, which is the router's lever to return to a refusal. Why the
 perturbed output KL: trained with refusal alone under forced routes, routers learn "forced route ->
 refuse" and refuse benign requests too; the same perturbation on benign answers must change nothing.
 
-The reference for both KL terms is the original model: when only routers train, it is the same
+Why the deployment terms: forced routes need code-level access, while every serving team changes routing
+(fewer experts per token, pruned experts, capacity limits); see `deployment_changes`.
+
+The reference for the KL terms is the original model: when only routers train, it is the same
 network with the original router tensors swapped in (no second copy of the weights).
 """
 
@@ -34,6 +39,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 from moe_defense.attacks.artifacts import RouteArtifact
+from moe_defense.defenses.deployment_changes import DeploymentChange
 from moe_defense.defenses.examples import IGNORE, TrainingSequence, collate
 from moe_defense.defenses.zero3 import gathered
 from moe_defense.models.loading import LoadedModel
@@ -63,6 +69,12 @@ class LossWeights(BaseModel):
         0.0, ge=0, description="benign next-token KL to the original model, both under the same random forced routes"
     )
     routing_kl: float = Field(0.1, ge=0, description="benign router-distribution KL to the original model")
+    deployment_refusal: float = Field(
+        0.0, ge=0, description="refusal CE under a deployment change sampled per step (deployment_changes)"
+    )
+    deployment_output_kl: float = Field(
+        0.0, ge=0, description="benign next-token KL to the original model, both under the same sampled change"
+    )
 
 
 def response_ce(logits: torch.Tensor, labels: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
@@ -190,12 +202,14 @@ class HardeningObjective:
         reference: Reference,
         mask_layers: Sequence[int] = (),
         spread_pairs: int = 32,
+        changes: Sequence[DeploymentChange] = (),
     ) -> None:
         self.loaded = loaded
         self.weights = weights
         self.reference = reference
         self.mask_layers = list(mask_layers)
         self.spread_pairs = spread_pairs
+        self.changes = list(changes)
 
     def __call__(
         self, model: nn.Module, harmful: HarmfulBatch, benign: Mapping[str, torch.Tensor], rng: random.Random
@@ -246,8 +260,37 @@ class HardeningObjective:
                 logits = model(input_ids=benign["input_ids"], attention_mask=benign["attention_mask"]).logits
             ref_logits, _ = self.reference.forward(benign, need_routing=False, interventions=(forcing,))
             terms["perturbed_output_kl"] = answer_kl(logits, ref_logits, benign["labels"])
+        if (w.deployment_refusal or w.deployment_output_kl) and self.changes:
+            terms |= self._under_deployment(model, h, benign, rng.choice(self.changes), rng)
         weight_of = w.model_dump()
         terms["loss"] = sum(weight_of[name] * value for name, value in terms.items())
+        return terms
+
+    def _under_deployment(
+        self,
+        model: nn.Module,
+        harmful: Mapping[str, torch.Tensor],
+        benign: Mapping[str, torch.Tensor],
+        change: DeploymentChange,
+        rng: random.Random,
+    ) -> dict[str, torch.Tensor]:
+        """The deployment terms under one change: refusal kept on harmful rows, benign outputs kept as the
+        original model gives them under the same change (not as it gives them unchanged)."""
+        w, terms = self.weights, {}
+        if w.deployment_refusal:
+            with intervene(self.loaded, *change.interventions(self.loaded, len(harmful["input_ids"]), rng)):
+                logits = model(input_ids=harmful["input_ids"], attention_mask=harmful["attention_mask"]).logits
+            terms["deployment_refusal"] = response_ce(logits, harmful["labels"])
+        if w.deployment_output_kl:
+            rows = len(benign["input_ids"])
+            state = rng.getstate()  # the reference draws the same per-row noise as the model
+            with intervene(self.loaded, *change.interventions(self.loaded, rows, rng)):
+                logits = model(input_ids=benign["input_ids"], attention_mask=benign["attention_mask"]).logits
+            rng.setstate(state)
+            ref_logits, _ = self.reference.forward(
+                benign, need_routing=False, interventions=change.interventions(self.loaded, rows, rng)
+            )
+            terms["deployment_output_kl"] = answer_kl(logits, ref_logits, benign["labels"])
         return terms
 
     @staticmethod

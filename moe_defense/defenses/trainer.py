@@ -19,7 +19,7 @@ from typing import Any, Literal
 
 import torch
 from datasets import Dataset
-from pydantic import Field
+from pydantic import Field, field_validator, model_validator
 from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.integrations import TensorBoardCallback, is_deepspeed_zero3_enabled
 from transformers.integrations.deepspeed import deepspeed_load_checkpoint
@@ -27,6 +27,7 @@ from transformers.trainer import SCHEDULER_NAME
 from transformers.trainer_utils import get_last_checkpoint
 
 from moe_defense.attacks.artifacts import RouteArtifact
+from moe_defense.attacks.base import AttackSpec
 from moe_defense.attacks.fsour import FsourConfig
 from moe_defense.defenses.base import DefenseConfig
 from moe_defense.defenses.checkpoint import (
@@ -38,6 +39,7 @@ from moe_defense.defenses.checkpoint import (
     tensor_digest,
     trained_parameters,
 )
+from moe_defense.defenses.deployment_changes import DeploymentChange, check_trainable_changes
 from moe_defense.defenses.examples import TrainingSequence, collate, recovery_sequences
 from moe_defense.defenses.lora import (
     EXPERT_LORA,
@@ -98,12 +100,34 @@ class HardeningConfig(DefenseConfig):
         description="budgets of the refreshed routes, in order over training (None = no cap), e.g. [2, 4, 8, 16, "
         "null]; unset: every refresh searches at the training budget",
     )
+    deployment_changes: list[AttackSpec] = Field(
+        default_factory=list,
+        description="deployment changes the deployment_refusal and deployment_output_kl terms sample one of per "
+        "step: the threat suite's {name, args, sweep} (top-k, expert-prune, capacity-drop, router-noise)",
+    )
     max_response_tokens: int = Field(48, ge=1, description="response tokens trained per sequence")
     refusal_fallback: str | None = Field(
         None, description="refusal trained on harmful prompts the model does not refuse (None: drop them)"
     )
     save_steps: int = Field(50, ge=1, description="checkpoint every N steps (for --resume)")
     seed: int = Field(0, description="seed of data order, route sampling and searches")
+
+    @field_validator("deployment_changes")
+    @classmethod
+    def _trainable_changes(cls, specs: list[AttackSpec]) -> list[AttackSpec]:
+        check_trainable_changes(specs)
+        return specs
+
+    @model_validator(mode="after")
+    def _changes_used(self) -> HardeningConfig:
+        """Changes without a deployment term (or a term without changes) would be silently ignored."""
+        terms = bool(self.loss.deployment_refusal or self.loss.deployment_output_kl)
+        if terms != bool(self.deployment_changes):
+            raise ValueError(
+                "deployment_changes and the loss terms deployment_refusal / deployment_output_kl go together: "
+                + ("set deployment_changes" if terms else "give one of those terms a weight")
+            )
+        return self
 
 
 class HardeningTrainer(Trainer):
@@ -510,12 +534,16 @@ def train_routers(
     *,
     info: ProcessInfo,
     mask_layers: Sequence[int] = (),
+    changes: Sequence[DeploymentChange] = (),
     deepspeed: str | dict | None = None,
     resume: bool = False,
     callbacks: Sequence[TrainerCallback] = (),
     report_to: Sequence[str] = (),
 ) -> dict[str, Any]:
     """Train `loaded.model` in place; returns training facts (losses, refreshes, seconds).
+
+    `changes`: the deployment changes the deployment terms sample (`deployment_changes`), chosen on the
+    original model.
 
     `resume` continues from the last checkpoint under `out_dir` with the RNG and route pool it saved,
     so the trained tensors equal an uninterrupted run's bit for bit."""
@@ -527,7 +555,7 @@ def train_routers(
     model, trained = _trainable_model(loaded, config)
     checkpoint = _resume_point(out_dir, resume, info)
     pool = RoutePool(config.routes_per_prompt, out_dir / ROUTE_POOL, write=info.is_main)
-    objective = HardeningObjective(loaded, config.loss, reference, mask_layers, config.spread_pairs)
+    objective = HardeningObjective(loaded, config.loss, reference, mask_layers, config.spread_pairs, changes)
     refresh = _route_refresh(loaded, harmful, pool, config, info, precision)
     if config.initial_routes == "search" and not len(pool) and _uses_routes(config):
         refresh.search(0)  # step 0: routes found on the original model, for the first chunk of prompts
