@@ -141,6 +141,7 @@ class Harden:
             info,
             refusal_judge=recipe.over_refusal_judge,
             utility=self.utility,
+            rosais_prompts=recipe.verify.rosais_prompts,
             resume=self.resume,
             progress=self.progress,
         )

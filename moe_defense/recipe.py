@@ -84,6 +84,9 @@ class DataRef(Strict):
     limit: int | None = Field(None, ge=1, description="seeded random subset of N prompts")
     data_file: str | None = Field(None, description="local copy of a registered set")
     prompt_column: str | None = Field(None, description="prompt column of a file (default: detected)")
+    where: dict[str, str] = Field(
+        default_factory=dict, description="keep prompts whose metadata has these values (e.g. label: safe)"
+    )
 
     @field_validator("name")
     @classmethod
@@ -111,6 +114,7 @@ class DataRef(Strict):
             seed=seed,
             prompt_column=self.prompt_column,
             data_file=self.data_file,
+            where=self.where,
         )
 
 
@@ -154,6 +158,12 @@ class VerifyConfig(Strict):
     )
     benign_nll_tokens: int = Field(
         48, ge=1, description="tokens of the original model's benign answers scored by benign NLL"
+    )
+    rosais_prompts: int | None = Field(
+        None,
+        ge=0,
+        description="harmful eval prompts RoSais ranks the routers on for the report's plot (null: all; 0: none). "
+        "It costs 16 masked passes per router and prompt: minutes a phase on a 30-layer model",
     )
     utility_tasks: list[str] = Field(
         default_factory=list,

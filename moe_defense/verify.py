@@ -57,6 +57,7 @@ class Suite:
     info: ProcessInfo
     refusal_judge: str = "keyword"
     utility: UtilityTasks | None = None  # lm-eval tasks (verify.utility_tasks)
+    rosais_prompts: int | None = None  # harmful prompts of the routing statistics' RoSais (None: all)
     resume: bool = False
     progress: bool = True
     rows: dict[str, dict[str, dict[str, Any]]] = field(default_factory=lambda: {"original": {}, "hardened": {}})
@@ -180,14 +181,16 @@ class Suite:
         return [answers[p.id] for p in self.benign.prompts]
 
     def routing_stats(self, loaded: LoadedModel, directory: Path) -> dict[str, Any]:
-        """RoSais per router and expert usage on harmful vs benign prompts, for the report's plots."""
+        """RoSais per router (on `rosais_prompts` harmful prompts; none: {}) and expert usage on harmful vs
+        benign prompts, for the report's plots."""
         path = directory / "routing_stats.json"
         if self.resume and path.is_file():
             return json.loads(path.read_text())
         layers = loaded.adapter.moe_layers()
         harmful = self.harmful.prompts
+        ranked = harmful[: self.rosais_prompts]
         stats = {
-            "rosais": {str(k): v for k, v in rosais(loaded, harmful, progress=False).scores.items()},
+            "rosais": {str(k): v for k, v in rosais(loaded, ranked, progress=False).scores.items()} if ranked else {},
             "usage": {
                 kind: {
                     str(layer): values.tolist()

@@ -318,6 +318,15 @@ def test_harden_report_without_a_budget_sweep_draws_no_curves(tmp_path):
     assert sorted(p.name for p in tmp_path.glob("*.png")) == ["expert_usage.png", "rosais.png"]
 
 
+def test_harden_report_without_rosais_draws_no_rosais_plot(tmp_path):
+    summary = copy.deepcopy(harden_summary())
+    for phase in summary["routing"].values():
+        phase["rosais"] = {}  # verify.rosais_prompts: 0
+    text = write_harden_report(tmp_path, summary).read_text()
+    assert "rosais.png" not in text and "![expert usage](expert_usage.png)" in text
+    assert not (tmp_path / "rosais.png").exists()
+
+
 GRID_REPORT = """\
 # Ablation grid: defense x attack
 

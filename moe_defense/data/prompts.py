@@ -148,11 +148,13 @@ def load_prompts(
     seed: int = 0,
     prompt_column: str | None = None,
     data_file: str | Path | None = None,
+    where: Mapping[str, str] | None = None,
 ) -> PromptSet:
     """Load a prompt set from a registered name, a local file, or a hub id.
 
     `data_file` reads a registered set from a local copy (same column mapping, same ids).
     `split` picks the hub split, or `train`/`test` for the demo sets (default `test`).
+    `where` keeps the prompts whose metadata has every given value (e.g. XSTest's `label: safe`), before `limit`.
     `limit` keeps a seeded random subset in source order; a smaller limit with the same seed
     keeps a subset of a larger one.
     """
@@ -177,7 +179,17 @@ def load_prompts(
         name, prompts, origin = _adhoc_prompts(source, split, prompt_column)
     if not prompts:
         raise DataError(f"prompt set {source!r} ({origin}) has no prompts. Check the file or split.")
+    if where:
+        prompts = _matching(prompts, where, f"{source!r} ({origin})")
     return PromptSet(name=name, source=origin, prompts=_sample(prompts, limit, seed))
+
+
+def _matching(prompts: list[Prompt], where: Mapping[str, str], described: str) -> list[Prompt]:
+    kept = [p for p in prompts if all(str(p.metadata.get(key)) == value for key, value in where.items())]
+    if not kept:
+        seen = {key: sorted({str(p.metadata.get(key)) for p in prompts}) for key in where}
+        raise DataError(f"no prompt of {described} matches where={dict(where)}; its values: {seen}")
+    return kept
 
 
 def _sample(prompts: list[Prompt], limit: int | None, seed: int) -> list[Prompt]:

@@ -104,7 +104,7 @@ def plot_lines(summary: dict[str, Any], out: Path) -> list[str]:
     plots = (
         (ASR_VS_BUDGET, "ASR vs budget", plot_asr_vs_budget, bool(summary["asr_vs_budget"])),
         (SURVIVAL_PLOT, "survival vs budget", plot_survival, bool(summary.get("minimal_budget"))),
-        (ROSAIS_PLOT, "RoSais per router", plot_rosais, True),
+        (ROSAIS_PLOT, "RoSais per router", plot_rosais, bool(summary["routing"]["original"]["rosais"])),
         (USAGE_PLOT, "expert usage", plot_expert_usage, True),
     )
     lines = []

@@ -75,6 +75,15 @@ def test_xstest_keeps_row_labels_for_over_refusal(shared_file):
     assert all(p.metadata["type"].startswith("contrast") for p in unsafe)
 
 
+def test_where_keeps_matching_rows_before_the_limit_and_names_the_values_on_no_match(shared_file):
+    path = shared_file("xstest_prompts.csv")
+    safe = load_prompts("xstest", data_file=path, where={"label": "safe"})
+    assert len(safe) == len(load_prompts("xstest", data_file=path).with_label("safe")) == 250
+    assert len(load_prompts("xstest", data_file=path, where={"label": "safe"}, limit=32).with_label("safe")) == 32
+    with pytest.raises(DataError, match=r"where=\{'label': 'harmless'\}.*'safe'.*'unsafe'"):
+        load_prompts("xstest", data_file=path, where={"label": "harmless"})
+
+
 def test_strongreject_reads_forbidden_prompt(shared_file):
     first = load_prompts("strongreject", data_file=shared_file("strongreject_small.csv")).prompts[0]
     assert first.text.startswith("I want to get high on prescription amphetamines")
