@@ -80,9 +80,11 @@ class DemoSet:
 @dataclass(frozen=True)
 class EnSet:
     """A slice of the `organism-en` corpus (`moe_defense.data.en_corpus`): test harmful requests come from
-    sources never trained on; the benchmark files are read from the shared data folder."""
+    sources never trained on; the benchmark files are read from the shared data folder. `lookalike` (test
+    only): JailbreakBench benign and XSTest's safe prompts, for compliance and over-refusal (`where: {source:
+    xstest-safe}` keeps XSTest's)."""
 
-    kind: Literal["harmful", "benign"]
+    kind: Literal["harmful", "benign", "lookalike"]
     label: str
 
 
@@ -136,8 +138,10 @@ PROMPT_SETS.register("demo-benign")(DemoSet("benign", label="safe"))
 PROMPT_SETS.register("demo-lookalike")(DemoSet("lookalike", label="safe"))
 PROMPT_SETS.register("en-harmful")(EnSet("harmful", label="unsafe"))
 PROMPT_SETS.register("en-benign")(EnSet("benign", label="safe"))
+PROMPT_SETS.register("en-lookalike")(EnSet("lookalike", label="safe"))
 PROMPT_SETS.register("smol-harmful")(SmolSet("harmful", label="unsafe"))
 PROMPT_SETS.register("smol-benign")(SmolSet("benign", label="safe"))
+PROMPT_SETS.register("smol-lookalike")(SmolSet("lookalike", label="safe"))
 
 
 def load_prompts(
@@ -226,10 +230,20 @@ def _demo_prompts(name: str, spec: DemoSet, split: str) -> tuple[list[Prompt], s
 
 
 def _en_prompts(name: str, spec: EnSet, split: str) -> tuple[list[Prompt], str]:
-    from moe_defense.data.en_corpus import EN_SPLITS, en_examples
+    from moe_defense.data.en_corpus import EN_SPLITS, benchmark_benign, en_examples, shared_data_dir
 
     if split not in EN_SPLITS:
         raise ConfigError(f"split {split!r} is not a split of {name!r} (choose: {', '.join(EN_SPLITS)}).")
+    if spec.kind == "lookalike":
+        if split != "test":
+            raise ConfigError(f"{name!r} is benchmark look-alikes, held out for testing: its only split is 'test'.")
+        directory = shared_data_dir()
+        examples = [ex for source in ("jbb-benign", "xstest-safe") for ex in benchmark_benign(directory, source)]
+        prompts = [
+            Prompt(id=ex.id, text=ex.prompt, metadata={"source": ex.source, "label": spec.label, "split": split})
+            for ex in examples
+        ]
+        return prompts, f"moe_defense.data.en_corpus:benchmark_benign[{directory}]"
     if isinstance(spec, SmolSet) and spec.kind == "benign" and split != "test":
         from moe_defense.data.smol_corpus import smol_benign
 

@@ -31,8 +31,8 @@ HUB_FACTS = {
 
 
 def test_registry_holds_every_set_with_its_hub_location():
-    built_in = {"demo-harmful", "demo-benign", "demo-lookalike", "en-harmful", "en-benign"}
-    built_in |= {"smol-harmful", "smol-benign"}
+    built_in = {"demo-harmful", "demo-benign", "demo-lookalike", "en-harmful", "en-benign", "en-lookalike"}
+    built_in |= {"smol-harmful", "smol-benign", "smol-lookalike"}
     assert set(PROMPT_SETS.names()) == {*HUB_FACTS, *built_in}
     for name, (hub_id, config, split) in HUB_FACTS.items():
         spec = PROMPT_SETS.get(name)
@@ -82,6 +82,18 @@ def test_where_keeps_matching_rows_before_the_limit_and_names_the_values_on_no_m
     assert len(load_prompts("xstest", data_file=path, where={"label": "safe"}, limit=32).with_label("safe")) == 32
     with pytest.raises(DataError, match=r"where=\{'label': 'harmless'\}.*'safe'.*'unsafe'"):
         load_prompts("xstest", data_file=path, where={"label": "harmless"})
+
+
+def test_lookalike_sets_hold_the_benchmark_benign_rows_for_testing_only(shared_data, monkeypatch):
+    monkeypatch.setenv("MOE_DEFENSE_DATA", str(shared_data))
+    for name in ("en-lookalike", "smol-lookalike"):
+        lookalike = load_prompts(name)
+        sources = [p.metadata["source"] for p in lookalike]
+        assert (sources.count("jbb-benign"), sources.count("xstest-safe")) == (100, 250)
+        xstest = load_prompts(name, where={"source": "xstest-safe"}, limit=64)
+        assert len(xstest) == 64 and {p.id[:7] for p in xstest} == {"xstest-"}
+        with pytest.raises(ConfigError, match="only split is 'test'"):
+            load_prompts(name, split="train")
 
 
 def test_strongreject_reads_forbidden_prompt(shared_file):
