@@ -176,7 +176,8 @@ def test_zero3_recipe_that_would_fail_is_refused_at_validation(tmp_path):
 
 
 def test_missing_recipe_file(tmp_path):
-    with pytest.raises(ConfigError, match=r"neither a file nor a packaged recipe \(packaged: demo, demo-target, model"):
+    packaged = r"neither a file nor a packaged recipe \(packaged: demo, demo-en, demo-target, model"
+    with pytest.raises(ConfigError, match=packaged):
         load_recipe(tmp_path / "nope.yaml")
 
 

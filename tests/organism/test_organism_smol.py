@@ -206,12 +206,9 @@ def test_the_deployment_grid_runs_reduced_on_a_reduced_smol_build(shared_data, t
     grid["reduced"]["model"] = str(tmp_path / "smol")
     (tmp_path / "grid.yaml").write_text(yaml.safe_dump(grid))
     out = tmp_path / "grid-run"
-    summary = run_grid(tmp_path / "grid.yaml", out, info=ProcessInfo(), reduced=True, progress=False)
-    assert summary["cells_missing"] == [] and set(summary["defenses"]) == {
-        "plain",
-        "deployment",
-        "deployment+adversarial",
-    }
+    summary = run_grid(tmp_path / "grid.yaml", out, info=ProcessInfo(0, 1, None), reduced=True, progress=False)
+    assert summary["cells_missing"] == []
+    assert set(summary["defenses"]) == {"plain", "deployment", "deployment+adversarial"}
     assert len(summary["original"]) == 2  # none and top-k 1, once for all three rows
     trained = {}
     for row in summary["defenses"]:
