@@ -49,8 +49,8 @@ class RouterHardening(Defense[HardeningConfig]):
         return self.config.trainable
 
     def apply(self, loaded: LoadedModel, context: DefenseContext) -> Defended:
-        config, info, out = self.config, context.info, context.out
-        original = _OriginalTensors.of(loaded, config.trainable)
+        info, out = context.info, context.out
+        original = _OriginalTensors.of(loaded, self.trainable)
         finished = out / "train" / TRAIN_FACTS  # written last: its presence means the hardened model is complete
         if context.resume and finished.is_file():  # nothing of the training is rebuilt: no answers, no RoSais
             training = json.loads(finished.read_text())

@@ -11,6 +11,7 @@
          + w_route * KL(original || current) router distributions, benign        routing drift (SafeMoE-style)
          + w_dep   * CE(refusal | harmful prompt, a sampled deployment change)   refusal a server keeps
          + w_dout  * the output KL, both models under the same deployment change utility a server keeps
+         + w_cons  * KL(own || under route), each layer's mean router distribution, harmful   RASA's consistency
 
 Why recovery: an unsafe route forces the prompt and the target's first ~10 answer positions; later
 positions are routed by the router again, which is the router's lever to return to a refusal. Why the
@@ -74,6 +75,12 @@ class LossWeights(BaseModel):
     )
     deployment_output_kl: float = Field(
         0.0, ge=0, description="benign next-token KL to the original model, both under the same sampled change"
+    )
+    routing_consistency: float = Field(
+        0.0,
+        ge=0,
+        description="KL from the harmful batch's mean router distribution per layer under its own routing to the "
+        "same under the pool's routes (RASA's router step)",
     )
 
 
@@ -239,6 +246,8 @@ class HardeningObjective:
             with intervene(self.loaded, mask):
                 logits = model(input_ids=h["input_ids"], attention_mask=h["attention_mask"]).logits
             terms["mask_refusal"] = response_ce(logits, h["labels"])
+        if w.routing_consistency and routed.any():
+            terms["routing_consistency"] = self._routing_consistency(model, h, harmful.route_interventions, routed)
         if w.refusal or w.route_repulsion:
             with record_routing(self.loaded, keep_logits=True, detach=False) as recorder:
                 logits = model(input_ids=h["input_ids"], attention_mask=h["attention_mask"]).logits
@@ -292,6 +301,26 @@ class HardeningObjective:
             )
             terms["deployment_output_kl"] = answer_kl(logits, ref_logits, benign["labels"])
         return terms
+
+    def _routing_consistency(
+        self, model: nn.Module, harmful: Mapping[str, torch.Tensor], routes: Sequence[Intervention], rows: torch.Tensor
+    ) -> torch.Tensor:
+        """RASA's router loss: per layer, the routed rows' mean router distribution under the unsafe route is
+        pulled to the same rows' mean under their own routing (the detached target), averaged over layers.
+        Means, not per-token distributions, as RASA compares a jailbreak with a differently worded plain prompt."""
+        inputs = {"input_ids": harmful["input_ids"], "attention_mask": harmful["attention_mask"]}
+        with torch.no_grad(), record_routing(self.loaded, keep_logits=True) as own:
+            model(**inputs)
+        with intervene(self.loaded, *routes), record_routing(self.loaded, keep_logits=True, detach=False) as routed:
+            model(**inputs)
+        target, current = own.trace(), routed.trace()
+        values = []
+        for layer, route in current.items():
+            valid = (route.valid & rows[:, None]).unsqueeze(-1)
+            mean = (route.logits.softmax(-1) * valid).sum((0, 1)) / valid.sum().clamp(min=1)
+            goal = (target[layer].logits.softmax(-1) * valid).sum((0, 1)) / valid.sum().clamp(min=1)
+            values.append(F.kl_div((mean + 1e-8).log(), goal + 1e-8, reduction="sum"))
+        return torch.stack(values).mean()
 
     @staticmethod
     def _routing_kl(current: Mapping[int, object], reference: Mapping[int, object]) -> torch.Tensor:

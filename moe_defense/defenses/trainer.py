@@ -163,9 +163,10 @@ class HardeningTrainer(Trainer):
         pad = self.loaded.tokenizer.pad_token_id
         device = self.loaded.device
         harmful = [self.harmful[r % len(self.harmful)] for r in rows]
-        benign = [self.benign[r % len(self.benign)] for r in rows]
         h = {k: v.to(device) for k, v in collate(harmful, pad).items()}
-        b = {k: v.to(device) for k, v in collate(benign, pad).items()}
+        b = {}  # no benign sequences: no benign term is on (train_routers checks)
+        if self.benign:
+            b = {k: v.to(device) for k, v in collate([self.benign[r % len(self.benign)] for r in rows], pad).items()}
         routes = self.pool.sample([s.prompt.id for s in harmful], self.rng)
         recovery = (
             {k: v.to(device) for k, v in collate([self.recovery[r % len(self.recovery)] for r in rows], pad).items()}
@@ -381,7 +382,7 @@ def _resume_point(out_dir: Path, resume: bool, info: ProcessInfo) -> str | None:
 
 def _uses_routes(config: HardeningConfig) -> bool:
     """Whether a loss term trains against unsafe routes (otherwise no route is searched)."""
-    return bool(config.loss.adversarial_refusal or config.loss.recovery)
+    return bool(config.loss.adversarial_refusal or config.loss.recovery or config.loss.routing_consistency)
 
 
 def _route_refresh(
@@ -539,14 +540,19 @@ def train_routers(
     resume: bool = False,
     callbacks: Sequence[TrainerCallback] = (),
     report_to: Sequence[str] = (),
+    routes: Sequence[RouteArtifact] = (),
 ) -> dict[str, Any]:
     """Train `loaded.model` in place; returns training facts (losses, refreshes, seconds).
 
     `changes`: the deployment changes the deployment terms sample (`deployment_changes`), chosen on the
-    original model.
+    original model. `routes`: unsafe routes the caller found already; the pool starts with them (no initial
+    search). `benign` may be empty when no benign term is weighted.
 
     `resume` continues from the last checkpoint under `out_dir` with the RNG and route pool it saved,
     so the trained tensors equal an uninterrupted run's bit for bit."""
+    benign_terms = ("output_kl", "routing_kl", "perturbed_output_kl", "deployment_output_kl")
+    if not benign and any(getattr(config.loss, term) for term in benign_terms):
+        raise ConfigError(f"the benign terms {benign_terms} need benign training sequences; none were given")
     out_dir.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     precision = weights_dtype(loaded.model)  # the frozen weights stay in it; trained tensors train in fp32
@@ -555,6 +561,8 @@ def train_routers(
     model, trained = _trainable_model(loaded, config)
     checkpoint = _resume_point(out_dir, resume, info)
     pool = RoutePool(config.routes_per_prompt, out_dir / ROUTE_POOL, write=info.is_main)
+    if routes and not len(pool):
+        pool.add(routes)
     objective = HardeningObjective(loaded, config.loss, reference, mask_layers, config.spread_pairs, changes)
     refresh = _route_refresh(loaded, harmful, pool, config, info, precision)
     if config.initial_routes == "search" and not len(pool) and _uses_routes(config):

