@@ -23,6 +23,7 @@ Files (beside router-hardening's): `train/rasa_experts.json` (risk differences a
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -151,7 +152,9 @@ class Rasa(RouterHardening):
             config.max_response_tokens,
             config.refusal_fallback,
         )
+        started = time.perf_counter()
         routes = self._jailbreaks(loaded, context, refusals)
+        search_seconds = time.perf_counter() - started
         risk = risk_differences(loaded, refusals, routes, config.batch_size)
         layers = loaded.adapter.moe_layers()
         count = config.unsafe_experts or max(1, risk.numel() // 8)
@@ -182,7 +185,8 @@ class Rasa(RouterHardening):
             "repaired_experts": sum(len(v) for v in unsafe.values()),
             "unsafe_experts": detection["unsafe_experts"],
             "steps": sum(p["steps"] for p in phases),
-            "seconds": round(sum(p["seconds"] for p in phases), 1),
+            "seconds": round(sum(p["seconds"] for p in phases), 1),  # the phases' training, without the search
+            "initial_route_search_seconds": round(search_seconds, 1),
             "refreshes": 0,  # the jailbreaks stay fixed over the rounds, as RASA's data does
             "routes_in_pool": len(routes),
             "phases": phases,
@@ -198,7 +202,7 @@ class Rasa(RouterHardening):
             if [r.prompt_id for r in found] == [s.prompt.id for s in refusals]:
                 return found  # else an interrupted search: search again
         search = self.config.route_search.model_copy(update={"budget": context.budget, "seed": self.config.seed})
-        routes = search_routes(loaded, [s.prompt for s in refusals], search)
+        routes = search_routes(loaded, [s.prompt for s in refusals], search, progress=context.info.is_main)
         if context.info.is_main:
             path.parent.mkdir(parents=True, exist_ok=True)
             path.unlink(missing_ok=True)

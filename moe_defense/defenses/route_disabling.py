@@ -142,7 +142,9 @@ class RouteDisabling(Defense[RouteDisablingConfig]):
                 "route-disabling fits on F-SOUR routes: set its route_search, or sweep fsour budgets in the suite."
             )
         search = base.model_copy(update={"budget": context.budget, "restarts": 0, "judge": None, "seed": context.seed})
-        artifacts = search_routes(loaded, context.harmful_train[: self.config.fit_prompts], search)
+        artifacts = search_routes(
+            loaded, context.harmful_train[: self.config.fit_prompts], search, progress=context.info.is_main
+        )
         guard, facts = fit_route_guard(
             artifacts, benign_set_counts(loaded, context.benign_train[:BENIGN_FIT_PROMPTS]), self.config
         )

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
+from tqdm.auto import tqdm
 
 from moe_defense.attacks.artifacts import RouteArtifact, interventions_for, read_artifacts, write_artifacts
 from moe_defense.attacks.fsour import Fsour, FsourConfig
@@ -86,13 +87,17 @@ class RoutePool:
         return interventions_for(artifacts, loaded.adapter.top_k, loaded.adapter.num_experts, prompt_lengths)
 
 
-def search_routes(loaded: LoadedModel, prompts: Sequence[Prompt], config: FsourConfig) -> list[RouteArtifact]:
-    """F-SOUR against the model as it is now (eval mode, no gradients kept), one route per prompt."""
+def search_routes(
+    loaded: LoadedModel, prompts: Sequence[Prompt], config: FsourConfig, progress: bool = False
+) -> list[RouteArtifact]:
+    """F-SOUR against the model as it is now (eval mode, no gradients kept), one route per prompt; `progress`
+    shows a bar (minutes a prompt at 30 layers)."""
     was_training = loaded.model.training
     loaded.model.eval()
     try:
         attack = Fsour(config.model_copy(update={"restarts": 0, "judge": None}))
         fingerprint = loaded.fingerprint()
-        return [attack.search(loaded, p, config.seed).artifact(p.id, fingerprint) for p in prompts]
+        bar = tqdm(prompts, desc="route search", unit="prompt", disable=not progress, leave=False)
+        return [attack.search(loaded, p, config.seed).artifact(p.id, fingerprint) for p in bar]
     finally:
         loaded.model.train(was_training)

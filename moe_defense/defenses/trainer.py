@@ -284,7 +284,7 @@ class RouteRefresh(TrainerCallback):
         ]
         config = self.config.model_copy(update={"seed": self.config.seed + index, "budget": self.budget(index)})
         with self.isolation(), mixed_precision(self.loaded.device, self.precision):
-            found = search_routes(self.loaded, chunk[self.info.rank :: self.info.world], config)
+            found = search_routes(self.loaded, chunk[self.info.rank :: self.info.world], config, self.info.is_main)
         self.pool.add(
             [
                 artifact
