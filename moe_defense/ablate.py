@@ -120,7 +120,7 @@ def run_grid(
     return aggregate(out, grid)
 
 
-def over_runs(rows: list[dict[str, Any] | None], key: str = "asr") -> dict[str, Any]:
+def over_runs(rows: list[dict[str, Any] | None], key: str = "asr", rate: bool = True) -> dict[str, Any]:
     """A rate over seeds: the mean with a Student-t interval (n seeds >= 2), or with one seed the run's own
     Wilson interval over its prompts; `n` counts seeds, `n_prompts` the prompts of each."""
     present = [row for row in rows if row is not None]
@@ -132,7 +132,7 @@ def over_runs(rows: list[dict[str, Any] | None], key: str = "asr") -> dict[str, 
             "n": 1,
             "n_prompts": row.get("n_scored", row.get("n")),
         }
-    stats = over_seeds([row.get(key) for row in present])
+    stats = over_seeds([row.get(key) for row in present], rate)
     return {**stats, "n_prompts": present[0].get("n_scored", present[0].get("n")) if present else None}
 
 
@@ -163,7 +163,8 @@ def aggregate(out: Path, grid: GridConfig) -> dict[str, Any]:
     for name, summaries in summaries_by_defense.items():
         matrix[name] = {a: over_runs([s["phases"]["hardened"].get(a) for s in summaries]) for a in attacks}
         utility[name] = {
-            key: over_runs([_utility_row(s, "hardened", key) for s in summaries], "value") for key in UTILITY
+            key: over_runs([_utility_row(s, "hardened", key) for s in summaries], "value", key != "benign_nll")
+            for key in UTILITY
         }
         curves[name] = {
             b: over_runs([s["asr_vs_budget"]["hardened"].get(b) for s in summaries]) for b in budgets_labels
@@ -176,7 +177,8 @@ def aggregate(out: Path, grid: GridConfig) -> dict[str, Any]:
         "attacks": attacks,
         "original": {a: over_runs([s["phases"]["original"].get(a) for s in originals]) for a in attacks},
         "original_utility": {
-            key: over_runs([_utility_row(s, "original", key) for s in originals], "value") for key in UTILITY
+            key: over_runs([_utility_row(s, "original", key) for s in originals], "value", key != "benign_nll")
+            for key in UTILITY
         },
         "matrix": matrix,
         "utility": utility,

@@ -61,8 +61,9 @@ def t_quantile(df: int) -> float:
     return T95[df - 1] if df <= len(T95) else Z95
 
 
-def over_seeds(values: Sequence[float | None]) -> dict[str, Any]:
-    """Mean over seeds with its 95% t interval, clipped to [0, 1] (None with fewer than two seeds)."""
+def over_seeds(values: Sequence[float | None], rate: bool = True) -> dict[str, Any]:
+    """Mean over seeds with its 95% t interval (None with fewer than two seeds), clipped to [0, 1] for a rate
+    (`rate=False`: an NLL, unbounded above); the rounded ends never cross the mean."""
     known = [v for v in values if v is not None]
     if not known:
         return {"mean": None, "ci95": None, "n": 0}
@@ -70,11 +71,10 @@ def over_seeds(values: Sequence[float | None]) -> dict[str, Any]:
     if len(known) < 2:
         return {"mean": centre, "ci95": None, "n": 1}
     half = t_quantile(len(known) - 1) * stdev(known) / math.sqrt(len(known))
-    return {
-        "mean": centre,
-        "ci95": [round(max(0.0, centre - half), 4), round(min(1.0, centre + half), 4)],
-        "n": len(known),
-    }
+    low, high = centre - half, centre + half
+    if rate:
+        low, high = max(0.0, low), min(1.0, high)
+    return {"mean": centre, "ci95": [min(round(low, 4), centre), max(round(high, 4), centre)], "n": len(known)}
 
 
 MISSING = "n/a"  # a figure with nothing behind it (no sample scored, or not defined for the row): never printed as 0

@@ -28,3 +28,10 @@ def test_interval_over_two_seeds_uses_the_t_quantile():
 def test_missing_values_are_not_zeros():
     assert over_seeds([None, None]) == {"mean": None, "ci95": None, "n": 0}
     assert over_seeds([0.4, None]) == {"mean": 0.4, "ci95": None, "n": 1}
+
+
+def test_an_nll_over_seeds_is_not_clipped_and_rounded_ends_never_cross_the_mean():
+    nll = over_seeds([1.03, 1.10], rate=False)
+    assert nll["ci95"][0] <= nll["mean"] <= nll["ci95"][1] and nll["ci95"][1] > 1.0
+    same = over_seeds([0.123456789, 0.123456789])
+    assert same["ci95"][0] <= same["mean"] <= same["ci95"][1]
