@@ -111,7 +111,7 @@ def test_recipe_with_an_empty_judge_list_is_refused(tmp_path):
         ({"defenses": [{"name": "router-hardening", "args": {"steps": "many"}}]}, "steps"),
         (
             {"defenses": [{"name": "magic-shield"}]},
-            "unknown defense 'magic-shield' (known: none, route-disabling, router-hardening)",
+            "unknown defense 'magic-shield' (known: none, rasa, route-disabling, router-hardening)",
         ),
         ({"defenses": ["route-disabling", "router-hardening"]}, "must come first"),
         ({"verify": {"attacks": [{"name": "teleport"}]}}, "unknown attack 'teleport' (known: capacity-drop, expert-"),
