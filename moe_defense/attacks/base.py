@@ -186,6 +186,13 @@ class Attack(ABC, Generic[C]):
         """Weight changes held while the run answers (quantization); the model must be exactly as it was after."""
         yield
 
+    @contextlib.contextmanager
+    def applied_for_training(self, loaded: LoadedModel) -> Iterator[None]:
+        """The weight changes of `applied` in a form backpropagation sees through, for training under the
+        change: the same forward values, gradients reaching the original parameters. An attack that overrides
+        `applied` overrides this too (the defense contract test checks it)."""
+        yield
+
     @property
     def needs_supplied_routes(self) -> bool:
         """The attack replays routes the run supplies (`AttackContext.routes`: another model's, a transfer test).

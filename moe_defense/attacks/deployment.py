@@ -18,6 +18,7 @@ from typing import Any, Literal
 
 import torch
 from pydantic import Field
+from torch import nn
 
 from moe_defense.attacks.base import Attack, AttackConfig, AttackContext, AttackResult, register_attack
 from moe_defense.attacks.expert_silence import benign_prompts, expert_usage
@@ -215,15 +216,36 @@ def fake_quantize(weight: torch.Tensor, bits: int, input_axis: int = -1) -> torc
     return ((values / scale).round().clamp(-levels, levels) * scale).to(weight.dtype)
 
 
+class _StraightThrough(torch.autograd.Function):
+    """`fake_quantize` forward, identity backward: the straight-through estimator of quantization-aware
+    training, so the forward values are exactly the deployed (rounded) ones and the gradient reaches the
+    original tensor (rounding's own gradient is 0 almost everywhere)."""
+
+    @staticmethod
+    def forward(ctx, weight: torch.Tensor, bits: int, input_axis: int) -> torch.Tensor:
+        return fake_quantize(weight, bits, input_axis)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
+        return grad, None, None
+
+
 @register_attack
 class Quantize(_Deployment):
-    """Quantized deployment, simulated on any device by fake quantization (weights rounded in place
-    while the run answers, the originals kept and copied back bit for bit afterwards).
+    """Quantized deployment, simulated on any device by fake quantization: while the change is applied,
+    each quantized tensor's module reads a rounded copy in place of its parameter.
 
     bitsandbytes' real int8/nf4 kernels need a GPU and are not used here: this measures the rounding
     of round-to-nearest int8/int4, not a particular kernel's arithmetic. `experts` are the routed
-    experts' matrices; shared experts, attention, biases and norms stay exact. The originals are held
-    in memory while the change is applied (one extra copy of the quantized tensors).
+    experts' matrices; shared experts, attention, biases and norms stay exact.
+
+    Why a copy read in place of the parameter (an instance attribute, which attribute lookup finds before
+    `nn.Module`'s registered parameters) and not a rounding in place: the parameter is never written, so
+    it is bit for bit itself afterwards, the tensors autograd saved stay valid, and one form serves both
+    answering and training under the change (`applied_for_training`): the copy is straight-through, so
+    a loss reaches the original tensors. `torch.nn.utils.parametrize` would do the same but `set_`s each
+    tensor when registered, which invalidates autograd's saved tensors between two forwards of a step.
+    The rounded copies cost one extra copy of the quantized tensors while applied.
     """
 
     name = "quantize"
@@ -233,34 +255,37 @@ class Quantize(_Deployment):
     def label(self) -> str:
         return f"{self.name}-{self.config.targets}@int{self.config.bits}"
 
-    def targets(self, loaded: LoadedModel) -> list[tuple[torch.Tensor, int]]:
-        """(weight matrix, its input axis) of every quantized tensor."""
+    def targets(self, loaded: LoadedModel) -> list[tuple[nn.Module, str, int]]:
+        """(module, parameter name, input axis) of every quantized tensor."""
         adapter, model = loaded.adapter, loaded.model
-        chosen: list[tuple[torch.Tensor, int]] = []
+        chosen: list[tuple[nn.Module, str, int]] = []
         if self.config.targets in ("routers", "both"):
-            chosen += [(router.weight, -1) for router in adapter.routers(model).values()]  # nn.Linear layout
+            chosen += [(router, "weight", -1) for router in adapter.routers(model).values()]  # nn.Linear layout
         if self.config.targets in ("experts", "both"):
-            chosen += [
-                (p, adapter.expert_input_axis)
-                for experts in adapter.experts(model).values()
-                for p in experts.parameters()
-                if p.dim() >= 2
-            ]
+            for experts in adapter.experts(model).values():
+                for name, parameter in experts.named_parameters():
+                    if parameter.dim() >= 2:
+                        owner, _, leaf = name.rpartition(".")
+                        chosen.append((experts.get_submodule(owner), leaf, adapter.expert_input_axis))
         return chosen
 
     @contextlib.contextmanager
     def applied(self, loaded: LoadedModel) -> Iterator[None]:
-        tensors = self.targets(loaded)
-        originals = [tensor.detach().clone() for tensor, _ in tensors]
+        targets = self.targets(loaded)
+        if any(hasattr(getattr(module, name), "ds_id") for module, name, _ in targets):
+            raise ConfigError(
+                "quantize runs under ZeRO 0-2 only: ZeRO-3 partitions the tensors it rounds (use ds/zero2.json)"
+            )
         try:
-            with torch.no_grad():
-                for tensor, axis in tensors:
-                    tensor.copy_(fake_quantize(tensor, self.config.bits, axis))
+            for module, name, axis in targets:
+                rounded = _StraightThrough.apply(getattr(module, name), self.config.bits, axis)
+                object.__setattr__(module, name, rounded)  # bypasses nn.Module: the parameter stays registered
             yield
         finally:
-            with torch.no_grad():
-                for (tensor, _), original in zip(tensors, originals, strict=True):
-                    tensor.copy_(original)
+            for module, name, _ in targets:
+                module.__dict__.pop(name, None)
+
+    applied_for_training = applied  # the rounded copies are straight-through: one form for both
 
     def interventions(self, loaded: LoadedModel, results: Sequence[AttackResult]) -> list[Intervention]:
         return []

@@ -7,41 +7,33 @@ expert capacity, router noise. The threat suite measures them (the deployment at
 `HardeningConfig.deployment_changes`, written as the suite's own `{name, args, sweep}` specs (every sweep
 point is one change), and applies it as the suite does: the same interventions, from the same global
 choice (expert-prune's calibration usage or REAP saliency, made once on the model before training).
-
-Quantization is not trainable this way: it rewrites weights in place, which invalidates the tensors
-autograd saved for the backward pass; training under it would need a straight-through quantizer.
+A change of weights (quantization) trains through its attack's `applied_for_training`: the deployed
+(rounded) values forward, the gradient passed straight through to the original tensors.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import random
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from moe_defense.attacks.base import Attack, AttackContext, AttackResult, AttackSpec
 from moe_defense.data.prompts import Prompt
 from moe_defense.models.loading import LoadedModel
-from moe_defense.routing import Intervention
+from moe_defense.routing import Intervention, intervene
 from moe_defense.runner.generation import GenerationConfig
 from moe_defense.runner.process import ProcessInfo
 
-UNTRAINABLE = ("quantize",)  # weight rewrites in place: see the module docstring
-
 
 def check_trainable_changes(specs: Sequence[AttackSpec]) -> None:
-    """A ValueError naming every spec that is no deployment change, or one training cannot apply."""
+    """A ValueError naming the first spec that is no deployment change."""
     for spec in specs:
-        attack = spec.component_class()
-        if not attack.changes_deployment:
+        if not spec.component_class().changes_deployment:
             raise ValueError(
                 f"deployment_changes: {spec.name!r} is not a deployment change (those are the attacks that declare "
-                "changes_deployment: top-k, expert-prune, capacity-drop, router-noise)"
-            )
-        if spec.name in UNTRAINABLE:
-            raise ValueError(
-                f"deployment_changes: {spec.name!r} rewrites weights in place, which training cannot backpropagate "
-                "through; measure it in verify.attacks instead"
+                "changes_deployment: top-k, expert-prune, quantize, capacity-drop, router-noise)"
             )
 
 
@@ -57,6 +49,13 @@ class DeploymentChange:
         """Fresh interventions (capacity counters start at zero); per-row draws (router noise) from `rng`."""
         draws = [dataclasses.replace(self.choice, prompt_id=f"train:{rng.randrange(2**31)}") for _ in range(rows)]
         return self.attack.interventions(loaded, draws)
+
+    @contextmanager
+    def applied(self, loaded: LoadedModel, rows: int, rng: random.Random) -> Iterator[None]:
+        """The whole change for a forward of `loaded` on `rows` sequences: its weights (differentiably) and
+        its fresh interventions."""
+        with self.attack.applied_for_training(loaded), intervene(loaded, *self.interventions(loaded, rows, rng)):
+            yield
 
 
 def deployment_changes(

@@ -19,7 +19,7 @@ perturbed output KL: trained with refusal alone under forced routes, routers lea
 refuse" and refuse benign requests too; the same perturbation on benign answers must change nothing.
 
 Why the deployment terms: forced routes need code-level access, while every serving team changes routing
-(fewer experts per token, pruned experts, capacity limits); see `deployment_changes`.
+(fewer experts per token, pruned experts, quantized weights, capacity limits); see `deployment_changes`.
 
 The reference for the KL terms is the original model: when only routers train, it is the same
 network with the original router tensors swapped in (no second copy of the weights).
@@ -30,9 +30,10 @@ from __future__ import annotations
 import copy
 import dataclasses
 import random
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -137,11 +138,16 @@ class Reference:
 
     @torch.no_grad()
     def forward(
-        self, batch: Mapping[str, torch.Tensor], need_routing: bool, interventions: Sequence[Intervention] = ()
+        self,
+        batch: Mapping[str, torch.Tensor],
+        need_routing: bool,
+        under: Callable[[LoadedModel], AbstractContextManager[Any]] = nullcontext,
     ) -> tuple[torch.Tensor, dict]:
+        """The original's logits (and routing), under the change `under(original)` holds: the same forcing or
+        deployment change the trained model meets, applied to the original."""
         with (
             self._original() as original,
-            intervene(original, *interventions),
+            under(original),
             record_routing(original, keep_logits=need_routing) as recorder,
         ):
             was_training = original.model.training
@@ -267,7 +273,9 @@ class HardeningObjective:
             forcing = random_forcing(self.loaded, benign, self.spread_pairs, generator)
             with intervene(self.loaded, forcing):
                 logits = model(input_ids=benign["input_ids"], attention_mask=benign["attention_mask"]).logits
-            ref_logits, _ = self.reference.forward(benign, need_routing=False, interventions=(forcing,))
+            ref_logits, _ = self.reference.forward(
+                benign, need_routing=False, under=lambda original: intervene(original, forcing)
+            )
             terms["perturbed_output_kl"] = answer_kl(logits, ref_logits, benign["labels"])
         if (w.deployment_refusal or w.deployment_output_kl) and self.changes:
             terms |= self._under_deployment(model, h, benign, rng.choice(self.changes), rng)
@@ -287,17 +295,17 @@ class HardeningObjective:
         original model gives them under the same change (not as it gives them unchanged)."""
         w, terms = self.weights, {}
         if w.deployment_refusal:
-            with intervene(self.loaded, *change.interventions(self.loaded, len(harmful["input_ids"]), rng)):
+            with change.applied(self.loaded, len(harmful["input_ids"]), rng):
                 logits = model(input_ids=harmful["input_ids"], attention_mask=harmful["attention_mask"]).logits
             terms["deployment_refusal"] = response_ce(logits, harmful["labels"])
         if w.deployment_output_kl:
             rows = len(benign["input_ids"])
             state = rng.getstate()  # the reference draws the same per-row noise as the model
-            with intervene(self.loaded, *change.interventions(self.loaded, rows, rng)):
+            with change.applied(self.loaded, rows, rng):
                 logits = model(input_ids=benign["input_ids"], attention_mask=benign["attention_mask"]).logits
             rng.setstate(state)
             ref_logits, _ = self.reference.forward(
-                benign, need_routing=False, interventions=change.interventions(self.loaded, rows, rng)
+                benign, need_routing=False, under=lambda original: change.applied(original, rows, rng)
             )
             terms["deployment_output_kl"] = answer_kl(logits, ref_logits, benign["labels"])
         return terms

@@ -103,7 +103,7 @@ class HardeningConfig(DefenseConfig):
     deployment_changes: list[AttackSpec] = Field(
         default_factory=list,
         description="deployment changes the deployment_refusal and deployment_output_kl terms sample one of per "
-        "step: the threat suite's {name, args, sweep} (top-k, expert-prune, capacity-drop, router-noise)",
+        "step: the threat suite's {name, args, sweep} (top-k, expert-prune, quantize, capacity-drop, router-noise)",
     )
     max_response_tokens: int = Field(48, ge=1, description="response tokens trained per sequence")
     refusal_fallback: str | None = Field(

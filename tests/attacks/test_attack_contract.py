@@ -75,3 +75,12 @@ def test_results_facts_and_replay_restore_the_model(name, context):
         after = loaded.model(input_ids=ids).logits
     assert torch.equal(before, after)
     assert all(torch.equal(weights[name], p) for name, p in loaded.model.state_dict().items())
+
+
+@pytest.mark.parametrize("name", ATTACKS.names())
+def test_an_attack_that_changes_weights_can_be_trained_under(name):
+    """Overriding `applied` without `applied_for_training` would let a deployment-change training run forward
+    the unchanged weights while it believes it trains under the change."""
+    attack_class = ATTACKS.get(name)
+    if attack_class.applied is not Attack.applied:
+        assert attack_class.applied_for_training is not Attack.applied_for_training

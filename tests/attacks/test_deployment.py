@@ -153,6 +153,41 @@ def test_quantize_restores_after_an_error_and_rounds_per_output_channel(tiny_mod
         QuantizeConfig(bits=3)
 
 
+@pytest.mark.parametrize("model_type", ["mixtral", "qwen2_moe"])
+def test_quantize_for_training_forwards_the_deployed_values_and_passes_gradients_straight_through(
+    tiny_model, model_type
+):
+    """The training form gives the logits the deployed (in-place rounded) model gives, while the gradient
+    reaches the original router tensors (rounding alone has gradient 0 almost everywhere); afterwards the
+    model has its own Parameter objects, names and values back."""
+    loaded = tiny_model(model_type)
+    ids = _ids(loaded)
+    attack = Quantize(QuantizeConfig(bits=4))
+    parameters = dict(loaded.model.named_parameters())
+    before = {name: p.detach().clone() for name, p in parameters.items()}
+    with torch.no_grad(), attack.applied(loaded):
+        deployed = loaded.model(input_ids=ids).logits
+    routers = list(loaded.adapter.router_parameters(loaded.model).values())
+    flags = {name: p.requires_grad for name, p in parameters.items()}  # the model is shared: put them back
+    loaded.model.requires_grad_(False)
+    for router in routers:
+        router.requires_grad_(True)
+    with attack.applied_for_training(loaded):
+        logits = loaded.model(input_ids=ids).logits
+    assert torch.allclose(logits, deployed, atol=1e-6) and not torch.allclose(logits, _plain(loaded, ids), atol=1e-4)
+    logits.logsumexp(-1).sum().backward()
+    assert all(router.grad is not None and router.grad.abs().sum() > 0 for router in routers)
+    after = dict(loaded.model.named_parameters())
+    assert after.keys() == parameters.keys() and all(after[n] is parameters[n] for n in parameters)
+    assert all(torch.equal(before[name], p) for name, p in after.items())
+    with pytest.raises(RuntimeError, match="boom"), attack.applied_for_training(loaded):
+        raise RuntimeError("boom")
+    assert dict(loaded.model.named_parameters()).keys() == parameters.keys()
+    for name, parameter in parameters.items():
+        parameter.grad = None
+        parameter.requires_grad_(flags[name])
+
+
 @pytest.mark.parametrize("model_type", ["mixtral", "olmoe"])
 def test_capacity_is_never_exceeded_and_a_large_factor_drops_nothing(tiny_model, model_type):
     loaded = tiny_model(model_type)

@@ -15,7 +15,6 @@ from moe_defense.defenses.examples import collate
 from moe_defense.defenses.objective import HardeningObjective, LossWeights, Reference
 from moe_defense.defenses.trainer import HardeningConfig, train_routers
 from moe_defense.models import build_tiny
-from moe_defense.routing import intervene
 from moe_defense.runner.generation import GenerationConfig
 from tests.defenses.sequences import INFO, random_sequences
 
@@ -26,6 +25,7 @@ CHANGES = [
     AttackSpec(name="expert-prune", args={"n": 2, "criterion": "reap"}),
     AttackSpec(name="capacity-drop", args={"factor": 0.5}),
     AttackSpec(name="router-noise", args={"sigma": 2.0}),
+    AttackSpec(name="quantize", args={"bits": 4}),
 ]
 TERMS = LossWeights(deployment_refusal=1.0, deployment_output_kl=1.0)
 CALIBRATION = [Prompt(f"c{i}", text, {}) for i, text in enumerate(["what is rust ?", "name a colour .", "hi there"])]
@@ -34,7 +34,6 @@ CALIBRATION = [Prompt(f"c{i}", text, {}) for i, text in enumerate(["what is rust
 @pytest.mark.parametrize(
     ("changes", "loss", "message"),
     [
-        ([AttackSpec(name="quantize")], TERMS, "rewrites weights in place"),
         ([AttackSpec(name="fsour")], TERMS, "not a deployment change"),
         ([], TERMS, "set deployment_changes"),
         (CHANGES, LossWeights(), "give one of those terms a weight"),
@@ -54,12 +53,13 @@ def test_every_sweep_point_is_one_change_with_its_choice_made_once():
         "expert-prune-reap@2",
         "capacity-drop@0.5",
         "router-noise@2.0",
+        "quantize-both@int4",
     ]
     pruned = changes[2].choice.extra["pruned"]
     assert set(map(int, pruned)) == set(loaded.adapter.moe_layers()) and all(len(e) == 2 for e in pruned.values())
 
 
-@pytest.mark.parametrize("change", range(5))
+@pytest.mark.parametrize("change", range(6))  # every change of CHANGES (top-k sweeps two)
 def test_the_reference_meets_the_same_change_so_an_untrained_model_has_zero_kl_and_a_changed_output(change):
     """At step 0 the model is the original: under the same change (the same noise draws too) the KL is 0,
     while the change itself moves the outputs (so a zero is not a change that did nothing)."""
@@ -72,12 +72,15 @@ def test_the_reference_meets_the_same_change_so_an_untrained_model_has_zero_kl_a
     assert torch.isfinite(terms["deployment_refusal"]) and terms["deployment_refusal"].requires_grad
     with torch.no_grad():
         plain = loaded.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-        with intervene(loaded, *changes[change].interventions(loaded, 4, random.Random(0))):
+        with changes[change].applied(loaded, 4, random.Random(0)):
             changed = loaded.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
     assert not torch.allclose(plain, changed)
 
 
-def test_training_under_deployment_changes_logs_both_terms_and_moves_only_routers(tmp_path):
+@pytest.mark.parametrize("specs", [CHANGES, CHANGES[-1:]], ids=["all", "quantize"])
+def test_training_under_deployment_changes_logs_both_terms_and_moves_only_routers(tmp_path, specs):
+    """Under quantization alone too: its straight-through gradient moves the routers (a rounding with no
+    gradient would leave them as they were) and nothing else, the experts it rounds included."""
     loaded = build_tiny("mixtral", seed=7)
     before = {n: t.clone() for n, t in loaded.model.state_dict().items()}
     config = HardeningConfig(
@@ -88,9 +91,9 @@ def test_training_under_deployment_changes_logs_both_terms_and_moves_only_router
         refresh_every=0,
         initial_routes="none",
         loss=TERMS.model_copy(update={"adversarial_refusal": 0.0}),
-        deployment_changes=CHANGES,
+        deployment_changes=specs,
     )
-    changes = deployment_changes(loaded, CHANGES, CALIBRATION, GenerationConfig(), INFO)
+    changes = deployment_changes(loaded, specs, CALIBRATION, GenerationConfig(), INFO)
     facts = train_routers(
         loaded,
         random_sequences(4, "harm", 0),
