@@ -25,7 +25,7 @@ from moe_defense.errors import ConfigError
 from moe_defense.pipeline import Harden
 from moe_defense.recipe import Recipe, compose_defenses, find_recipe, load_recipe, merge
 from moe_defense.registry import validated
-from moe_defense.report import GRID_SUMMARY, UTILITY, write_grid_report
+from moe_defense.report import GRID_SUMMARY, NOT_RATES, UTILITY, write_grid_report
 from moe_defense.runner.process import ProcessInfo
 from moe_defense.runner.rundir import atomic_write, exclusive
 from moe_defense.stats import over_seeds
@@ -163,7 +163,7 @@ def aggregate(out: Path, grid: GridConfig) -> dict[str, Any]:
     for name, summaries in summaries_by_defense.items():
         matrix[name] = {a: over_runs([s["phases"]["hardened"].get(a) for s in summaries]) for a in attacks}
         utility[name] = {
-            key: over_runs([_utility_row(s, "hardened", key) for s in summaries], "value", key != "benign_nll")
+            key: over_runs([_utility_row(s, "hardened", key) for s in summaries], "value", key not in NOT_RATES)
             for key in UTILITY
         }
         curves[name] = {
@@ -177,7 +177,7 @@ def aggregate(out: Path, grid: GridConfig) -> dict[str, Any]:
         "attacks": attacks,
         "original": {a: over_runs([s["phases"]["original"].get(a) for s in originals]) for a in attacks},
         "original_utility": {
-            key: over_runs([_utility_row(s, "original", key) for s in originals], "value", key != "benign_nll")
+            key: over_runs([_utility_row(s, "original", key) for s in originals], "value", key not in NOT_RATES)
             for key in UTILITY
         },
         "matrix": matrix,

@@ -34,24 +34,33 @@ def tensor_digests(model: torch.nn.Module) -> dict[str, str]:
 def tensor_diff(
     model: torch.nn.Module, before: dict[str, str], originals: dict[str, torch.Tensor], router_names: set[str]
 ) -> dict[str, Any]:
-    """Which tensors changed (exactly, by digest) and, for those kept in `originals`, by how much."""
+    """Which tensors changed (exactly, by digest) and, for those kept in `originals`, by how much.
+
+    `changed_elements` counts the elements that differ where the original is kept (a defense that repairs a
+    few experts of a fused expert tensor changes slices of it), else the whole tensor; `changed_tensor_elements`
+    counts whole changed tensors, which is what a patch of whole tensors carries."""
     after = tensor_digests(model)
     state = model.state_dict()
     changed = sorted(name for name, digest in after.items() if before.get(name) != digest)
     rows = []
     for name in changed:
-        row: dict[str, Any] = {"tensor": name, "router": name in router_names, "shape": list(state[name].shape)}
+        tensor = state[name].detach().cpu()
+        row: dict[str, Any] = {"tensor": name, "router": name in router_names, "shape": list(tensor.shape)}
         if name in originals:
-            delta = state[name].detach().float().cpu() - originals[name].float()
+            delta = tensor.float() - originals[name].float()
             row.update(
+                changed_elements=int((tensor != originals[name]).sum()),
                 max_abs_change=float(delta.abs().max()),
                 relative_change=float(delta.norm() / originals[name].float().norm().clamp(min=1e-12)),
             )
+        else:
+            row["changed_elements"] = tensor.numel()
         rows.append(row)
     return {
         "tensors": len(after),
         "elements": sum(tensor.numel() for tensor in state.values()),  # the patch's size is a fraction of this
-        "changed_elements": sum(state[name].numel() for name in changed),
+        "changed_elements": sum(row["changed_elements"] for row in rows),
+        "changed_tensor_elements": sum(state[name].numel() for name in changed),
         "router_params_changed": sum(r["router"] for r in rows),
         "other_params_changed": sum(not r["router"] for r in rows),
         "changed": rows,

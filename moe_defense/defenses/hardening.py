@@ -129,7 +129,7 @@ class RouterHardening(Defense[HardeningConfig]):
             router_numbers = sum(p.numel() for p in loaded.adapter.router_parameters(loaded.model).values())
             patch_numbers = router_numbers + training.get("expert_lora_numbers", 0)
         else:
-            patch_numbers = diff["changed_elements"]
+            patch_numbers = diff["changed_tensor_elements"]  # the patch holds whole changed tensors
         return {
             "training": {k: v for k, v in training.items() if k != "log"},
             "router_params_changed": diff["router_params_changed"],

@@ -30,13 +30,14 @@ from moe_defense.report.plots import (
 )
 from moe_defense.report.rerender import render
 from moe_defense.report.ship import FULL_CHECKPOINT, ROUTER_PATCH, ROUTER_PATCH_AND_EXPERT_LORA, ShipKind, ship_kind
-from moe_defense.report.tables import UTILITY, deployment_table, headline_table, task_rows
+from moe_defense.report.tables import NOT_RATES, UTILITY, deployment_table, headline_table, task_rows
 
 __all__ = [
     "ASR_VS_BUDGET",
     "FULL_CHECKPOINT",
     "GRID_SUMMARY",
     "MISSING",
+    "NOT_RATES",
     "NOT_RUN",
     "ROSAIS_PLOT",
     "ROUTER_PATCH",

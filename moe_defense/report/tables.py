@@ -17,6 +17,7 @@ from moe_defense.report.cells import (
 
 PHASES = ("original", "hardened")
 UTILITY = ("benign_compliance", "over_refusal", "benign_nll")  # a grid's utility columns, beside its attacks
+NOT_RATES = frozenset({"benign_nll"})  # utility figures that are no rate: their intervals are not kept in [0, 1]
 
 
 def headline_table(summary: dict[str, Any]) -> str:

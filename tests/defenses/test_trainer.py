@@ -144,6 +144,14 @@ def test_router_patch_round_trip_and_tensor_diff(tmp_path):
     diff = tensor_diff(hardened.model, digests, originals, set(hardened.adapter.router_tensors(hardened.model)))
     assert diff["router_params_changed"] == len(originals) and diff["other_params_changed"] == 0
     assert all(row["max_abs_change"] == pytest.approx(0.5) for row in diff["changed"])
+    whole = sum(t.numel() for t in originals.values())
+    assert diff["changed_elements"] == diff["changed_tensor_elements"] == whole
+    name = next(iter(originals))
+    with torch.no_grad():  # a slice of one tensor back to its original: counted per element, not per tensor
+        hardened.model.get_parameter(name)[0].copy_(originals[name][0])
+    diff = tensor_diff(hardened.model, digests, originals, set(hardened.adapter.router_tensors(hardened.model)))
+    assert diff["changed_tensor_elements"] == whole
+    assert diff["changed_elements"] == whole - originals[name][0].numel()
     save_router_patch(hardened, tmp_path / "patch.safetensors", base.fingerprint())
     apply_router_patch(base, RouterPatch.read(tmp_path / "patch.safetensors"))
     assert base.fingerprint() == hardened.fingerprint()
