@@ -113,10 +113,11 @@ class SharedCache:
     every prompt); one phase is one model, so it holds facts about that model only.
 
     `uncapped_routes`: F-SOUR's uncapped route per search (see `UncappedRoutes`), so a budget sweep prunes one
-    uncapped search to every budget instead of searching it again. `suffix_tokens`: the token ids a GCG suffix
-    may use, one decode/encode pass over the whole vocabulary. `route_files`: route-GCG's routes file, by path,
-    then prompt id, read once for all prompts. `router_rankings`: RoSais's router ranking by (settings, prompt
-    ids), so a router-mask sweep over n ranks the routers once.
+    uncapped search to every budget instead of searching it again, and its no-cap point is that search.
+    `suffix_tokens`: the token ids a GCG suffix may use, one decode/encode pass over the whole vocabulary.
+    `route_files`: route-GCG's routes file, by path, then prompt id, read once for all prompts.
+    `router_rankings`: RoSais's router ranking by (settings, prompt ids), so a router-mask sweep over n ranks
+    the routers once.
     """
 
     uncapped_routes: UncappedRoutes = field(default_factory=dict)

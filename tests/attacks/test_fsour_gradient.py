@@ -121,6 +121,25 @@ def test_gradient_mode_through_search_routes_and_the_attack(tiny_model):
     assert {key[0] for key in context.shared.uncapped_routes} <= {"gradient"}
 
 
+@pytest.mark.parametrize("mode", ["gradient", "fast"])
+def test_a_sweeps_no_cap_point_is_the_uncapped_route_its_pruned_budgets_searched(tiny_model, mode):
+    """A pruned budget searches the uncapped route once; the sweep's no-cap point reads it back instead of
+    searching again, and it is the very route a no-cap search alone finds (same seed, same empty start)."""
+    loaded = tiny_model("qwen2_moe")
+    problem = TargetProblem.build(loaded, PROMPT.text, prompt_target(PROMPT))
+    config = FsourConfig(mode=mode, candidates=4, force_decode=True, budget_strategy="prune")
+    alone = RouteSearch(loaded, problem, config, seed=3)
+    alone.gradient() if mode == "gradient" else alone.fast()
+    shared: dict = {}
+    for budget in (2, None):
+        swept = RouteSearch(loaded, problem, config.model_copy(update={"budget": budget}), seed=3, uncapped=shared)
+        before = swept.cost.sequences  # the empty route's own score
+        swept.gradient() if mode == "gradient" else swept.fast()
+    assert len(shared) == 1 and swept.cost.sequences == before  # no-cap: read back, nothing scored
+    assert swept.value == alone.value and all(torch.equal(swept.route[l], alone.route[l]) for l in alone.route)
+    assert alone.forced_pairs > 2
+
+
 def test_gradient_mode_on_the_wide_shape():
     """64 experts top-8 (OLMoE's shape): too many sets to enumerate, so blended and swapped candidates are valued."""
     wide = build_tiny("olmoe", num_experts=64, num_experts_per_tok=8)

@@ -20,27 +20,36 @@ def run_budgeted(search: RouteSearch, mode: BudgetedMode) -> None:
     """`mode.run` within the budget (greedy), or without a cap then `mode.prune` to it (prune), or both (best).
 
     The uncapped route is searched once per (mode, seed, prompt, ...) in `search.uncapped` when given: a budget
-    sweep prunes the same uncapped route to every budget."""
+    sweep prunes the same uncapped route to every budget, and its no-cap point is that route (the search's cost
+    is counted where it ran, at the first budget that needed it)."""
     budget = search.config.budget
-    strategy = search.config.budget_strategy if budget is not None else "greedy"
+    if budget is None:
+        _uncapped(search, mode)
+        return
+    strategy = search.config.budget_strategy
     if strategy in ("greedy", "best"):
         mode.run(budget)
     if strategy == "greedy" or (strategy == "best" and search.success):
         return
-    assert budget is not None
     kept = (search.route, search.value)
     search.reset_route()
+    _uncapped(search, mode)
+    mode.prune(budget)
+    if strategy == "best" and kept[1] > search.value:
+        search.replace(*kept)
+
+
+def _uncapped(search: RouteSearch, mode: BudgetedMode) -> None:
+    """The uncapped route from the empty one: read from `search.uncapped` if searched before, else searched
+    (and kept there)."""
     key = _uncapped_key(search)
     if search.uncapped is not None and key in search.uncapped:
         route, value = search.uncapped[key]
         search.replace({l: r.clone() for l, r in route.items()}, value)
-    else:
-        mode.run(None)
-        if search.uncapped is not None:
-            search.uncapped[key] = ({l: r.clone() for l, r in search.route.items()}, search.value)
-    mode.prune(budget)
-    if strategy == "best" and kept[1] > search.value:
-        search.replace(*kept)
+        return
+    mode.run(None)
+    if search.uncapped is not None:
+        search.uncapped[key] = ({l: r.clone() for l, r in search.route.items()}, search.value)
 
 
 def _uncapped_key(search: RouteSearch) -> tuple:
