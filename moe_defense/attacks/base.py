@@ -191,7 +191,7 @@ class Attack(ABC, Generic[C]):
     def applied_for_training(self, loaded: LoadedModel) -> Iterator[None]:
         """The weight changes of `applied` in a form backpropagation sees through, for training under the
         change: the same forward values, gradients reaching the original parameters. An attack that overrides
-        `applied` overrides this too (the defense contract test checks it)."""
+        `applied` overrides this too (the attack contract test checks it)."""
         yield
 
     @property
