@@ -2,7 +2,11 @@
 
 Part 1 (default `--model organism`, 16 held-out demo-harmful prompts): each mode at the reference's defaults
 (N=10 candidates, 5 judged restarts, the organism judge in the loop) in four settings: no pair cap and a cap of
-`--budget` (16 = B80 on the organism), each prompt-only and with decode forcing. Per mode and setting: the ASR
+`--budget` (16 = B80 on the organism), each prompt-only and with decode forcing. With `--model organism-smol`
+(30 layers) the reference's schedule is about q_len x layers x (N+1) one-row forwards a search, ~20,000 over all
+layers, so its defaults keep 8 held-out smol-harmful prompts, no judged restart, the two decode-forcing settings
+and every mode on the same last `--layers` (where the original's pruned routes concentrate,
+docs/results/router-defense-en.md): within 90 minutes on 2 cores. Per mode and setting: the ASR
 (best of the judged restarts, with its 95% Wilson interval) and the search's cost as `SearchCost` counts it:
 sequences scored, tokens processed, sequence equivalents (a backward counts 2, a pass running every expert its
 FLOP share), batched forward calls, backward passes, answers generated for the judge, wall seconds; and each
@@ -31,13 +35,32 @@ from moe_defense.stats import wilson
 MODES = ("reference", "fast", "gradient")
 COSTS = tuple(SearchCost().as_dict())
 RATIOS = ("sequences", "tokens", "sequence_equivalents", "forward_calls", "seconds")
+# what an unset flag means per `--model` (any other model gets the organism's)
+MODEL_DEFAULTS = {
+    "organism": {"data": "demo-harmful", "limit": 16, "restarts": 5, "judge": "organism", "layers": None},
+    "organism-smol": {
+        "data": "smol-harmful",
+        "limit": 8,
+        "restarts": 0,
+        "judge": "organism-smol",
+        "layers": "26,27,28,29",
+        "settings": "uncapped_decode,budget{budget}_decode",
+    },
+}
 
 
 def run_mode(loaded, prompts, mode: str, setting: dict, args, judge: str | None, restarts: int) -> dict:
     if mode == "gradient" and "budget" in setting:
         setting = {**setting, "budget_strategy": args.gradient_budget_strategy}
+    layers = [int(layer) for layer in args.layers.split(",")] if args.layers else None
     config = FsourConfig(
-        mode=mode, candidates=args.candidates, restarts=restarts, seed=args.seed, judge=judge, **setting
+        mode=mode,
+        candidates=args.candidates,
+        restarts=restarts,
+        seed=args.seed,
+        judge=judge,
+        layers=layers,
+        **setting,
     )
     started = time.perf_counter()
     results = Fsour(config).run(
@@ -74,11 +97,12 @@ def settings(budget: int) -> dict[str, dict]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", default="organism")
-    parser.add_argument("--data", default="demo-harmful")
-    parser.add_argument("--limit", type=int, default=16)
+    parser.add_argument("--model", default="organism", help="its defaults of the unset flags: MODEL_DEFAULTS")
+    parser.add_argument("--data")
+    parser.add_argument("--limit", type=int)
     parser.add_argument("--candidates", type=int, default=10)
-    parser.add_argument("--restarts", type=int, default=5)
+    parser.add_argument("--restarts", type=int)
+    parser.add_argument("--layers", help="comma-separated MoE layers every mode may force (default: all)")
     parser.add_argument("--budget", type=int, default=16, help="the capped setting's forced pairs (B80 = 16)")
     parser.add_argument("--settings", default=None, help="comma-separated subset of the four settings")
     parser.add_argument(
@@ -87,13 +111,16 @@ def main() -> None:
         help="gradient mode's budget_strategy in the capped settings (fast keeps its default, best)",
     )
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--judge", default="organism", help="in-loop judge of every mode (none: P(target) decides)")
+    parser.add_argument("--judge", help="in-loop judge of every mode (none: P(target) decides)")
     parser.add_argument("--max-new-tokens", type=int, default=48)
     parser.add_argument("--wide-model", default="tiny:olmoe", help="empty: skip part 2")
     parser.add_argument("--wide-experts", type=int, default=64)
     parser.add_argument("--wide-top-k", type=int, default=8)
     parser.add_argument("--wide-prompts", type=int, default=2)
     args = parser.parse_args()
+    for key, value in MODEL_DEFAULTS.get(args.model, MODEL_DEFAULTS["organism"]).items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
 
     figures: dict = {
         "model": args.model,
@@ -101,6 +128,7 @@ def main() -> None:
         "candidates": args.candidates,
         "restarts": args.restarts,
         "judge": args.judge,
+        "layers": args.layers or "all",
         "gradient_budget_strategy": args.gradient_budget_strategy,
     }
     loaded = moe_defense.load_model(args.model)
@@ -108,7 +136,7 @@ def main() -> None:
     judge = None if args.judge == "none" else args.judge
     chosen = settings(args.budget)
     if args.settings:
-        chosen = {name: chosen[name] for name in args.settings.split(",")}
+        chosen = {name: chosen[name] for name in args.settings.format(budget=args.budget).split(",")}
     missed = []
     for name, setting in chosen.items():
         block = {mode: run_mode(loaded, prompts, mode, setting, args, judge, args.restarts) for mode in MODES}

@@ -159,7 +159,7 @@ class Harden:
                 defended.enter_context(guarded(loaded, reviewer))
             suite.run(loaded, "hardened", self.out / "hardened", routes=self._headline_routes(budgets))
             nll_after = benign_nll(loaded, benign_eval_answers)
-            routing["hardened"] = suite.routing_stats(loaded, self.out / "hardened")
+            routing["hardened"] = suite.routing_stats(loaded, "hardened", self.out / "hardened")
 
         minimal = {
             phase: suite.robustness(phase, directory)
@@ -198,7 +198,7 @@ class Harden:
                 suite.rows["original"] = stored["rows"]
                 return OriginalPhase(stored["routing"], suite.benign_answers(self.original_dir), stored["benign_nll"])
             suite.run(loaded, "original", self.original_dir)
-            routing = suite.routing_stats(loaded, self.original_dir)
+            routing = suite.routing_stats(loaded, "original", self.original_dir)
             answers = suite.benign_answers(self.original_dir)
             phase = OriginalPhase(routing, answers, benign_nll(loaded, self._benign_sequences(loaded, answers)))
             if self.info.is_main:

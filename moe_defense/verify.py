@@ -16,9 +16,9 @@ from typing import Any
 from tqdm import tqdm
 
 from moe_defense.attacks.artifacts import RouteArtifact
-from moe_defense.attacks.base import Attack, AttackContext, AttackSpec
+from moe_defense.attacks.base import Attack, AttackContext, AttackSpec, SharedCache
 from moe_defense.attacks.expert_silence import expert_usage
-from moe_defense.attacks.rosais import rosais
+from moe_defense.attacks.rosais import RosaisConfig, shared_rosais
 from moe_defense.attacks.suite import run_attack
 from moe_defense.budget import CurvePoint
 from moe_defense.data import PromptSet
@@ -61,6 +61,7 @@ class Suite:
     resume: bool = False
     progress: bool = True
     rows: dict[str, dict[str, dict[str, Any]]] = field(default_factory=lambda: {"original": {}, "hardened": {}})
+    shared: dict[str, SharedCache] = field(default_factory=dict)  # per phase: its attacks' and routing stats' cache
 
     def attacks(self, phase: str) -> list[tuple[str, Attack]]:
         """Every (label, attack) of the suite for `phase`, in recipe order."""
@@ -122,7 +123,13 @@ class Suite:
         self._evaluate(loaded, phase, directory, "over-refusal", self.over_refusal)
         if self.utility is not None:
             self.rows[phase][UTILITY_TASKS] = self.utility.run(loaded, directory, info=self.info, resume=self.resume)
-        context = AttackContext(generation=self.generation, benign=self.benign.prompts, routes=routes, info=self.info)
+        context = AttackContext(
+            generation=self.generation,
+            benign=self.benign.prompts,
+            routes=routes,
+            shared=self.shared.setdefault(phase, SharedCache()),
+            info=self.info,
+        )
         attacks = [(label, a) for label, a in self.attacks(phase) if routes is not None or not a.needs_supplied_routes]
         for label, attack in tqdm(
             attacks, desc=f"{phase}: attack suite", unit="attack", disable=not self.progress or not self.info.is_main
@@ -180,17 +187,19 @@ class Suite:
         answers = {record["prompt_id"]: record["response"] for record in RunDir(directory / "benign").records()}
         return [answers[p.id] for p in self.benign.prompts]
 
-    def routing_stats(self, loaded: LoadedModel, directory: Path) -> dict[str, Any]:
-        """RoSais per router (on `rosais_prompts` harmful prompts; none: {}) and expert usage on harmful vs
-        benign prompts, for the report's plots."""
+    def routing_stats(self, loaded: LoadedModel, phase: str, directory: Path) -> dict[str, Any]:
+        """RoSais per router (on `rosais_prompts` harmful prompts; none: {}; the phase's router-mask attack's when
+        it ranked the same prompts) and expert usage on harmful vs benign prompts, for the report's plots."""
         path = directory / "routing_stats.json"
         if self.resume and path.is_file():
             return json.loads(path.read_text())
         layers = loaded.adapter.moe_layers()
         harmful = self.harmful.prompts
         ranked = harmful[: self.rosais_prompts]
+        cache = self.shared.setdefault(phase, SharedCache()).router_importance
+        importance = shared_rosais(loaded, ranked, RosaisConfig(), cache, progress=False) if ranked else None
         stats = {
-            "rosais": {str(k): v for k, v in rosais(loaded, ranked, progress=False).scores.items()} if ranked else {},
+            "rosais": {str(k): v for k, v in importance.scores.items()} if importance else {},
             "usage": {
                 kind: {
                     str(layer): values.tolist()

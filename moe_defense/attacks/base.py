@@ -33,6 +33,7 @@ if TYPE_CHECKING:  # annotations only: the concrete attacks import this module
     import torch
 
     from moe_defense.attacks.fsour.config import UncappedRoutes
+    from moe_defense.attacks.rosais import RouterImportance
 
 
 class AttackConfig(BaseModel):
@@ -116,14 +117,14 @@ class SharedCache:
     uncapped search to every budget instead of searching it again, and its no-cap point is that search.
     `suffix_tokens`: the token ids a GCG suffix may use, one decode/encode pass over the whole vocabulary.
     `route_files`: route-GCG's routes file, by path, then prompt id, read once for all prompts.
-    `router_rankings`: RoSais's router ranking by (settings, prompt ids), so a router-mask sweep over n ranks
-    the routers once.
+    `router_importance`: RoSais's scores by (mask settings, scored prompt ids), so a router-mask sweep over n and
+    the phase's routing statistics rank the routers once.
     """
 
     uncapped_routes: UncappedRoutes = field(default_factory=dict)
     suffix_tokens: torch.Tensor | None = None
     route_files: dict[str, dict[str, RouteArtifact]] = field(default_factory=dict)
-    router_rankings: dict[tuple[str, tuple[str, ...]], list[int]] = field(default_factory=dict)
+    router_importance: dict[tuple[str, tuple[str, ...]], RouterImportance] = field(default_factory=dict)
 
 
 @dataclass

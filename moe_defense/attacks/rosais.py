@@ -33,6 +33,12 @@ class RosaisConfig(BaseModel):
         description="words whose first token marks an affirmative start",
     )
     seed: int = Field(0, description="seed of the random masks")
+    prompts: int | None = Field(
+        None,
+        ge=1,
+        description="score on the first n prompts only (None: all); the ranking is the model's, and each prompt "
+        "costs ~S x layers / 2 forwards (~25 s at 30 layers on 2 cores)",
+    )
     share_prefix: bool = Field(
         True,
         description="run the layers before the masked router once for the S samples (the same scores up to "
@@ -65,8 +71,9 @@ def affirmative_ids(loaded: LoadedModel, words: Sequence[str]) -> list[int]:
 def rosais(
     loaded: LoadedModel, prompts: Sequence[Prompt], config: RosaisConfig | None = None, progress: bool = True
 ) -> RouterImportance:
-    """Score every MoE router of `loaded` on the harmful `prompts`."""
+    """Score every MoE router of `loaded` on the harmful `prompts` (the first `config.prompts` of them)."""
     config = config or RosaisConfig()
+    prompts = prompts[: config.prompts]
     targets = affirmative_ids(loaded, config.affirmative)
     device = loaded.device
 
@@ -91,3 +98,19 @@ def rosais(
             per_prompt[layer].append(float(masked.max()) - base)
     scores = {layer: sum(values) / len(values) for layer, values in per_prompt.items()}
     return RouterImportance(scores=scores, per_prompt=per_prompt)
+
+
+def shared_rosais(
+    loaded: LoadedModel,
+    prompts: Sequence[Prompt],
+    config: RosaisConfig,
+    cache: dict[tuple[str, tuple[str, ...]], RouterImportance],
+    progress: bool = True,
+) -> RouterImportance:
+    """`rosais`, once per model phase for the same masks and scored prompts (`SharedCache.router_importance`):
+    a router-mask sweep over n and the report's routing statistics rank the routers once between them."""
+    scored = prompts[: config.prompts]
+    key = (config.model_dump_json(exclude={"prompts"}), tuple(p.id for p in scored))
+    if key not in cache:
+        cache[key] = rosais(loaded, scored, config, progress)
+    return cache[key]

@@ -9,7 +9,7 @@ from typing import Any, Literal
 from pydantic import Field, field_validator
 
 from moe_defense.attacks.base import Attack, AttackConfig, AttackContext, AttackResult, register_attack
-from moe_defense.attacks.rosais import RosaisConfig, rosais
+from moe_defense.attacks.rosais import RosaisConfig, shared_rosais
 from moe_defense.data.prompts import Prompt
 from moe_defense.models.loading import LoadedModel
 from moe_defense.routing import Intervention, RouterMask, RouterMaskMode
@@ -60,11 +60,10 @@ class RouterMaskAttack(Attack[RouterMaskConfig]):
         n = min(self.config.n, len(layers))
         if self.config.selection == "random":
             return sorted(random.Random(self.config.seed).sample(layers, n))
-        key = (self.config.rosais.model_dump_json(), tuple(p.id for p in prompts))
-        rankings = context.shared.router_rankings  # one ranking for every n of a sweep
-        if key not in rankings:
-            rankings[key] = rosais(loaded, prompts, self.config.rosais, progress=context.info.is_main).ranking()
-        return sorted(rankings[key][:n])
+        importance = shared_rosais(
+            loaded, prompts, self.config.rosais, context.shared.router_importance, progress=context.info.is_main
+        )
+        return sorted(importance.ranking()[:n])
 
     def run(self, loaded: LoadedModel, prompts: Sequence[Prompt], context: AttackContext) -> list[AttackResult]:
         layers = self.choose_layers(loaded, prompts, context)
