@@ -9,6 +9,7 @@ import torch
 
 from moe_defense.attacks import AttackContext, Fsour, FsourConfig, SearchCost
 from moe_defense.attacks.fsour import RouteSearch
+from moe_defense.attacks.fsour.config import UncappedRoute
 from moe_defense.attacks.objective import TargetProblem, prompt_target
 from moe_defense.data.prompts import Prompt, load_prompts
 from moe_defense.defenses.routes import search_routes
@@ -162,3 +163,30 @@ def test_gradient_mode_reaches_a_high_objective_on_the_organism(organism):
         gain = search.value - search.initial_value
         assert gain > 2 and gain >= 0.5 * (fast.value - fast.initial_value), (search.value, fast.value)
         assert search.cost.sequence_equivalents < min(70, fast.cost.sequence_equivalents / 5)
+
+
+def test_every_budget_of_a_sweep_prunes_from_one_gradient_at_the_uncapped_route(tiny_model):
+    """A second pruned budget reuses the first's linearisation at the shared uncapped route (one backward pass
+    fewer than reading the route back without it) and finds the route and objective of that budget searched on
+    its own."""
+    loaded = tiny_model("qwen2_moe")
+    problem = TargetProblem.build(loaded, PROMPT.text, prompt_target(PROMPT))
+    config = FsourConfig(mode="gradient", force_decode=True, budget_strategy="prune")
+
+    def searched(budget, shared):
+        search = RouteSearch(loaded, problem, config.model_copy(update={"budget": budget}), seed=3, uncapped=shared)
+        search.gradient()
+        return search
+
+    uncapped = searched(None, None)
+    alone = searched(2, {})
+    shared: dict = {}
+    searched(4, shared)
+    swept = searched(2, shared)
+    ((key, entry),) = shared.items()
+    assert entry.linearised is not None
+    without = searched(2, {key: UncappedRoute(entry.route, entry.value)})  # the route read back, no gradient
+    assert swept.cost.backward_passes == without.cost.backward_passes - 1
+    assert swept.cost.backward_passes == alone.cost.backward_passes - uncapped.cost.backward_passes
+    assert swept.value == alone.value and all(torch.equal(swept.route[l], alone.route[l]) for l in alone.route)
+    assert uncapped.forced_pairs > 4

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Protocol
 
+from moe_defense.attacks.fsour.config import UncappedRoute
+
 if TYPE_CHECKING:
     from moe_defense.attacks.fsour.search import RouteSearch
 
@@ -41,15 +43,18 @@ def run_budgeted(search: RouteSearch, mode: BudgetedMode) -> None:
 
 def _uncapped(search: RouteSearch, mode: BudgetedMode) -> None:
     """The uncapped route from the empty one: read from `search.uncapped` if searched before, else searched
-    (and kept there)."""
+    (and kept there); `search.at_uncapped` marks the route as that entry until it moves."""
     key = _uncapped_key(search)
     if search.uncapped is not None and key in search.uncapped:
-        route, value = search.uncapped[key]
-        search.replace({l: r.clone() for l, r in route.items()}, value)
-        return
-    mode.run(None)
-    if search.uncapped is not None:
-        search.uncapped[key] = ({l: r.clone() for l, r in search.route.items()}, search.value)
+        entry = search.uncapped[key]
+        search.replace({l: r.clone() for l, r in entry.route.items()}, entry.value)
+    else:
+        mode.run(None)
+        if search.uncapped is None:
+            return
+        entry = UncappedRoute({l: r.clone() for l, r in search.route.items()}, search.value)
+        search.uncapped[key] = entry
+    search.at_uncapped = (search.version, entry)
 
 
 def _uncapped_key(search: RouteSearch) -> tuple:

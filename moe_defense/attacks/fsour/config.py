@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal
 
 import torch
 from pydantic import Field
@@ -10,9 +11,23 @@ from pydantic import Field
 from moe_defense.attacks.base import AttackConfig
 from moe_defense.judges.factory import JudgeSpec
 
-# (mode, seed, force_decode, forced_weights, layers, token ids) -> the uncapped route and its objective: a budget
-# sweep prunes the same uncapped route to every budget instead of searching it again (valid for one model only)
-UncappedRoutes = dict[tuple, tuple[dict[int, torch.Tensor], float]]
+if TYPE_CHECKING:
+    from moe_defense.attacks.fsour.linear import Linearised
+
+
+@dataclass
+class UncappedRoute:
+    """An uncapped search's route and objective, and gradient mode's first-order model around it once a prune
+    took it: every budget of a sweep is pruned from this route, starting from this gradient."""
+
+    route: dict[int, torch.Tensor]
+    value: float
+    linearised: Linearised | None = None
+
+
+# (mode, seed, force_decode, forced_weights, layers, token ids) -> the uncapped route: a budget sweep prunes the
+# same uncapped route to every budget instead of searching it again (valid for one model only)
+UncappedRoutes = dict[tuple, UncappedRoute]
 
 
 class FsourConfig(AttackConfig):

@@ -30,9 +30,14 @@ class GradientSearch:
         self._linear: tuple[int, Linearised] | None = None
 
     def linearised(self) -> Linearised:
-        """The first-order model around the current route (one relaxed gradient per route)."""
-        if self._linear is None or self._linear[0] != self.search.version:
-            self._linear = (self.search.version, linearise(self.search))
+        """The first-order model around the current route (one relaxed gradient per route; around a sweep's
+        uncapped route, one for every budget pruned from it)."""
+        search, entry = self.search, self.search.uncapped_entry
+        if self._linear is None or self._linear[0] != search.version:
+            shared = entry.linearised if entry is not None else None
+            self._linear = (search.version, shared if shared is not None else linearise(search))
+        if entry is not None:
+            entry.linearised = self._linear[1]
         return self._linear[1]
 
     def run(self, budget: int | None, rounds: int | None = None) -> None:

@@ -10,7 +10,7 @@ from transformers import Cache
 
 from moe_defense.attacks.artifacts import RouteArtifact
 from moe_defense.attacks.fsour.budget import run_budgeted
-from moe_defense.attacks.fsour.config import FsourConfig, UncappedRoutes
+from moe_defense.attacks.fsour.config import FsourConfig, UncappedRoute, UncappedRoutes
 from moe_defense.attacks.fsour.fast import FastSearch
 from moe_defense.attacks.fsour.gradient import GradientSearch
 from moe_defense.attacks.fsour.reference import reference_search
@@ -34,6 +34,7 @@ class RouteSearch:
         uncapped: UncappedRoutes | None = None,
     ) -> None:
         self.uncapped = uncapped
+        self.at_uncapped: tuple[int, UncappedRoute] | None = None  # (version, entry) while the route is that entry
         self.seed = seed
         self.loaded = loaded
         self.problem = problem
@@ -89,6 +90,13 @@ class RouteSearch:
     def score_from(self, token: int, candidates: Route) -> torch.Tensor:
         """Objective of candidates that differ from the current route only at positions >= token (cached prefix)."""
         return self.scorer.score_from(token, candidates, self.route)
+
+    @property
+    def uncapped_entry(self) -> UncappedRoute | None:
+        """The sweep's shared uncapped route when the current route is it (not moved since it was read back)."""
+        if self.at_uncapped is None or self.at_uncapped[0] != self.version:
+            return None
+        return self.at_uncapped[1]
 
     @property
     def success(self) -> bool:
