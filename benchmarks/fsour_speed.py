@@ -43,7 +43,7 @@ MODEL_DEFAULTS = {
         "limit": 8,
         "restarts": 0,
         "judge": "organism-smol",
-        "layers": "26,27,28,29",
+        "layers": "28,29",
         "settings": "uncapped_decode,budget{budget}_decode",
     },
 }
