@@ -114,7 +114,13 @@ def test_gradient_mode_through_search_routes_and_the_attack(tiny_model):
     attack = Fsour(config.model_copy(update={"restarts": 1, "budget": None}))
     context = AttackContext(generation=GenerationConfig(max_new_tokens=4))
     (result,) = attack.run(loaded, [PROMPT], context)
-    assert result.extra["generations"] == result.extra["restarts_used"] + 1 and result.extra["generated_tokens"] > 0
+    assert result.response is None and result.extra["generations"] == 0  # no in-loop judge: the suite answers
+    judged = Fsour(
+        FsourConfig.model_validate({**config.model_dump(), "restarts": 1, "budget": None, "judge": "keyword"})
+    )
+    (answered,) = judged.run(loaded, [PROMPT], AttackContext(generation=GenerationConfig(max_new_tokens=4)))
+    assert answered.extra["generations"] == answered.extra["restarts_used"] + 1
+    assert answered.extra["generated_tokens"] > 0 and answered.response is not None
     assert result.extra["sequence_equivalents"] > result.extra["sequences"] > 0
     summary = attack.summarize([result])
     assert summary["mean_sequences"] == result.extra["sequences"] and "mean_backward_passes" in summary

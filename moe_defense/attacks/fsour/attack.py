@@ -48,7 +48,7 @@ class Fsour(Attack[FsourConfig]):
         return generate(loaded, [prompt.text], generation, route_for_batch=lambda rows: routes, progress=False)[0]
 
     @staticmethod
-    def _judged(judge: Judge | None, prompt: Prompt, response: str, search: RouteSearch) -> bool:
+    def _judged(judge: Judge | None, prompt: Prompt, response: str | None, search: RouteSearch) -> bool:
         if judge is None:
             return search.success
         verdict = judge.judge_batch([JudgeItem(prompt.text, response, prompt.metadata)])[0]
@@ -66,10 +66,12 @@ class Fsour(Attack[FsourConfig]):
             for restart in range(self.config.restarts + 1):
                 search = self.search(loaded, prompt, self.config.seed + restart, uncapped)
                 artifact = search.artifact(prompt.id, fingerprint)
-                response = self._respond(loaded, prompt, artifact, context.generation)
                 cost.add(search.cost)
-                cost.generations += 1
-                cost.generated_tokens += len(loaded.tokenizer(response, add_special_tokens=False).input_ids)
+                response = None  # only an in-loop judge reads an answer: the suite answers every route anyway
+                if judge is not None:
+                    response = self._respond(loaded, prompt, artifact, context.generation)
+                    cost.generations += 1
+                    cost.generated_tokens += len(loaded.tokenizer(response, add_special_tokens=False).input_ids)
                 attempts.append((artifact, response, self._judged(judge, prompt, response, search)))
                 attempts_initial.append(search.initial_value)
                 if attempts[-1][2]:
