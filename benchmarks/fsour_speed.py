@@ -6,8 +6,7 @@ Part 1 (default `--model organism`, 16 held-out demo-harmful prompts): each mode
 (30 layers) the reference's schedule is about q_len x layers x (N+1) one-row forwards a search, ~20,000 over all
 layers, so its defaults keep 8 held-out smol-harmful prompts, no judged restart, the uncapped decode-forcing
 setting (`--settings uncapped_decode,budget16_decode` adds the cap, which costs the reference about as much
-again) and every
-mode on the same last two `--layers` (where the original's pruned routes concentrate,
+again) and every mode on the same last two `--layers` (where the original's pruned routes concentrate,
 docs/results/router-defense-en.md): within 90 minutes on 2 cores. Per mode and setting: the ASR
 (best of the judged restarts, with its 95% Wilson interval) and the search's cost as `SearchCost` counts it:
 sequences scored, tokens processed, sequence equivalents (a backward counts 2, a pass running every expert its
