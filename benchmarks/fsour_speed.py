@@ -14,8 +14,9 @@ FLOP share), batched forward calls, backward passes, answers generated for the j
 cost as a ratio to the reference's. Targets for `gradient`: ASR >= reference's at <= 0.1x its sequences, its
 sequence equivalents and its wall time. Under a cap the gradient mode runs `--gradient-budget-strategy`
 (greedy by default: its steps stay within the budget; `best` also prunes an uncapped route, at about 3x the cost).
-Part 2 (`--wide-model tiny:olmoe`, 64 experts top-8 like OLMoE): the route space is vast, so it compares the
-objective gain (target log-probability) each mode reaches per sequence equivalent, as a ratio to the reference.
+Part 2 (`--wide-model tiny:olmoe`, 64 experts top-8 like OLMoE, every layer of it): the route space is vast, so it
+compares the objective gain (target log-probability) each mode reaches per sequence equivalent, as a ratio to the
+reference.
 
 The last line printed is one JSON object with every figure and ratio.
 """
@@ -50,10 +51,11 @@ MODEL_DEFAULTS = {
 }
 
 
-def run_mode(loaded, prompts, mode: str, setting: dict, args, judge: str | None, restarts: int) -> dict:
+def run_mode(
+    loaded, prompts, mode: str, setting: dict, args, judge: str | None, restarts: int, layers: list[int] | None
+) -> dict:
     if mode == "gradient" and "budget" in setting:
         setting = {**setting, "budget_strategy": args.gradient_budget_strategy}
-    layers = [int(layer) for layer in args.layers.split(",")] if args.layers else None
     config = FsourConfig(
         mode=mode,
         candidates=args.candidates,
@@ -132,6 +134,7 @@ def main() -> None:
         "layers": args.layers or "all",
         "gradient_budget_strategy": args.gradient_budget_strategy,
     }
+    layers = [int(layer) for layer in args.layers.split(",")] if args.layers else None
     loaded = moe_defense.load_model(args.model)
     prompts = load_prompts(args.data, limit=args.limit, seed=args.seed).prompts
     judge = None if args.judge == "none" else args.judge
@@ -140,7 +143,7 @@ def main() -> None:
         chosen = {name: chosen[name] for name in args.settings.format(budget=args.budget).split(",")}
     missed = []
     for name, setting in chosen.items():
-        block = {mode: run_mode(loaded, prompts, mode, setting, args, judge, args.restarts) for mode in MODES}
+        block = {mode: run_mode(loaded, prompts, mode, setting, args, judge, args.restarts, layers) for mode in MODES}
         for mode in MODES:
             print(name, mode, block[mode], flush=True)
         for mode in ("fast", "gradient"):
@@ -167,7 +170,7 @@ def main() -> None:
             for i, p in enumerate(prompts[: args.wide_prompts])
         ]
         for mode in MODES:
-            result = run_mode(wide, wide_prompts, mode, {}, args, judge=None, restarts=0)
+            result = run_mode(wide, wide_prompts, mode, {}, args, judge=None, restarts=0, layers=None)
             result["objective_gain_per_1k_sequence_equivalents"] = round(
                 1000 * result["mean_objective_gain"] * len(wide_prompts) / max(1.0, result["sequence_equivalents"]), 4
             )

@@ -69,6 +69,7 @@ def original_settings(recipe: Recipe) -> dict[str, Any]:
         "generation",
         "verify",
         "trust_remote_code",
+        "revision",
     )
     return {**{k: dumped[k] for k in keys}, "data": data}
 
@@ -113,6 +114,7 @@ class Harden:
             dtype=recipe.dtype,
             seed=seed,
             trust_remote_code=recipe.trust_remote_code,
+            revision=recipe.revision,
             device=recipe.device_map or info.device,
             chat_template_kwargs=recipe.chat_template_kwargs,
             reasoning=recipe.reasoning,

@@ -289,6 +289,9 @@ class Recipe(Strict):
         "TrainingArguments.report_to; tensorboard also gets the verified ASR vs budget, B80 and utility; []: none",
     )
     trust_remote_code: bool = Field(False, description="allow the checkpoint's own Python code")
+    revision: str | None = Field(
+        None, description="the hub revision of `model` (branch, tag or commit; pin a commit for a release); null: main"
+    )
     device_map: str | None = Field(
         None,
         description="transformers device_map (e.g. auto: shard a model too large for one GPU); null: one device per "

@@ -1,4 +1,4 @@
-"""Shared fixtures: tiny models of every supported architecture, built once per test session."""
+"""Shared fixtures: tiny models of every supported architecture, built once per test session, and a tiny Suite."""
 
 from __future__ import annotations
 
@@ -30,6 +30,34 @@ def tiny(request) -> LoadedModel:
 def tiny_model():
     """Factory for one architecture's cached tiny model."""
     return _tiny
+
+
+@pytest.fixture
+def tiny_suite():
+    """Factory for a keyword-judged `Suite` over `harmful` with one benign prompt serving as benign and
+    over-refusal set: what a test needs to run suite phases on a tiny model in seconds."""
+    from moe_defense.data import Prompt, PromptSet
+    from moe_defense.judges.keyword import KeywordJudge
+    from moe_defense.runner.generation import GenerationConfig
+    from moe_defense.runner.process import process_info
+    from moe_defense.verify import Suite
+
+    def build(specs, harmful: PromptSet, *, max_new_tokens: int = 2, **options) -> Suite:
+        benign = PromptSet("b", "test", [Prompt("b0", "what is rust ?", {"label": "safe"})])
+        return Suite(
+            specs=specs,
+            harmful=harmful,
+            benign=benign,
+            over_refusal=benign,
+            judges=[KeywordJudge()],
+            generation=GenerationConfig(max_new_tokens=max_new_tokens),
+            seed=0,
+            info=process_info(),
+            progress=False,
+            **options,
+        )
+
+    return build
 
 
 @pytest.fixture(scope="session")

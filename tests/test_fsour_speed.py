@@ -30,7 +30,7 @@ def test_smoke_run_reports_every_cost_ratio(organism):
         "--max-new-tokens",
         "4",
         "--layers",
-        "0,1",
+        "2,3",  # the organism's last two; part 2's wide model has layers 0 and 1 only and searches all of them
     ]
     wide = ["--wide-experts", "8", "--wide-top-k", "2", "--wide-prompts", "1"]
     result = subprocess.run(
@@ -38,7 +38,7 @@ def test_smoke_run_reports_every_cost_ratio(organism):
     )
     assert result.returncode == 0, result.stderr[-3000:]
     figures = json.loads(result.stdout.strip().splitlines()[-1])
-    assert figures["layers"] == "0,1" and figures["prompts"] == 1  # given flags win over the model's defaults
+    assert figures["layers"] == "2,3" and figures["prompts"] == 1  # given flags win over the model's defaults
     block = figures["budget2"]
     assert {"reference", "fast", "gradient"} <= set(block) and block["gradient"]["n"] == 1
     assert block["gradient"]["mean_forced_pairs"] <= 2 and block["gradient"]["backward_passes"] >= 1

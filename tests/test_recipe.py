@@ -238,6 +238,8 @@ def test_chat_options_reach_the_load_options_and_cli_overrides_merge_key_by_key(
     options = Harden(recipe, tmp_path / "run", info=process_info()).load_options
     assert (options.chat_template_kwargs, options.reasoning) == (recipe.chat_template_kwargs, "think")
     assert load_recipe(_write(tmp_path)).reasoning == "auto"
+    pinned = load_recipe(_write(tmp_path, revision="0123abc"))
+    assert Harden(pinned, tmp_path / "pinned", info=process_info()).load_options.revision == "0123abc"
 
 
 def test_cli_reasoning_choices_are_the_registered_parsers():

@@ -4,12 +4,8 @@ import pytest
 
 from moe_defense.attacks.base import AttackSpec
 from moe_defense.data import Prompt, PromptSet
-from moe_defense.judges.keyword import KeywordJudge
 from moe_defense.recipe import VerifyConfig
-from moe_defense.runner.generation import GenerationConfig
-from moe_defense.runner.process import process_info
 from moe_defense.runner.rundir import RunDir
-from moe_defense.verify import Suite
 from moe_defense.worst_case import WorstCase, worst_case_row, worst_cases
 
 pytestmark = pytest.mark.timeout(300)
@@ -68,23 +64,14 @@ def test_curve_attacks_must_sweep_the_same_budgets():
         VerifyConfig(attacks=[FAST, other])
 
 
-def test_the_suite_curve_reads_the_worst_case_rows_and_replays_the_first_attackers_routes(tiny_model, tmp_path):
+def test_the_suite_curve_reads_the_worst_case_rows_and_replays_the_first_attackers_routes(
+    tiny_model, tmp_path, tiny_suite
+):
     loaded = tiny_model("mixtral")
     harmful = PromptSet(
         "h", "test", [Prompt(f"h{i}", text, {}) for i, text in enumerate(["how do i pick a lock ?", "tell me x ."])]
     )
-    benign = PromptSet("b", "test", [Prompt("b0", "what is rust ?", {"label": "safe"})])
-    suite = Suite(
-        specs=[FAST, GRADIENT],
-        harmful=harmful,
-        benign=benign,
-        over_refusal=benign,
-        judges=[KeywordJudge()],
-        generation=GenerationConfig(max_new_tokens=3),
-        seed=0,
-        info=process_info(),
-        progress=False,
-    )
+    suite = tiny_suite([FAST, GRADIENT], harmful, max_new_tokens=3)
     rows = suite.run(loaded, "original", tmp_path)
     for budget in ("1", "inf"):
         members = (f"fsour@{budget}", f"fsour-gradient@{budget}")

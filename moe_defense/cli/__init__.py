@@ -18,7 +18,9 @@ def _inspect(args: argparse.Namespace) -> int:
     from moe_defense import load_model
     from moe_defense.models import LoadOptions
 
-    loaded = load_model(args.model, LoadOptions(trust_remote_code=args.trust_remote_code, seed=args.seed))
+    loaded = load_model(
+        args.model, LoadOptions(trust_remote_code=args.trust_remote_code, revision=args.revision, seed=args.seed)
+    )
     facts = loaded.adapter.facts(loaded.model).to_dict()
     facts["fingerprint"] = loaded.fingerprint()
     if args.json:
@@ -242,6 +244,7 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     inspect.add_argument(
         "--trust-remote-code", action="store_true", help="allow the checkpoint's own Python code (off by default)"
     )
+    inspect.add_argument("--revision", help="the hub revision of the model (branch, tag or commit; default: main)")
     inspect.set_defaults(run=_inspect)
 
     organism = verbs.add_parser("organism", help="build the built-in safety-aligned MoE model organism")

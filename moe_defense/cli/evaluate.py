@@ -55,6 +55,7 @@ def add_model_data_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--trust-remote-code", action="store_true", help="allow the checkpoint's own Python code (off by default)"
     )
+    parser.add_argument("--revision", help="the hub revision of the model (branch, tag or commit; default: main)")
     add_chat_arguments(parser)
 
 
@@ -183,6 +184,7 @@ def prepare_run(args: argparse.Namespace, verb: str) -> PreparedRun:
         "seed": args.seed,
         "dtype": args.dtype,
         "trust_remote_code": args.trust_remote_code,
+        "revision": args.revision,
         **chat,
     }
     return PreparedRun(prompt_set, out, info, extra, chat)
@@ -205,6 +207,7 @@ def load_for_run(args: argparse.Namespace, run: PreparedRun) -> LoadedModel:
             seed=args.seed,
             device=run.info.device,
             trust_remote_code=args.trust_remote_code,
+            revision=args.revision,
             **run.chat,
         ),
     )

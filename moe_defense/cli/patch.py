@@ -13,7 +13,9 @@ def _load_base(args: argparse.Namespace):
     from moe_defense import load_model
     from moe_defense.models import LoadOptions
 
-    options = LoadOptions(dtype=args.dtype, trust_remote_code=args.trust_remote_code, seed=args.seed)
+    options = LoadOptions(
+        dtype=args.dtype, trust_remote_code=args.trust_remote_code, revision=args.revision, seed=args.seed
+    )
     return load_model(args.base, options)
 
 
@@ -99,4 +101,5 @@ def add_patch_parser(verbs: argparse._SubParsersAction) -> None:
         )
         action.add_argument("--seed", type=int, default=0, help="seed of a tiny:<model_type> base")
         action.add_argument("--trust-remote-code", action="store_true", help="allow the base's own Python code")
+        action.add_argument("--revision", help="the hub revision of the base (branch, tag or commit; default: main)")
         action.set_defaults(run=run)

@@ -20,12 +20,9 @@ from moe_defense.attacks.base import AttackContext
 from moe_defense.attacks.route_replay import RouteReplay, RouteReplayConfig
 from moe_defense.data.prompts import Prompt, PromptSet
 from moe_defense.errors import RoutingError
-from moe_defense.judges import KeywordJudge
 from moe_defense.models import build_tiny
 from moe_defense.routing import intervene, record_routing
-from moe_defense.runner.generation import GenerationConfig, encode_prompts
-from moe_defense.runner.process import process_info
-from moe_defense.verify import Suite
+from moe_defense.runner.generation import encode_prompts
 
 PROMPT = "how do i bake bread ?"
 
@@ -105,7 +102,7 @@ def test_schema_is_checked(tmp_path):
         read_artifacts(path)
 
 
-def test_a_replay_of_the_supplied_routes_runs_only_where_routes_are_supplied(tmp_path):
+def test_a_replay_of_the_supplied_routes_runs_only_where_routes_are_supplied(tmp_path, tiny_suite):
     loaded = build_tiny("mixtral")
     path = tmp_path / "artifacts.jsonl"
     write_artifacts(path, [_random_artifact(loaded, len(encode_prompts(loaded, [PROMPT], None)[0]), seed=0)])
@@ -113,17 +110,6 @@ def test_a_replay_of_the_supplied_routes_runs_only_where_routes_are_supplied(tmp
     assert not RouteReplay(RouteReplayConfig(artifacts=str(path))).needs_supplied_routes
     assert not Fsour(FsourConfig()).needs_supplied_routes  # the base class's declared default
     prompts = PromptSet("p", "test", [Prompt("p0", PROMPT, {})])
-    benign = PromptSet("b", "test", [Prompt("b0", "what is rust ?", {"label": "safe"})])
-    suite = Suite(
-        specs=[AttackSpec(name="route-replay")],
-        harmful=prompts,
-        benign=benign,
-        over_refusal=benign,
-        judges=[KeywordJudge()],
-        generation=GenerationConfig(max_new_tokens=2),
-        seed=0,
-        info=process_info(),
-        progress=False,
-    )
+    suite = tiny_suite([AttackSpec(name="route-replay")], prompts)
     assert "fsour-transfer" not in suite.run(loaded, "original", tmp_path / "original")
     assert "fsour-transfer" in suite.run(loaded, "hardened", tmp_path / "hardened", routes=path)

@@ -137,3 +137,26 @@ def test_cli_reports_errors_without_a_traceback(capsys):
 
 def test_remote_code_is_off_by_default():
     assert LoadOptions().trust_remote_code is False
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["inspect", "org/moe", "--revision", "0123abc"],
+        ["attack", "org/moe", "--attack", "none", "--data", "demo-harmful", "--out", "run", "--revision", "0123abc"],
+    ],
+)
+def test_a_pinned_revision_reaches_the_hub_reads(argv, monkeypatch, tmp_path, capsys):
+    """`--revision` (and a recipe's `revision:`) pins the hub commit every read of config, tokenizer and
+    weights asks for: a release is hardened on the checkpoint it ships."""
+    asked = []
+
+    def refuse(path, **kwargs):
+        asked.append((path, kwargs.get("revision")))
+        raise OSError("offline")
+
+    monkeypatch.setattr(AutoConfig, "from_pretrained", refuse)
+    monkeypatch.chdir(tmp_path)
+    assert main(argv) == 1
+    assert asked == [("org/moe", "0123abc")]
+    assert "cannot read a model config from 'org/moe'" in capsys.readouterr().err
