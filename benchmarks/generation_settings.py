@@ -15,11 +15,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 
 import torch
+from generation_batching import timed  # this folder is the script's first import path
 
 from moe_defense import load_model
 from moe_defense.data import load_prompts
@@ -53,12 +53,6 @@ def threads(count: int) -> Iterator[None]:
 @contextmanager
 def default() -> Iterator[None]:
     yield
-
-
-def timed(run: Callable[[], list[str]]) -> tuple[float, list[str]]:
-    start = time.perf_counter()
-    answers = run()
-    return time.perf_counter() - start, answers
 
 
 def main() -> None:
