@@ -16,7 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 
 import torch
 from generation_batching import timed  # this folder is the script's first import path
@@ -50,11 +50,6 @@ def threads(count: int) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-@contextmanager
-def default() -> Iterator[None]:
-    yield
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="organism-smol")
@@ -71,7 +66,7 @@ def main() -> None:
     texts = [p.text for name in (harmful, benign) for p in load_prompts(name, split="test", limit=half, seed=0).prompts]
     config = GenerationConfig(max_new_tokens=args.max_new_tokens, batch_size=args.batch_size)
     variants = {
-        "default": default,
+        "default": nullcontext,
         "static_cache": lambda: static_cache(loaded),
         f"threads_{args.threads}": lambda: threads(args.threads),
     }

@@ -9,7 +9,7 @@ import sys
 from collections.abc import Sequence
 from typing import NoReturn
 
-from moe_defense.cli.options import DTYPE_CHOICES, add_chat_arguments, key_values
+from moe_defense.cli.options import DTYPE_CHOICES, add_chat_arguments, add_checkpoint_arguments, key_values
 from moe_defense.cli.patch import add_patch_parser
 from moe_defense.errors import ConfigError, MoEDefenseError
 
@@ -241,10 +241,7 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     inspect.add_argument("model", help="hub id, local path, tiny:<model_type> or organism")
     inspect.add_argument("--json", action="store_true", help="print JSON instead of a table")
     inspect.add_argument("--seed", type=int, default=0, help="seed for tiny:<model_type> random init")
-    inspect.add_argument(
-        "--trust-remote-code", action="store_true", help="allow the checkpoint's own Python code (off by default)"
-    )
-    inspect.add_argument("--revision", help="the hub revision of the model (branch, tag or commit; default: main)")
+    add_checkpoint_arguments(inspect)
     inspect.set_defaults(run=_inspect)
 
     organism = verbs.add_parser("organism", help="build the built-in safety-aligned MoE model organism")

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from moe_defense import load_model  # the top-level loader also resolves `organism`
-from moe_defense.cli.options import DTYPE_CHOICES, add_chat_arguments, key_values
+from moe_defense.cli.options import DTYPE_CHOICES, add_chat_arguments, add_checkpoint_arguments, key_values
 from moe_defense.data import PROMPT_SETS, PromptSet, load_prompts
 from moe_defense.errors import ConfigError, MoEDefenseError
 from moe_defense.judges import JUDGES, Judge
@@ -52,10 +52,7 @@ def add_model_data_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--dtype", default="auto", choices=DTYPE_CHOICES, help="weights dtype (default auto: the checkpoint's)"
     )
-    parser.add_argument(
-        "--trust-remote-code", action="store_true", help="allow the checkpoint's own Python code (off by default)"
-    )
-    parser.add_argument("--revision", help="the hub revision of the model (branch, tag or commit; default: main)")
+    add_checkpoint_arguments(parser)
     add_chat_arguments(parser)
 
 

@@ -35,6 +35,14 @@ def key_values(items: Sequence[str], flag: str) -> dict[str, Any]:
     return {key: yaml_value(value, f"{flag} {key}") for key, value in values.items()}
 
 
+def add_checkpoint_arguments(parser: argparse.ArgumentParser) -> None:
+    """--trust-remote-code and --revision: which code and which hub commit of a checkpoint load."""
+    parser.add_argument(
+        "--trust-remote-code", action="store_true", help="allow the checkpoint's own Python code (off by default)"
+    )
+    parser.add_argument("--revision", help="the hub revision of the model (branch, tag or commit; default: main)")
+
+
 def add_chat_arguments(parser: argparse.ArgumentParser) -> None:
     """--chat-template-kwarg and --reasoning: how the model's chat template is driven and its replies read."""
     parser.add_argument(

@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from moe_defense.cli.options import DTYPE_CHOICES
+from moe_defense.cli.options import DTYPE_CHOICES, add_checkpoint_arguments
 
 
 def _load_base(args: argparse.Namespace):
@@ -100,6 +100,5 @@ def add_patch_parser(verbs: argparse._SubParsersAction) -> None:
             "--dtype", default="auto", choices=DTYPE_CHOICES, help="load the base in this dtype (auto: its own)"
         )
         action.add_argument("--seed", type=int, default=0, help="seed of a tiny:<model_type> base")
-        action.add_argument("--trust-remote-code", action="store_true", help="allow the base's own Python code")
-        action.add_argument("--revision", help="the hub revision of the base (branch, tag or commit; default: main)")
+        add_checkpoint_arguments(action)
         action.set_defaults(run=run)
