@@ -9,18 +9,21 @@ import sys
 from collections.abc import Sequence
 from typing import NoReturn
 
-from moe_defense.cli.options import DTYPE_CHOICES, add_chat_arguments, add_checkpoint_arguments, key_values
+from moe_defense.cli.options import (
+    DTYPE_CHOICES,
+    add_chat_arguments,
+    add_checkpoint_arguments,
+    key_values,
+    load_options,
+)
 from moe_defense.cli.patch import add_patch_parser
 from moe_defense.errors import ConfigError, MoEDefenseError
 
 
 def _inspect(args: argparse.Namespace) -> int:
     from moe_defense import load_model
-    from moe_defense.models import LoadOptions
 
-    loaded = load_model(
-        args.model, LoadOptions(trust_remote_code=args.trust_remote_code, revision=args.revision, seed=args.seed)
-    )
+    loaded = load_model(args.model, load_options(args))
     facts = loaded.adapter.facts(loaded.model).to_dict()
     facts["fingerprint"] = loaded.fingerprint()
     if args.json:

@@ -14,13 +14,19 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from moe_defense import load_model  # the top-level loader also resolves `organism`
-from moe_defense.cli.options import DTYPE_CHOICES, add_chat_arguments, add_checkpoint_arguments, key_values
+from moe_defense.cli.options import (
+    DTYPE_CHOICES,
+    add_chat_arguments,
+    add_checkpoint_arguments,
+    key_values,
+    load_options,
+)
 from moe_defense.data import PROMPT_SETS, PromptSet, load_prompts
 from moe_defense.errors import ConfigError, MoEDefenseError
 from moe_defense.judges import JUDGES, Judge
 from moe_defense.judges.defaults import ENGLISH_JUDGE, default_judges
 from moe_defense.judges.factory import JudgeSpec, build_judges, model_judges
-from moe_defense.models import LoadedModel, LoadOptions
+from moe_defense.models import LoadedModel
 from moe_defense.registry import validated
 from moe_defense.runner.evaluate import evaluate, summary_table
 from moe_defense.runner.generation import GenerationConfig
@@ -197,17 +203,7 @@ def prepare_judged_run(args: argparse.Namespace, verb: str) -> JudgedRun:
 
 
 def load_for_run(args: argparse.Namespace, run: PreparedRun) -> LoadedModel:
-    return load_model(
-        args.model,
-        LoadOptions(
-            dtype=args.dtype,
-            seed=args.seed,
-            device=run.info.device,
-            trust_remote_code=args.trust_remote_code,
-            revision=args.revision,
-            **run.chat,
-        ),
-    )
+    return load_model(args.model, load_options(args, device=run.info.device, **run.chat))
 
 
 Run = TypeVar("Run", bound=PreparedRun)

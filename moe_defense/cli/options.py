@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Sequence
-from typing import Any, get_args
+from typing import TYPE_CHECKING, Any, get_args
 
 import yaml
 
 from moe_defense.choices import DtypeName, ReasoningChoice
 from moe_defense.errors import ConfigError
+
+if TYPE_CHECKING:
+    from moe_defense.models import LoadOptions
 
 REASONING_CHOICES = get_args(ReasoningChoice)
 DTYPE_CHOICES = get_args(DtypeName)
@@ -41,6 +44,20 @@ def add_checkpoint_arguments(parser: argparse.ArgumentParser) -> None:
         "--trust-remote-code", action="store_true", help="allow the checkpoint's own Python code (off by default)"
     )
     parser.add_argument("--revision", help="the hub revision of the model (branch, tag or commit; default: main)")
+
+
+def load_options(args: argparse.Namespace, **settings: Any) -> LoadOptions:
+    """The `LoadOptions` a verb's checkpoint flags ask for: `add_checkpoint_arguments`' two, `--seed`, and
+    `--dtype` where the verb has it; `settings` adds what only the verb knows (device, chat options)."""
+    from moe_defense.models import LoadOptions  # torch-heavy: only when a model is about to load
+
+    return LoadOptions(
+        dtype=getattr(args, "dtype", "auto"),
+        seed=args.seed,
+        trust_remote_code=args.trust_remote_code,
+        revision=args.revision,
+        **settings,
+    )
 
 
 def add_chat_arguments(parser: argparse.ArgumentParser) -> None:

@@ -6,17 +6,13 @@ import argparse
 import json
 from pathlib import Path
 
-from moe_defense.cli.options import DTYPE_CHOICES, add_checkpoint_arguments
+from moe_defense.cli.options import DTYPE_CHOICES, add_checkpoint_arguments, load_options
 
 
 def _load_base(args: argparse.Namespace):
     from moe_defense import load_model
-    from moe_defense.models import LoadOptions
 
-    options = LoadOptions(
-        dtype=args.dtype, trust_remote_code=args.trust_remote_code, revision=args.revision, seed=args.seed
-    )
-    return load_model(args.base, options)
+    return load_model(args.base, load_options(args))
 
 
 def _writing_verb(args: argparse.Namespace):
