@@ -129,6 +129,16 @@ class HardeningConfig(DefenseConfig):
             )
         return self
 
+    @model_validator(mode="after")
+    def _curriculum_refreshed(self) -> HardeningConfig:
+        """The curriculum advances at refreshes only: without them training would stay on its first budget."""
+        if self.budget_curriculum and len(self.budget_curriculum) > 1 and self.refresh_every <= 0:
+            raise ValueError(
+                f"budget_curriculum {self.budget_curriculum} moves to its next budget at each route refresh: "
+                "set refresh_every > 0 (e.g. steps / len(budget_curriculum))"
+            )
+        return self
+
 
 class HardeningTrainer(Trainer):
     """`Trainer` whose loss is the hardening objective over a harmful and a benign batch per step."""

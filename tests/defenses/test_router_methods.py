@@ -3,6 +3,7 @@ utility KL and the budget curriculum: each switchable, each computed, each doing
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from moe_defense.attacks.fsour import FsourConfig
@@ -78,3 +79,9 @@ def test_curriculum_walks_its_budgets_in_order_over_the_refreshes():
     assert [refresh.budget(i) for i in range(8)] == [2, 2, 4, 4, 8, 8, None, None]
     plain = RouteRefresh(loaded, [], RoutePool(1), search, 10, 1, INFO)
     assert plain.budget(5) == 8  # no curriculum: the training budget
+
+
+def test_a_curriculum_without_refreshes_is_refused_since_it_would_stay_on_its_first_budget():
+    with pytest.raises(ValueError, match="set refresh_every > 0"):
+        HardeningConfig(budget_curriculum=[2, 4, None], refresh_every=0)
+    assert HardeningConfig(budget_curriculum=[2, 4, None], refresh_every=5).budget_curriculum == [2, 4, None]
