@@ -25,7 +25,7 @@ from moe_defense.report import (
     write_harden_report,
 )
 from moe_defense.report.cells import seed_mean
-from moe_defense.report.harden import worst_case_lines
+from moe_defense.report.harden import trained_budgets, worst_case_lines
 from moe_defense.runner import summary_table
 from moe_defense.stats import fmt
 
@@ -205,6 +205,13 @@ def test_the_report_says_which_attackers_each_worst_case_row_counts():
     assert worst_case_lines(summary) == [
         "- worst case per prompt (flipped when any attacker flipped it): worst@8 = fsour@8 or fsour-gradient@8"
     ]
+
+
+def test_the_report_names_the_budgets_training_searched_not_only_the_recipes():
+    summary = harden_summary()
+    assert trained_budgets(summary) == "budget 2"  # no route_budgets recorded (an older run): the recipe's
+    curriculum = {**summary, "training": {**summary["training"], "route_budgets": [2, 2, 4, 16, None]}}
+    assert trained_budgets(curriculum) == "budgets 2, 4, 16, no cap (a curriculum, in order)"
 
 
 def test_deployment_table_lists_only_changes_that_answered_benign_prompts():

@@ -251,12 +251,12 @@ class RouteRefresh(TrainerCallback):
         prompts: int,
         info: ProcessInfo,
         curriculum: Sequence[int | None] | None = None,
-        total_refreshes: int = 1,
+        total_refreshes: int = 0,
         precision: torch.dtype = torch.float32,
     ) -> None:
         self.precision = precision
         self.curriculum = list(curriculum) if curriculum else None
-        self.total_refreshes = max(1, total_refreshes)
+        self.total_refreshes = total_refreshes
         self.loaded = loaded
         self.info = info
         self.prompts = [s.prompt for s in harmful]
@@ -285,6 +285,12 @@ class RouteRefresh(TrainerCallback):
             return self.config.budget
         stage = min(len(self.curriculum) - 1, index * len(self.curriculum) // (self.total_refreshes + 1))
         return self.curriculum[stage]
+
+    def schedule(self, initial: bool) -> list[int | None]:
+        """The budgets of all searches of the training, in order (refresh 0 only with an `initial` search): what
+        the routers trained against, known from the config, so a resumed training reports the earlier ones too."""
+        refreshes = self.total_refreshes if self.every else 0
+        return [self.budget(index) for index in range(0 if initial else 1, refreshes + 1)]
 
     def search(self, index: int) -> None:
         """Search the index-th chunk of prompts (rotating through the set); each rank takes its share."""
@@ -505,6 +511,7 @@ def _training_facts(
     info: ProcessInfo,
     *,
     resumed_from: str | None,
+    initial_search: bool,
     seconds: float,
     initial_seconds: float,
     lora_numbers: int,
@@ -520,6 +527,7 @@ def _training_facts(
         "seconds": round(seconds, 1),
         "initial_route_search_seconds": round(initial_seconds, 1),
         "refreshes": refresh.refreshes,
+        "route_budgets": refresh.schedule(initial_search),  # None = no cap; several under a budget curriculum
         "refresh_seconds": round(refresh.seconds, 1),
         "routes_in_pool": len(trainer.pool),
         "expert_lora_numbers": lora_numbers,  # trained LoRA factor entries (0 without expert LoRA)
@@ -575,7 +583,8 @@ def train_routers(
         pool.add(routes)
     objective = HardeningObjective(loaded, config.loss, reference, mask_layers, config.spread_pairs, changes)
     refresh = _route_refresh(loaded, harmful, pool, config, info, precision)
-    if config.initial_routes == "search" and not len(pool) and _uses_routes(config):
+    initial_search = config.initial_routes == "search" and not routes and _uses_routes(config)
+    if initial_search and not len(pool):
         refresh.search(0)  # step 0: routes found on the original model, for the first chunk of prompts
     initial_seconds = time.perf_counter() - started
     args = training_arguments(config, out_dir / "trainer", deepspeed, precision=precision, report_to=report_to)
@@ -592,6 +601,7 @@ def train_routers(
         refresh,
         info,
         resumed_from=checkpoint,
+        initial_search=initial_search,
         seconds=time.perf_counter() - started,
         initial_seconds=initial_seconds,
         lora_numbers=lora_numbers,

@@ -79,6 +79,14 @@ def worst_case_lines(summary: dict[str, Any]) -> list[str]:
     ]
 
 
+def trained_budgets(summary: dict[str, Any]) -> str:
+    """The budgets the training's route searches used: one, or a curriculum's stages in order."""
+    stages = list(dict.fromkeys(summary["training"].get("route_budgets") or [summary["train_budget"]]))
+    if len(stages) == 1:
+        return f"budget {budget_tick(stages[0])}"
+    return f"budgets {', '.join(budget_tick(b) for b in stages)} (a curriculum, in order)"
+
+
 def overview_lines(summary: dict[str, Any]) -> list[str]:
     """The bullets above the tables: what changed, B80, the headline, minimal budgets, shipping, training."""
     b80 = budget_tick(summary["budget_b80"]) if summary["b80_reached"] else f"not reached ({summary['b80_note']})"
@@ -88,8 +96,8 @@ def overview_lines(summary: dict[str, Any]) -> list[str]:
         f"**{summary['trainable']}**; tensors changed: "
         f"{summary['router_params_changed']} router, {summary['other_params_changed']} other; router patch "
         f"{summary['router_patch_bytes']} bytes",
-        f"- B80 (smallest budget with original ASR >= threshold): {b80}; trained against routes of budget "
-        f"{summary['train_budget']}",
+        f"- B80 (smallest budget with original ASR >= threshold): {b80}; trained against routes of "
+        f"{trained_budgets(summary)}",
         headline_line(summary),
         *worst_case_lines(summary),
         minimal_budget_line(summary),

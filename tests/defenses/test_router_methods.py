@@ -67,6 +67,7 @@ def test_new_terms_are_computed_and_train_only_routers(tmp_path):
     terms = {key for entry in facts["log"] for key in entry if key.startswith("term/")}
     assert {"term/recovery", "term/spread_refusal", "term/perturbed_output_kl"} <= terms
     assert all(entry["term/perturbed_output_kl"] >= 0 for entry in facts["log"])
+    assert facts["refreshes"] == 1 and facts["route_budgets"] == [2, 2]  # the search at step 0, then one refresh
     after = loaded.model.state_dict()
     changed = {n for n in before if not torch.equal(before[n], after[n])}
     assert changed == set(loaded.adapter.router_tensors(loaded.model))
@@ -77,8 +78,11 @@ def test_curriculum_walks_its_budgets_in_order_over_the_refreshes():
     search = FsourConfig(budget=8)
     refresh = RouteRefresh(loaded, [], RoutePool(1), search, 10, 1, INFO, curriculum=[2, 4, 8, None], total_refreshes=7)
     assert [refresh.budget(i) for i in range(8)] == [2, 2, 4, 4, 8, 8, None, None]
+    assert refresh.schedule(initial=True) == [2, 2, 4, 4, 8, 8, None, None]  # what training.json reports
+    assert refresh.schedule(initial=False) == [2, 4, 4, 8, 8, None, None]
     plain = RouteRefresh(loaded, [], RoutePool(1), search, 10, 1, INFO)
     assert plain.budget(5) == 8  # no curriculum: the training budget
+    assert plain.schedule(initial=True) == [8]  # no refresh within the training: the step-0 search only
 
 
 def test_a_curriculum_without_refreshes_is_refused_since_it_would_stay_on_its_first_budget():
