@@ -128,13 +128,14 @@ def test_gradient_mode_through_search_routes_and_the_attack(tiny_model):
     assert {key[0] for key in context.shared.uncapped_routes} <= {"gradient"}
 
 
-@pytest.mark.parametrize("mode", ["gradient", "fast"])
-def test_a_sweeps_no_cap_point_is_the_uncapped_route_its_pruned_budgets_searched(tiny_model, mode):
+@pytest.mark.parametrize(("mode", "strategy"), [("gradient", "prune"), ("fast", "prune"), ("fast", "best")])
+def test_a_sweeps_no_cap_point_is_the_uncapped_route_its_pruned_budgets_searched(tiny_model, mode, strategy):
     """A pruned budget searches the uncapped route once; the sweep's no-cap point reads it back instead of
-    searching again, and it is the very route a no-cap search alone finds (same seed, same empty start)."""
+    searching again, and it is the very route a no-cap search alone finds (same seed, same empty start), also
+    where the budget's greedy search drew from the seed's generator first (`best`)."""
     loaded = tiny_model("qwen2_moe")
     problem = TargetProblem.build(loaded, PROMPT.text, prompt_target(PROMPT))
-    config = FsourConfig(mode=mode, candidates=4, force_decode=True, budget_strategy="prune")
+    config = FsourConfig(mode=mode, candidates=4, force_decode=True, budget_strategy=strategy)
     alone = RouteSearch(loaded, problem, config, seed=3)
     alone.gradient() if mode == "gradient" else alone.fast()
     shared: dict = {}

@@ -43,12 +43,14 @@ def run_budgeted(search: RouteSearch, mode: BudgetedMode) -> None:
 
 def _uncapped(search: RouteSearch, mode: BudgetedMode) -> None:
     """The uncapped route from the empty one: read from `search.uncapped` if searched before, else searched
-    (and kept there); `search.at_uncapped` marks the route as that entry until it moves."""
+    from the seed's own draws (and kept there), so the sweep's shared route is the no-cap search's whichever
+    budget asked first; `search.at_uncapped` marks the route as that entry until it moves."""
     key = _uncapped_key(search)
     if search.uncapped is not None and key in search.uncapped:
         entry = search.uncapped[key]
         search.replace({l: r.clone() for l, r in entry.route.items()}, entry.value)
     else:
+        search.generator.manual_seed(search.seed)  # as a no-cap search starts: whatever ran at a budget before
         mode.run(None)
         if search.uncapped is None:
             return
