@@ -209,9 +209,11 @@ def test_the_report_says_which_attackers_each_worst_case_row_counts():
 
 def test_the_report_names_the_budgets_training_searched_not_only_the_recipes():
     summary = harden_summary()
-    assert trained_budgets(summary) == "budget 2"  # no route_budgets recorded (an older run): the recipe's
+    assert trained_budgets(summary) == "routes of budget 2"  # no route_budgets recorded (an older run): the recipe's
     curriculum = {**summary, "training": {**summary["training"], "route_budgets": [2, 2, 4, 16, None]}}
-    assert trained_budgets(curriculum) == "budgets 2, 4, 16, no cap (a curriculum, in order)"
+    assert trained_budgets(curriculum) == "routes of budgets 2, 4, 16, no cap (a curriculum, in order)"
+    unsearched = {**summary, "training": {**summary["training"], "route_budgets": []}}
+    assert trained_budgets(unsearched) == "no route searched during training"  # e.g. deployment terms only
 
 
 def test_deployment_table_lists_only_changes_that_answered_benign_prompts():

@@ -80,11 +80,15 @@ def worst_case_lines(summary: dict[str, Any]) -> list[str]:
 
 
 def trained_budgets(summary: dict[str, Any]) -> str:
-    """The budgets the training's route searches used: one, or a curriculum's stages in order."""
-    stages = list(dict.fromkeys(summary["training"].get("route_budgets") or [summary["train_budget"]]))
+    """What the training's route searches used: one budget, a curriculum's stages in order, or none (no term
+    trained against routes, or the routes were given); a run from before `route_budgets` names the recipe's."""
+    recorded = summary["training"].get("route_budgets", [summary["train_budget"]])
+    stages = list(dict.fromkeys(recorded))
+    if not stages:
+        return "no route searched during training"
     if len(stages) == 1:
-        return f"budget {budget_tick(stages[0])}"
-    return f"budgets {', '.join(budget_tick(b) for b in stages)} (a curriculum, in order)"
+        return f"routes of budget {budget_tick(stages[0])}"
+    return f"routes of budgets {', '.join(budget_tick(b) for b in stages)} (a curriculum, in order)"
 
 
 def overview_lines(summary: dict[str, Any]) -> list[str]:
@@ -96,8 +100,7 @@ def overview_lines(summary: dict[str, Any]) -> list[str]:
         f"**{summary['trainable']}**; tensors changed: "
         f"{summary['router_params_changed']} router, {summary['other_params_changed']} other; router patch "
         f"{summary['router_patch_bytes']} bytes",
-        f"- B80 (smallest budget with original ASR >= threshold): {b80}; trained against routes of "
-        f"{trained_budgets(summary)}",
+        f"- B80 (smallest budget with original ASR >= threshold): {b80}; trained against {trained_budgets(summary)}",
         headline_line(summary),
         *worst_case_lines(summary),
         minimal_budget_line(summary),
