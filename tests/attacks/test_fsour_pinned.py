@@ -19,7 +19,7 @@ PINNED = {
         0,
         {0: {24: [0, 3], 31: [0, 2]}, 1: {25: [2, 1]}},  # re-pinned when the uncapped search got its own draws
         -77.1409683227539,
-        (599, 134),
+        (607, 135),  # at 2 threads, as CI runs (one thread scores 8 sequences fewer to the same route)
     ),
     "gradient-budget2-prune": (
         {"mode": "gradient", "budget": 2, "budget_strategy": "prune", "force_decode": True},
