@@ -10,6 +10,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
+from moe_defense.report.cells import budget_tick
+
 
 @dataclass(frozen=True)
 class CurvePoint:
@@ -41,8 +43,8 @@ class BudgetPolicy:
         if self.b80_reached:
             return None
         return (
-            f"no verified budget reached ASR {threshold} on the original model; trained at budget {self.train_budget}; "
-            f"headline at {self.headline.label}"
+            f"no verified budget reached ASR {threshold} on the original model; headline at {self.headline.label}, "
+            f"the recipe's train_budget {budget_tick(self.train_budget)}"
         )
 
 
