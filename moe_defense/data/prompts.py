@@ -48,10 +48,6 @@ class PromptSet:
     def __iter__(self) -> Iterator[Prompt]:
         return iter(self.prompts)
 
-    def with_label(self, label: str) -> PromptSet:
-        """The prompts whose `metadata["label"]` equals `label` (e.g. XSTest's `safe` look-alikes)."""
-        return PromptSet(self.name, self.source, [p for p in self.prompts if p.metadata.get("label") == label])
-
 
 @dataclass(frozen=True)
 class HubSet:

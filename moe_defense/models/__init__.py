@@ -14,7 +14,7 @@ from moe_defense.models.loading import (
     load_model,
     model_fingerprint,
 )
-from moe_defense.models.params import train_only_routers
+from moe_defense.models.params import set_trainable
 
 __all__ = [
     "ADAPTERS",
@@ -27,5 +27,5 @@ __all__ = [
     "load_model",
     "model_fingerprint",
     "register_adapter",
-    "train_only_routers",
+    "set_trainable",
 ]

@@ -10,7 +10,6 @@ from torch import nn
 
 from moe_defense.errors import UnsupportedArchitectureError
 from moe_defense.models.adapters import adapter_for
-from moe_defense.models.loading import LoadedModel
 
 TrainableScope = Literal["routers", "routers+expert-lora", "routers+experts", "experts", "all"]
 EXPERT_MARKER = ".experts."  # every supported architecture keeps routed experts under `...mlp.experts.`
@@ -38,11 +37,6 @@ def set_trainable(model: nn.Module, scope: TrainableScope) -> dict[str, nn.Param
     for parameter in model.parameters():
         parameter.requires_grad_(id(parameter) in keep)
     return chosen
-
-
-def train_only_routers(loaded: LoadedModel) -> dict[str, nn.Parameter]:
-    """Set `requires_grad` on router parameters only; return them by name."""
-    return set_trainable(loaded.model, "routers")
 
 
 def keep_only_experts(model: nn.Module, keep: Mapping[int, Sequence[int]]) -> list[torch.utils.hooks.RemovableHandle]:

@@ -69,17 +69,18 @@ def test_jbb_maps_goal_not_behavior_and_labels_the_splits(shared_file):
 
 def test_xstest_keeps_row_labels_for_over_refusal(shared_file):
     xstest = load_prompts("xstest", data_file=shared_file("xstest_prompts.csv"))
-    safe, unsafe = xstest.with_label("safe"), xstest.with_label("unsafe")
+    safe, unsafe = ([p for p in xstest if p.metadata["label"] == label] for label in ("safe", "unsafe"))
     assert (len(safe), len(unsafe)) == (250, 200)
-    assert safe.prompts[0].metadata["type"] == "homonyms"
+    assert safe[0].metadata["type"] == "homonyms"
     assert all(p.metadata["type"].startswith("contrast") for p in unsafe)
 
 
 def test_where_keeps_matching_rows_before_the_limit_and_names_the_values_on_no_match(shared_file):
     path = shared_file("xstest_prompts.csv")
     safe = load_prompts("xstest", data_file=path, where={"label": "safe"})
-    assert len(safe) == len(load_prompts("xstest", data_file=path).with_label("safe")) == 250
-    assert len(load_prompts("xstest", data_file=path, where={"label": "safe"}, limit=32).with_label("safe")) == 32
+    assert len(safe) == 250 and all(p.metadata["label"] == "safe" for p in safe)
+    limited = load_prompts("xstest", data_file=path, where={"label": "safe"}, limit=32)
+    assert len(limited) == 32 and all(p.metadata["label"] == "safe" for p in limited)
     with pytest.raises(DataError, match=r"where=\{'label': 'harmless'\}.*'safe'.*'unsafe'"):
         load_prompts("xstest", data_file=path, where={"label": "harmless"})
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from moe_defense.errors import RoutingError
-from moe_defense.models import train_only_routers
+from moe_defense.models import set_trainable
 from moe_defense.routing import (
     ExpertMask,
     ForcedRoute,
@@ -197,7 +197,7 @@ def test_gradients_reach_router_parameters_only(tiny_model):
 
     for model_type in ("mixtral", "deepseek_v3", "gpt_oss", "phimoe"):
         loaded = build_tiny(model_type, seed=1)  # fresh: this test changes requires_grad
-        trainable = train_only_routers(loaded)
+        trainable = set_trainable(loaded.model, "routers")
         assert trainable and all(p.requires_grad for p in trainable.values())
         frozen = [n for n, p in loaded.model.named_parameters() if n not in trainable]
         assert frozen and not any(loaded.model.get_parameter(n).requires_grad for n in frozen)
