@@ -111,7 +111,7 @@ def overview_lines(summary: dict[str, Any]) -> list[str]:
 
 
 def plot_lines(summary: dict[str, Any], out: Path) -> list[str]:
-    """Draw the run's plots into `out`; their image lines, an empty line for a figure the run has no data for."""
+    """Draw the run's plots into `out`; an image line for each figure the run has data for."""
     plots = (
         (ASR_VS_BUDGET, "ASR vs budget", plot_asr_vs_budget, bool(summary["asr_vs_budget"])),
         (SURVIVAL_PLOT, "survival vs budget", plot_survival, bool(summary.get("minimal_budget"))),
@@ -122,24 +122,19 @@ def plot_lines(summary: dict[str, Any], out: Path) -> list[str]:
     for name, alt, plot, drawn in plots:
         if drawn:
             plot(summary, out / name)
-        lines += [f"![{alt}]({name})" if drawn else "", ""]
+            lines.append(f"![{alt}]({name})")
     return lines
 
 
 def write_harden_report(out: Path, summary: dict[str, Any]) -> Path:
     """report.md + report.html beside summary.json, with the ASR-vs-budget, survival, RoSais and usage plots."""
     images = plot_lines(summary, out)
-    text = "\n".join(
-        [
-            f"# Hardening report: {summary['model']}",
-            "",
-            *overview_lines(summary),
-            "",
-            headline_table(summary),
-            "",
-            deployment_table(summary),
-            "",
-            *images,
-        ]
+    blocks = (
+        f"# Hardening report: {summary['model']}",
+        "\n".join(overview_lines(summary)),
+        headline_table(summary),
+        deployment_table(summary),  # empty when the suite ran no deployment change
+        *images,
     )
+    text = "\n\n".join(block for block in blocks if block) + "\n"
     return write_report(out, text, f"moe-defense report: {summary['model']}")
